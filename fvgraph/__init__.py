@@ -1,0 +1,16 @@
+"""fvgraph: feature visualization for any exported CNN (ONNX), after the FeatureVis taxonomy.
+
+    import fvgraph as fv
+    model = fv.load("net.onnx")
+    y = model.run(x)
+"""
+from .errors import (DeviceError, ExecutionError, FvGraphError, InputError, ModelLoadError, RuleError,
+                     UnsupportedModelError)
+from .graph import Graph, Layer, Node
+from .model import Model, load
+from .ops import supported_op_types
+
+__version__ = "0.1.0"
+
+__all__ = ["load", "Model", "Graph", "Node", "Layer", "supported_op_types", "FvGraphError", "ModelLoadError",
+           "UnsupportedModelError", "InputError", "ExecutionError", "DeviceError", "RuleError", "__version__"]

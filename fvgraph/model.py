@@ -1,0 +1,157 @@
+"""The public Model: load an ONNX model (path, bytes, ModelProto) into the IR and run it."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+import numpy as np
+
+from .backend import Backend
+from .errors import InputError
+from .executor import Executor, Tape
+from .graph import Graph, Layer
+from .onnx_import import import_model
+
+
+class Model:
+    """A loaded network: `graph` (fvgraph's IR), `inputs`, `outputs`, `layers`, and `run`."""
+
+    def __init__(self, graph: Graph, device: str = "cpu", source: str = ""):
+        self.graph = graph
+        self.source = source
+        self.backend = Backend(device)
+        self.executor = Executor(graph, self.backend)
+        self._layers: list[Layer] | None = None
+
+    # ----------------------------------------------------------------- description
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def inputs(self):
+        return self.graph.inputs
+
+    @property
+    def outputs(self):
+        return self.graph.outputs
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.graph.metadata
+
+    @property
+    def layers(self) -> list[Layer]:
+        """One Layer per output of every node that depends on the input data (shape arithmetic and
+        constant subgraphs are not layers), in execution order."""
+        if self._layers is None:
+            self._layers = list_layers(self.graph, self.executor.static)
+        return self._layers
+
+    def resolve(self, ref: Any) -> str:
+        """The value name behind a layer reference: a value name, a layer (node) name, or a layer index."""
+        if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+            n = len(self.layers)
+            if not -n <= ref < n:
+                raise InputError(f"layer index {ref} is out of range: the model has {n} layers (0..{n - 1}, "
+                                 f"or negative from the end)")
+            return self.layers[ref].output
+        if isinstance(ref, str):
+            for layer in self.layers:
+                if layer.name == ref:
+                    return layer.output
+            if ref in self.executor.producer_index or ref in self.graph.input_names() \
+                    or ref in self.graph.initializers:
+                return ref
+            close = [l.name for l in self.layers if ref.lower() in l.name.lower()][:5]
+            hint = f"; similar: {close}" if close else "; `fvgraph info MODEL` lists the layers"
+            raise InputError(f"unknown layer {ref!r}{hint}")
+        raise InputError(f"a layer is a name or an index, got {type(ref).__name__}")
+
+    # ----------------------------------------------------------------- running
+    def feeds(self, x) -> dict:
+        """Check and place the inputs: one array for a single-input model, or a dict by input name."""
+        names = self.graph.input_names()
+        if not isinstance(x, dict):
+            if len(names) != 1:
+                raise InputError(f"this model has {len(names)} inputs {names}: pass a dict {{name: array}}")
+            x = {names[0]: x}
+        unknown = [k for k in x if k not in names]
+        if unknown:
+            raise InputError(f"unknown input(s) {unknown}; the model's inputs are {names}")
+        missing = [k for k in names if k not in x]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model's inputs are {names}")
+        out = {}
+        for vi in self.graph.inputs:
+            a = x[vi.name]
+            if type(a).__module__.startswith("cupy"):
+                a = a.get()
+            try:
+                a = np.asarray(a)
+            except Exception as e:
+                raise InputError(f"input {vi.name!r}: not an array ({e})") from None
+            if vi.dtype is not None and a.dtype != vi.dtype:
+                same_kind = (a.dtype.kind in "fc") == (vi.dtype.kind in "fc") and a.dtype.kind != "O"
+                if not same_kind or (a.dtype.kind == "b") != (vi.dtype.kind == "b"):
+                    raise InputError(f"input {vi.name!r}: expected dtype {vi.dtype}, got {a.dtype}")
+                a = a.astype(vi.dtype)
+            if vi.shape is not None:
+                if a.ndim != len(vi.shape):
+                    raise InputError(f"input {vi.name!r}: expected rank {len(vi.shape)} with shape "
+                                     f"{vi.describe()}, got shape {tuple(a.shape)}")
+                bad = [i for i, (d, s) in enumerate(zip(vi.shape, a.shape)) if isinstance(d, int) and d > 0
+                       and d != s]
+                if bad:
+                    raise InputError(f"input {vi.name!r}: expected shape {vi.describe()}, got {tuple(a.shape)} "
+                                     f"(axis {bad[0]} differs)")
+            out[vi.name] = self.backend.to_device(a)
+        return out
+
+    def forward(self, x, wanted: Iterable[str], keep: bool = False) -> Tape:
+        return self.executor.run(self.feeds(x), list(wanted), keep=keep)
+
+    def run(self, x, outputs: list | None = None):
+        """First graph output as a NumPy array; with `outputs=[...]` (value names, layer names or layer
+        indices), a dict from each reference as given to its NumPy array."""
+        if outputs is None:
+            name = self.graph.output_names()[0]
+            return self._host(self.forward(x, [name]).values[name])
+        if isinstance(outputs, (str, int)):
+            outputs = [outputs]
+        names = [self.resolve(r) for r in outputs]
+        tape = self.forward(x, dict.fromkeys(names))
+        return {r: self._host(tape.values[n]) for r, n in zip(outputs, names)}
+
+    def _host(self, a):
+        a = np.asarray(self.backend.to_host(a))
+        return a if a.flags.c_contiguous else a.copy()
+
+    def __repr__(self):
+        ins = ", ".join(f"{v.name}{v.describe()}" for v in self.inputs)
+        return f"<fvgraph.Model {os.path.basename(self.source) or '?'}: {len(self.graph.nodes)} nodes, inputs {ins}>"
+
+
+def list_layers(graph: Graph, shape_only: set[int]) -> list[Layer]:
+    layers = []
+    for i, n in enumerate(graph.nodes):
+        if i in shape_only:
+            continue
+        params = sum(int(graph.initializers[v].size) for v in n.inputs
+                     if v in graph.initializers and graph.initializers[v].dtype.kind == "f")
+        for k, o in enumerate(o for o in n.outputs if o):
+            vi = graph.value_info.get(o)
+            layers.append(Layer(len(layers), n.name if k == 0 else f"{n.name}:{k}", n.op_type, o,
+                                vi.shape if vi else None, params if k == 0 else 0))
+    return layers
+
+
+def load(source: Any, device: str = "cpu") -> Model:
+    """Load an ONNX model from a path, bytes or an onnx.ModelProto (external data is read beside the path)."""
+    graph = import_model(source)
+    src = source if isinstance(source, (str, os.PathLike)) else ""
+    return Model(graph, device=device, source=os.fspath(src) if src else "")
+
+
+def parameter_count(graph: Graph) -> int:
+    return sum(int(v.size) for v in graph.initializers.values() if v.dtype.kind == "f")

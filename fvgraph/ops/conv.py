@@ -1,0 +1,169 @@
+"""Convolution and transposed convolution: im2col on channels-last windows + one matrix product per group.
+
+Depthwise convolutions (one input channel per group) skip the matrix product: a sum over kernel taps of
+elementwise products is cheaper than thousands of tiny products.
+"""
+from __future__ import annotations
+
+import math
+
+from ..backend import xp_of
+from . import Op, register, upcast_half
+from .window import Geometry, channels_last_padded, col2im, ints, tap_view, to_nchw, windows
+
+COL_BYTES = 64 << 20  # im2col memory per chunk of the batch
+
+
+class _ConvBase(Op):
+    def setup(self, node):
+        self.kernel_shape = node.attr("kernel_shape")
+        self.strides = node.attr("strides")
+        self.dilations = node.attr("dilations")
+        self.pads = node.attr("pads")
+        self.auto_pad = node.attr("auto_pad", "NOTSET")
+        if self.auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+            self.unsupported(f"auto_pad={self.auto_pad!r}")
+        self.group = int(node.attr("group", 1))
+        self._wcache = (None, None)
+
+    def _params(self, nsp, kshape):
+        k = ints(self.kernel_shape, nsp, kshape) if self.kernel_shape is not None else list(kshape)
+        if list(k) != list(kshape):
+            raise ValueError(f"kernel_shape {k} does not match the weight's spatial shape {list(kshape)}")
+        return k, ints(self.strides, nsp, [1] * nsp), ints(self.dilations, nsp, [1] * nsp)
+
+    def _cached(self, w, make):
+        """Weight rearrangements are computed once per weight array (weights are usually constants)."""
+        if self._wcache[0] is not w:
+            self._wcache = (w, make(w))
+        return self._wcache[1]
+
+
+@register("Conv")
+class Conv(_ConvBase):
+    def geometry(self, x, w) -> Geometry:
+        nsp = x.ndim - 2
+        k, s, d = self._params(nsp, w.shape[2:])
+        return Geometry(x.shape[2:], k, s, d, self.pads, self.auto_pad)
+
+    def weight_matrices(self, w):
+        """Per group: (K*Cg, Mg) with rows ordered (kernel taps..., input channel) like the windows."""
+        xp = xp_of(w)
+        g = self.group
+        M, Cg = w.shape[:2]
+        Mg = M // g
+        wt = xp.moveaxis(w, 1, -1)  # (M, *k, Cg)
+        return [xp.ascontiguousarray(wt[i * Mg:(i + 1) * Mg].reshape(Mg, -1).T) for i in range(g)]
+
+    @upcast_half
+    def forward(self, x, w, b=None):
+        xp = xp_of(x, w)
+        N, C = x.shape[:2]
+        M, Cg = w.shape[:2]
+        g = self.group
+        if C != Cg * g or M % g:
+            raise ValueError(f"input has {C} channels, weight {tuple(w.shape)} with group={g} expects {Cg * g}")
+        geo = self.geometry(x, w)
+        buf = channels_last_padded(x, geo.pb, geo.pe)
+        L = math.prod(geo.out)
+        if g > 1 and Cg == 1:
+            y = self._depthwise(buf, w, geo)
+        else:
+            y = xp.empty((N, *geo.out, M), dtype=x.dtype)
+            wm = self._cached(w, self.weight_matrices)
+            pointwise = geo.ktotal == 1 and all(s == 1 for s in geo.s)
+            win = None if pointwise else windows(buf, geo)
+            per_sample = L * geo.ktotal * Cg * x.itemsize
+            step = max(1, COL_BYTES // max(per_sample, 1))
+            Mg = M // g
+            for n0 in range(0, N, step):
+                n1 = min(N, n0 + step)
+                for gi in range(g):
+                    if pointwise:
+                        col = buf[n0:n1, ..., gi * Cg:(gi + 1) * Cg].reshape((n1 - n0) * L, Cg)
+                    else:
+                        col = xp.ascontiguousarray(win[n0:n1, ..., gi * Cg:(gi + 1) * Cg]).reshape(
+                            (n1 - n0) * L, geo.ktotal * Cg)
+                    if g == 1:
+                        xp.matmul(col, wm[0], out=y[n0:n1].reshape((n1 - n0) * L, M))
+                    else:
+                        y[n0:n1, ..., gi * Mg:(gi + 1) * Mg] = (col @ wm[gi]).reshape(n1 - n0, *geo.out, Mg)
+        if b is not None:
+            y += b.astype(y.dtype, copy=False)
+        return (to_nchw(y),)
+
+    def _depthwise(self, buf, w, geo):
+        """groups == channels: y[..., c, j] = sum over taps of window[..., tap, c] * w[c*mult + j, 0, tap]."""
+        xp = xp_of(buf)
+        C = buf.shape[-1]
+        mult = w.shape[0] // C
+        wt = self._cached(w, lambda w: xp.ascontiguousarray(
+            w.reshape(C, mult, -1).transpose(2, 0, 1)))  # (K, C, mult)
+        y = xp.zeros((buf.shape[0], *geo.out, C, mult), dtype=buf.dtype)
+        for t, tap in enumerate(geo.taps):
+            y += tap_view(buf, geo, tap)[..., None] * wt[t]
+        return y.reshape(buf.shape[0], *geo.out, C * mult)
+
+
+@register("ConvTranspose")
+class ConvTranspose(_ConvBase):
+    def setup(self, node):
+        super().setup(node)
+        self.output_padding = node.attr("output_padding")
+        self.output_shape = node.attr("output_shape")
+
+    def geometry(self, x, w):
+        """Pads and output size of the transposed conv; the returned Geometry describes the *forward* conv
+        whose adjoint this is (input = the padded output, output = x's spatial size)."""
+        nsp = x.ndim - 2
+        k, s, d = self._params(nsp, w.shape[2:])
+        in_sp = list(x.shape[2:])
+        op = ints(self.output_padding, nsp, [0] * nsp)
+        keff = [(kk - 1) * dd + 1 for kk, dd in zip(k, d)]
+        full = [(i - 1) * ss + ke + o for i, ss, ke, o in zip(in_sp, s, keff, op)]
+        if self.output_shape is not None:
+            out = list(self.output_shape)[-nsp:]
+        elif self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = [i * ss for i, ss in zip(in_sp, s)]
+        else:
+            out = None
+        if out is not None:
+            total = [f - o for f, o in zip(full, out)]  # negative: the output extends past it with zeros
+            half = [int(t / 2) for t in total]
+            rest = [t - h for t, h in zip(total, half)]
+            pb, pe = (rest, half) if self.auto_pad == "SAME_LOWER" else (half, rest)
+        else:
+            pads = [0] * (2 * nsp) if self.auto_pad == "VALID" or self.pads is None else list(self.pads)
+            pb, pe = pads[:nsp], pads[nsp:]
+            out = [f - b - e for f, b, e in zip(full, pb, pe)]
+        geo = Geometry.__new__(Geometry)
+        geo.k, geo.s, geo.d, geo.keff, geo.out = k, s, d, keff, in_sp
+        geo.pb, geo.pe, geo.extra = pb, pe, [0] * nsp
+        return geo, full, out
+
+    @upcast_half
+    def forward(self, x, w, b=None):
+        xp = xp_of(x, w)
+        N, C = x.shape[:2]
+        g = self.group
+        Cg, Mg = C // g, w.shape[1]
+        if w.shape[0] != C or C % g:
+            raise ValueError(f"input has {C} channels, weight {tuple(w.shape)} with group={g} does not fit")
+        geo, full, out = self.geometry(x, w)
+        x_cl = xp.moveaxis(x, 1, -1)
+        L = math.prod(x.shape[2:])
+        ys = []
+        for gi in range(g):
+            wg = xp.moveaxis(w[gi * Cg:(gi + 1) * Cg], 1, -1).reshape(Cg, -1)  # (Cg, K*Mg)
+            cols = (x_cl[..., gi * Cg:(gi + 1) * Cg].reshape(N * L, Cg) @ wg).reshape(
+                N, *geo.out, *geo.k, Mg)
+            ys.append(col2im(cols, geo, full, x.dtype))
+        y = ys[0] if g == 1 else xp.concatenate(ys, axis=-1)
+        grow = [(max(-b, 0), max(b + o - f, 0)) for b, o, f in zip(geo.pb, out, full)]
+        if any(a or c for a, c in grow):
+            y = xp.pad(y, [(0, 0), *grow, (0, 0)])
+        crop = (slice(None), *[slice(b + g[0], b + g[0] + o) for b, o, g in zip(geo.pb, out, grow)], slice(None))
+        y = y[crop]
+        if b is not None:
+            y = y + b.astype(y.dtype, copy=False)
+        return (to_nchw(y),)

@@ -1,0 +1,122 @@
+"""Pooling: a reduction over kernel taps of strided views of the channels-last padded input."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import xp_of
+from . import Op, register
+from .window import Geometry, channels_last_padded, ints, tap_view, to_nchw
+
+
+class _PoolBase(Op):
+    def setup(self, node):
+        self.k = node.attr("kernel_shape")
+        if self.k is None:
+            self.unsupported("kernel_shape is required")
+        n = len(self.k)
+        self.s = ints(node.attr("strides"), n, [1] * n)
+        self.d = ints(node.attr("dilations"), n, [1] * n)
+        self.pads = node.attr("pads")
+        self.auto_pad = node.attr("auto_pad", "NOTSET")
+        self.ceil_mode = bool(node.attr("ceil_mode", 0))
+
+    def geometry(self, x) -> Geometry:
+        if x.ndim - 2 != len(self.k):
+            raise ValueError(f"kernel_shape {self.k} needs a rank-{len(self.k) + 2} input, got shape {x.shape}")
+        return Geometry(x.shape[2:], self.k, self.s, self.d, self.pads, self.auto_pad, self.ceil_mode)
+
+
+@register("MaxPool")
+class MaxPool(_PoolBase):
+    def setup(self, node):
+        super().setup(node)
+        self.storage_order = int(node.attr("storage_order", 0))
+
+    def forward(self, x):
+        y, _ = self.pool(x, with_argmax=len(self.node.outputs) > 1 and bool(self.node.outputs[1]))
+        return y
+
+    def pool(self, x, with_argmax=False):
+        """Returns ((y, indices?), argmax tap per output) ; the tap index serves the VJP's routing."""
+        xp = xp_of(x)
+        geo = self.geometry(x)
+        lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        buf = channels_last_padded(x, geo.pb, [e + x_ for e, x_ in zip(geo.pe, geo.extra)], fill=lowest)
+        acc = best = None
+        for t, tap in enumerate(geo.taps):
+            v = tap_view(buf, geo, tap)
+            if acc is None:
+                acc = v.copy()
+                best = xp.zeros(acc.shape, np.int32) if with_argmax else None
+            elif with_argmax:
+                better = v > acc
+                acc = xp.where(better, v, acc)
+                best[better] = t
+            else:
+                xp.maximum(acc, v, out=acc)
+        y = to_nchw(acc)
+        if not with_argmax:
+            return (y,), None
+        return (y, self.flat_indices(x.shape, geo, best)), best
+
+    def flat_indices(self, shape, geo, best):
+        """ONNX Indices: flat position of each maximum in the unpadded input (row- or column-major)."""
+        xp = xp_of(best)
+        N, C, *sp = shape
+        taps = np.array(list(geo.taps), dtype=np.int64)  # (K, nsp)
+        best_cl = to_nchw(best).astype(np.int64)  # (N, C, *out)
+        coords = []
+        for a in range(len(sp)):
+            o = xp.arange(geo.out[a], dtype=np.int64).reshape([-1 if i == a else 1 for i in range(len(sp))])
+            coords.append(o * geo.s[a] - geo.pb[a] + xp.asarray(taps[:, a])[best_cl] * geo.d[a])
+        n = xp.arange(N, dtype=np.int64).reshape([N] + [1] * (len(sp) + 1))
+        c = xp.arange(C, dtype=np.int64).reshape([1, C] + [1] * len(sp))
+        order = range(len(sp)) if self.storage_order == 0 else range(len(sp) - 1, -1, -1)
+        idx_sp = 0
+        for a in order:  # row-major: last axis fastest; column-major: first axis fastest
+            idx_sp = idx_sp * sp[a] + coords[a]
+        idx = (n * C + c) * int(np.prod(sp)) + idx_sp
+        return idx
+
+
+@register("AveragePool")
+class AveragePool(_PoolBase):
+    def setup(self, node):
+        super().setup(node)
+        self.count_include_pad = bool(node.attr("count_include_pad", 0))
+
+    def divisor(self, xp, in_sp, geo, dtype):
+        """Per output position: how many window elements count (explicit pads too when count_include_pad,
+        never the extra right padding that ceil_mode adds)."""
+        if self.count_include_pad:
+            shape = [i + b + e for i, b, e in zip(in_sp, geo.pb, geo.pe)]
+            mask = np.pad(np.ones(shape, dtype), [(0, x) for x in geo.extra])
+        else:
+            mask = np.pad(np.ones(in_sp, dtype), [(b, e + x) for b, e, x in zip(geo.pb, geo.pe, geo.extra)])
+        m = mask[None, ..., None]
+        cnt = sum(tap_view(m, geo, tap) for tap in geo.taps)
+        return xp.asarray(cnt)
+
+    def forward(self, x):
+        xp = xp_of(x)
+        geo = self.geometry(x)
+        buf = channels_last_padded(x, geo.pb, [e + x_ for e, x_ in zip(geo.pe, geo.extra)])
+        acc = None
+        for tap in geo.taps:
+            v = tap_view(buf, geo, tap)
+            acc = v.copy() if acc is None else xp.add(acc, v, out=acc)
+        full = not any(geo.pb) and not any(geo.pe) and not any(geo.extra)
+        if full:
+            acc *= x.dtype.type(1.0 / geo.ktotal)
+        else:
+            acc /= self.divisor(xp, x.shape[2:], geo, x.dtype)
+        return (to_nchw(acc),)
+
+
+@register("GlobalAveragePool", "GlobalMaxPool")
+class GlobalPool(Op):
+    def forward(self, x):
+        xp = xp_of(x)
+        axes = tuple(range(2, x.ndim))
+        f = xp.mean if self.op_type == "GlobalAveragePool" else xp.max
+        return (f(x, axis=axes, keepdims=True).astype(x.dtype, copy=False),)

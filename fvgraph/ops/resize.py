@@ -1,0 +1,149 @@
+"""Resize (and Upsample, which the importer rewrites to Resize): separable sampling, one axis at a time.
+
+Each resized axis becomes a small table of source indices and weights (1 tap for nearest, 2 for linear,
+4 for cubic); the output is the weighted sum of gathered slices. Separability is exact for these modes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import host_ints, to_host, xp_of
+from . import Op, register
+
+COORD_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+               "half_pixel_symmetric", "tf_crop_and_resize")
+
+
+@register("Resize")
+class Resize(Op):
+    def setup(self, node):
+        self.mode = node.attr("mode", "nearest")
+        self.coord = node.attr("coordinate_transformation_mode", "half_pixel")
+        self.nearest_mode = node.attr("nearest_mode", "round_prefer_floor")
+        self.cubic_a = float(node.attr("cubic_coeff_a", -0.75))
+        self.exclude_outside = bool(node.attr("exclude_outside", 0))
+        self.extrapolation = float(node.attr("extrapolation_value", 0.0))
+        self.axes_attr = node.attr("axes")
+        self.policy = node.attr("keep_aspect_ratio_policy", "stretch")
+        if self.mode not in ("nearest", "linear", "cubic"):
+            self.unsupported(f"mode={self.mode!r}")
+        if self.coord not in COORD_MODES:
+            self.unsupported(f"coordinate_transformation_mode={self.coord!r}")
+        if int(node.attr("antialias", 0)):
+            self.unsupported("antialias=1")
+        if self.nearest_mode not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+            self.unsupported(f"nearest_mode={self.nearest_mode!r}")
+        if self.policy not in ("stretch", "not_larger", "not_smaller"):
+            self.unsupported(f"keep_aspect_ratio_policy={self.policy!r}")
+
+    def plan(self, shape, roi, scales, sizes):
+        """Per axis: (output size, scale, roi start, roi end)."""
+        r = len(shape)
+        axes = [a % r for a in self.axes_attr] if self.axes_attr is not None else list(range(r))
+        full_scale, out = [1.0] * r, list(shape)
+        roi_v = [float(v) for v in np.asarray(to_host(roi)).reshape(-1)] if roi is not None and roi.size else []
+        start, end = [0.0] * r, [1.0] * r
+        if roi_v:
+            for k, a in enumerate(axes):
+                start[a], end[a] = roi_v[k], roi_v[k + len(axes)]
+        if sizes is not None and sizes.size:
+            sz = host_ints(sizes)
+            if self.policy != "stretch":
+                ratios = [sz[k] / shape[a] for k, a in enumerate(axes)]
+                s = min(ratios) if self.policy == "not_larger" else max(ratios)
+                sz = [int(math.floor(s * shape[a] + 0.5)) for a in axes]
+                for a in axes:
+                    full_scale[a] = s
+            for k, a in enumerate(axes):
+                out[a] = sz[k]
+                if self.policy == "stretch":
+                    full_scale[a] = sz[k] / shape[a]
+        elif scales is not None and scales.size:
+            sc = [float(v) for v in np.asarray(to_host(scales)).reshape(-1)]
+            for k, a in enumerate(axes):
+                full_scale[a] = sc[k]
+                out[a] = int(math.floor(shape[a] * sc[k] * (end[a] - start[a]) if self.coord == "tf_crop_and_resize"
+                                        else shape[a] * sc[k]))
+        else:
+            raise ValueError("Resize needs scales or sizes")
+        return out, full_scale, start, end
+
+    def source_coords(self, n_in, n_out, scale, start, end):
+        x = np.arange(n_out, dtype=np.float64)
+        c = self.coord
+        length = n_in * scale  # the resized length before rounding, as the ONNX formulas use it
+        if c == "half_pixel":
+            return (x + 0.5) / scale - 0.5
+        if c == "pytorch_half_pixel":
+            return (x + 0.5) / scale - 0.5 if length > 1 else np.zeros_like(x)
+        if c == "align_corners":
+            return x * (n_in - 1) / (length - 1) if length > 1 else np.zeros_like(x)
+        if c == "asymmetric":
+            return x / scale
+        if c == "tf_half_pixel_for_nn":
+            return (x + 0.5) / scale
+        if c == "half_pixel_symmetric":
+            adj = n_out / (scale * n_in)
+            center = n_in / 2
+            return center * (1 - adj) + (x + 0.5) / scale - 0.5
+        # tf_crop_and_resize
+        if length > 1:
+            return start * (n_in - 1) + x * (end - start) * (n_in - 1) / (length - 1)
+        return np.full_like(x, 0.5 * (start + end) * (n_in - 1))
+
+    def taps(self, src, n_in):
+        """(indices (n_out, T), weights (n_out, T)) for the sampling mode."""
+        if self.mode == "nearest":
+            fl = np.floor(src)
+            frac = src - fl
+            if self.nearest_mode == "floor":
+                i = fl
+            elif self.nearest_mode == "ceil":
+                i = np.ceil(src)
+            elif self.nearest_mode == "round_prefer_floor":
+                i = np.where(frac <= 0.5, fl, fl + 1)
+            else:
+                i = np.where(frac < 0.5, fl, fl + 1)
+            return np.clip(i, 0, n_in - 1).astype(np.int64)[:, None], np.ones((len(src), 1))
+        fl = np.floor(src)
+        t = src - fl
+        if self.mode == "linear":
+            idx = fl[:, None] + np.array([0, 1])
+            w = np.stack([1 - t, t], axis=1)
+        else:
+            idx = fl[:, None] + np.array([-1, 0, 1, 2])
+            d = np.abs(idx - src[:, None])
+            a = self.cubic_a
+            w = np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                         np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+            if self.exclude_outside:
+                w = np.where((idx < 0) | (idx > n_in - 1), 0.0, w)
+                w = w / w.sum(axis=1, keepdims=True)
+        return np.clip(idx, 0, n_in - 1).astype(np.int64), w
+
+    def forward(self, x, roi=None, scales=None, sizes=None):
+        xp = xp_of(x)
+        out, scale, start, end = self.plan(x.shape, roi, scales, sizes)
+        y = x
+        for a in range(x.ndim):
+            if out[a] == x.shape[a] and scale[a] == 1.0 and self.coord != "tf_crop_and_resize":
+                continue
+            src = self.source_coords(x.shape[a], out[a], scale[a], start[a], end[a])
+            idx, w = self.taps(src, x.shape[a])
+            bshape = [1] * y.ndim
+            bshape[a] = out[a]
+            acc = None
+            for t in range(idx.shape[1]):
+                part = xp.take(y, xp.asarray(idx[:, t]), axis=a)
+                if self.mode != "nearest":
+                    part = part * xp.asarray(w[:, t].astype(x.dtype)).reshape(bshape) if x.dtype.kind == "f" else \
+                        part * xp.asarray(w[:, t]).reshape(bshape)
+                acc = part if acc is None else acc + part
+            if self.coord == "tf_crop_and_resize":
+                outside = (src < 0) | (src > x.shape[a] - 1)
+                if outside.any():
+                    acc = xp.where(xp.asarray(outside).reshape(bshape), acc.dtype.type(self.extrapolation), acc)
+            y = acc.astype(x.dtype) if acc.dtype != x.dtype else acc
+        return (y if y is not x else x.copy(),)

@@ -1,0 +1,1 @@
+"""Rule presets (TOML data), shipped inside the wheel as the package `fvgraph.rules`."""
