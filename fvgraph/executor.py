@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .backend import Backend
-from .errors import ExecutionError, FvGraphError, UnsupportedModelError
+from .errors import ExecutionError, FvGraphError, ModelLoadError, UnsupportedModelError
 from .graph import Graph
 from .ops import REGISTRY, build_kernel
 
@@ -62,6 +64,9 @@ class Executor:
             except UnsupportedModelError as e:
                 problems.append(str(e))
                 kernels.append(None)
+            except Exception as e:  # attributes of the wrong type or value: a malformed model
+                raise ModelLoadError(f"node {n.name!r} ({n.op_type}) has malformed attributes "
+                                     f"({type(e).__name__}: {e})") from None
         if missing or problems:
             lines = [f"  {op}: {len(names)} node(s): {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
                      for op, names in sorted(missing.items())]
@@ -94,6 +99,10 @@ class Executor:
         return self._plans[wanted]
 
     def run(self, feeds: dict, wanted: list[str], keep: bool = False) -> Tape:
+        with np.errstate(all="ignore"):  # NaN/inf propagate silently, as in onnxruntime
+            return self._run(feeds, wanted, keep)
+
+    def _run(self, feeds: dict, wanted: list[str], keep: bool) -> Tape:
         signature = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(feeds.items()))
         cached = self._static_cache.get(signature)
         fresh = cached is None

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .backend import Backend
-from .errors import InputError
+from .errors import FvGraphError, InputError, ModelLoadError
 from .executor import Executor, Tape
 from .graph import Graph, Layer
 from .onnx_import import import_model
@@ -150,7 +150,12 @@ def load(source: Any, device: str = "cpu") -> Model:
     """Load an ONNX model from a path, bytes or an onnx.ModelProto (external data is read beside the path)."""
     graph = import_model(source)
     src = source if isinstance(source, (str, os.PathLike)) else ""
-    return Model(graph, device=device, source=os.fspath(src) if src else "")
+    try:
+        return Model(graph, device=device, source=os.fspath(src) if src else "")
+    except FvGraphError:
+        raise
+    except Exception as e:  # what a corrupt but parseable file can still break
+        raise ModelLoadError(f"malformed model ({type(e).__name__}: {e})") from None
 
 
 def parameter_count(graph: Graph) -> int:

@@ -98,6 +98,11 @@ def tensor_to_array(t: TensorProto, where: str) -> np.ndarray:
         raise ModelLoadError(f"{where}: tensor {t.name!r} could not be read ({e})") from None
 
 
+def _text(s) -> str:
+    """Names as str even where a corrupt file holds invalid UTF-8 (protobuf then hands back bytes)."""
+    return s.decode("utf-8", "replace") if isinstance(s, bytes) else s
+
+
 def _attr_value(a: AttributeProto, where: str):
     if a.type == AttributeProto.TENSOR:
         return tensor_to_array(a.t, where)
@@ -167,12 +172,14 @@ class _Importer:
         outputs = [_value_info(v, self.where) for v in g.output]
         nodes = []
         for k, n in enumerate(g.node):
-            name = n.name or f"{(n.op_type or 'node').lower()}_{k}"
-            if n.domain not in ("", "ai.onnx"):
-                nodes.append(Node(name, f"{n.domain}.{n.op_type}", list(n.input), list(n.output), {}))
+            op_type, domain = _text(n.op_type), _text(n.domain)
+            name = _text(n.name) or f"{(op_type or 'node').lower()}_{k}"
+            n_in, n_out = [_text(v) for v in n.input], [_text(v) for v in n.output]
+            if domain not in ("", "ai.onnx"):
+                nodes.append(Node(name, f"{domain}.{op_type}", n_in, n_out, {}))
                 continue
-            attrs = {a.name: _attr_value(a, f"node {name!r} ({n.op_type})") for a in n.attribute}
-            node = Node(name, n.op_type, list(n.input), list(n.output), attrs)
+            attrs = {_text(a.name): _attr_value(a, f"node {name!r} ({op_type})") for a in n.attribute}
+            node = Node(name, op_type, n_in, n_out, attrs)
             if node.op_type == "Constant":
                 self.initializers[node.outputs[0]] = self.constant_value(node)
                 continue
