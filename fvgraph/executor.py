@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import Backend
+from .backend import Backend, xp_of
 from .errors import ExecutionError, FvGraphError, ModelLoadError, UnsupportedModelError
 from .graph import Graph
 from .ops import REGISTRY, build_kernel
@@ -49,6 +49,7 @@ class Executor:
         self._static_cache: OrderedDict = OrderedDict()
         self._plans: dict = {}
         self.producer_index = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
+        self.node_index = {id(n): i for i, n in enumerate(graph.nodes)}
 
     def _build_kernels(self):
         missing: dict[str, list[str]] = {}
@@ -79,9 +80,10 @@ class Executor:
                                         + "\n(run `fvgraph info MODEL` for the full layer table)")
         return kernels
 
-    def plan(self, wanted: tuple[str, ...]):
-        """Node indices needed for `wanted`, and for each value the index of its last use."""
-        if wanted not in self._plans:
+    def plan(self, wanted: tuple[str, ...], fuse: bool = False):
+        """Steps needed for `wanted` (node index, Fusion or None) and each value's last step of use."""
+        key = (wanted, fuse)
+        if key not in self._plans:
             need = set(wanted)
             order = []
             for i in range(len(self.graph.nodes) - 1, -1, -1):
@@ -90,13 +92,50 @@ class Executor:
                     order.append(i)
                     need.update(v for v in n.inputs if v)
             order.reverse()
+            fusions = self._fusions(order, set(wanted)) if fuse else {}
+            absorbed = {j for f in fusions.values() for j in f.absorbed}
+            steps = [(i, fusions.get(i)) for i in order if i not in absorbed]
             last_use = {}
-            for step, i in enumerate(order):
-                for v in self.graph.nodes[i].inputs:
+            for step, (i, f) in enumerate(steps):
+                for v in (f.inputs if f else self.graph.nodes[i].inputs):
                     if v:
                         last_use[v] = step
-            self._plans[wanted] = (order, last_use)
-        return self._plans[wanted]
+            self._plans[key] = (steps, last_use)
+        return self._plans[key]
+
+    def _fusions(self, order, wanted) -> dict:
+        """Forward-only fusion: Conv -> BatchNormalization (folded into the weights) -> Relu/Clip (applied in
+        place). Only where the intermediate values are not asked for and have no other consumer."""
+        consumers = self.graph.consumers()
+        outputs = set(self.graph.output_names()) | wanted
+        in_plan = set(order)
+        nodes = self.graph.nodes
+
+        def sole_consumer(value):
+            users = consumers.get(value, [])
+            if value in outputs or len(users) != 1:
+                return None
+            j = self.node_index[id(users[0])]
+            return j if j in in_plan and j not in self.static else None
+
+        fusions = {}
+        for i in order:
+            n = nodes[i]
+            if n.op_type != "Conv" or i in self.static or not all(v in self.constants for v in n.inputs[1:] if v):
+                continue
+            f = Fusion(i, n)
+            j = sole_consumer(n.outputs[0])
+            if j is not None and nodes[j].op_type == "BatchNormalization" and len(nodes[j].outputs) == 1 \
+                    and all(v in self.constants for v in nodes[j].inputs[1:]):
+                f.bn = j
+                j = sole_consumer(nodes[j].outputs[0])
+            if j is not None and (nodes[j].op_type == "Relu" or nodes[j].op_type == "Clip" and
+                                  all(not v or v in self.constants for v in nodes[j].inputs[1:])):
+                f.act = j
+            if f.bn is not None or f.act is not None:
+                f.finish(nodes)
+                fusions[i] = f
+        return fusions
 
     def run(self, feeds: dict, wanted: list[str], keep: bool = False) -> Tape:
         with np.errstate(all="ignore"):  # NaN/inf propagate silently, as in onnxruntime
@@ -110,11 +149,16 @@ class Executor:
             cached = {}
         values = dict(self.constants)
         values.update(feeds)
-        order, last_use = self.plan(tuple(wanted))
+        steps, last_use = self.plan(tuple(wanted), fuse=not keep)
         keep_names = set(wanted)
         ran = []
-        for step, i in enumerate(order):
+        for step, (i, fusion) in enumerate(steps):
             node = self.graph.nodes[i]
+            if fusion is not None:
+                values[fusion.output] = fusion.run(self, values)
+                ran.append(i)
+                self._release(fusion.inputs, step, last_use, keep_names, values)
+                continue
             if i in self.static and not fresh and all(o in cached for o in node.outputs if o):
                 for o in node.outputs:
                     if o:
@@ -136,9 +180,7 @@ class Executor:
                     if i in self.static:
                         cached[o] = v
             if not keep:
-                for v in node.inputs:
-                    if v and last_use.get(v) == step and v not in keep_names and v not in self.constants:
-                        values.pop(v, None)
+                self._release(node.inputs, step, last_use, keep_names, values)
         if fresh:
             self._static_cache[signature] = cached
             while len(self._static_cache) > 8:
@@ -146,3 +188,52 @@ class Executor:
         if not keep:
             values = {k: values[k] for k in wanted}
         return Tape(values, ran)
+
+    def _release(self, names, step, last_use, keep_names, values):
+        for v in names:
+            if v and last_use.get(v) == step and v not in keep_names and v not in self.constants:
+                values.pop(v, None)
+
+
+class Fusion:
+    """Conv [-> BatchNormalization] [-> Relu | Clip] run as one step: BN folded into the conv's weights
+    (computed once), the activation applied in place on the fresh conv output."""
+
+    def __init__(self, conv: int, node):
+        self.conv, self.node = conv, node
+        self.bn = self.act = None
+        self._folded = None
+
+    def finish(self, nodes):
+        self.absorbed = [j for j in (self.bn, self.act) if j is not None]
+        last = nodes[self.absorbed[-1]]
+        self.output = last.outputs[0]
+        self.inputs = list(self.node.inputs) + [v for j in self.absorbed for v in nodes[j].inputs[1:]]
+        self.bn_params = nodes[self.bn].inputs[1:5] if self.bn is not None else None
+        self.act_node = nodes[self.act] if self.act is not None else None
+
+    def weights(self, ex):
+        if self._folded is None:
+            c = ex.constants
+            w = c[self.node.inputs[1]]
+            b = c[self.node.inputs[2]] if len(self.node.inputs) > 2 and self.node.inputs[2] else None
+            if self.bn_params is not None:
+                bn = ex.kernels[self.bn]
+                a, shift = bn.affine(*(c[v] for v in self.bn_params))
+                a = a.astype(w.dtype)
+                w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
+                b = shift.astype(w.dtype) + (b * a if b is not None else 0)
+            self._folded = (w, b)
+        return self._folded
+
+    def run(self, ex, values):
+        w, b = self.weights(ex)
+        y = ex.kernels[self.conv].forward(values[self.node.inputs[0]], w, b)[0]
+        if self.act_node is not None:
+            xp = xp_of(y)
+            if self.act_node.op_type == "Relu":
+                xp.maximum(y, y.dtype.type(0), out=y)
+            else:
+                lo, hi = (values[v] if v else None for v in (self.act_node.inputs + ["", ""])[1:3])
+                ex.kernels[self.act].forward_inplace(y, lo, hi)
+        return y

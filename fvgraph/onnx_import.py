@@ -13,6 +13,7 @@ changed across opsets 7..latest into its newest form, so kernels implement one v
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -82,8 +83,9 @@ def tensor_to_array(t: TensorProto, where: str) -> np.ndarray:
     count = int(np.prod(dims, dtype=np.float64)) if dims else 1
     if count > MAX_ELEMENTS:
         raise ModelLoadError(f"{where}: tensor {t.name!r} declares {count} elements, more than fvgraph accepts")
-    if t.HasField("raw_data") or t.raw_data:
-        stored = len(t.raw_data) / dtype.itemsize
+    raw = t.raw_data  # one copy out of the protobuf (each attribute access makes another)
+    if raw:
+        stored = len(raw) / dtype.itemsize
     else:
         field = helper.tensor_dtype_to_field(t.data_type)
         stored = len(getattr(t, field))
@@ -93,7 +95,11 @@ def tensor_to_array(t: TensorProto, where: str) -> np.ndarray:
         raise ModelLoadError(f"{where}: tensor {t.name!r} declares shape {dims} ({count} values) but stores "
                              f"{stored:g}: the file is corrupt")
     try:
-        return np.array(numpy_helper.to_array(t), dtype=dtype, copy=True).reshape(dims)
+        if raw and dtype.kind != "b" and sys.byteorder == "little":
+            a = np.frombuffer(raw, dtype=dtype).reshape(dims)  # read-only view of the bytes: no copy
+        else:
+            a = numpy_helper.to_array(t).astype(dtype, copy=False)
+        return a.reshape(dims)
     except Exception as e:
         raise ModelLoadError(f"{where}: tensor {t.name!r} could not be read ({e})") from None
 
@@ -139,8 +145,8 @@ def _value_info(vi, where, strict=True) -> ValueInfo:
 
 
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto, where: str):
-        self.proto, self.where = proto, where
+    def __init__(self, proto: onnx.ModelProto, where: str, owned: bool = False):
+        self.proto, self.where, self.owned = proto, where, owned
         self.initializers: dict[str, np.ndarray] = {}
         self.used_names: set[str] = set()
 
@@ -168,6 +174,8 @@ class _Importer:
         self.used_names |= {t.name for t in g.initializer} | {v.name for v in g.input}
         for t in g.initializer:
             self.initializers[t.name] = tensor_to_array(t, f"{self.where}: initializer {t.name!r}")
+            if self.owned:  # a proto we read ourselves: free each tensor's bytes once converted
+                t.ClearField("raw_data")
         inputs = [_value_info(v, self.where) for v in g.input if v.name not in self.initializers]
         outputs = [_value_info(v, self.where) for v in g.output]
         nodes = []
@@ -240,11 +248,30 @@ class _Importer:
                           "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
         return node
 
+    def skeleton(self) -> onnx.ModelProto:
+        """The model without its large weights (declared as inputs of the same shape instead): shape
+        inference needs their shapes only, and copying gigabytes of weights for it would double memory."""
+        g = self.proto.graph
+        s = onnx.ModelProto(ir_version=self.proto.ir_version)
+        s.opset_import.extend(self.proto.opset_import)
+        s.graph.node.extend(g.node)
+        s.graph.input.extend(g.input)
+        s.graph.output.extend(g.output)
+        s.graph.value_info.extend(g.value_info)
+        declared = {v.name for v in g.input}
+        for name, a in self.initializers.items():
+            if a.size <= 64 and a.dtype.kind in "iub":
+                s.graph.initializer.append(numpy_helper.from_array(a, name))
+            elif name not in declared:
+                s.graph.input.append(helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)))
+        return s
+
     def inferred_shapes(self) -> dict[str, ValueInfo]:
         """Shapes of intermediate values from ONNX shape inference, for `info` and the layer table."""
         out = {}
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
+            inferred = onnx.shape_inference.infer_shapes(self.skeleton(), strict_mode=False)
             for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
                 out[vi.name] = _value_info(vi, self.where, strict=False)
         except Exception:
@@ -255,7 +282,7 @@ class _Importer:
 def import_model(source: Any) -> Graph:
     proto, where = read_proto(source)
     try:
-        return _Importer(proto, where).run()
+        return _Importer(proto, where, owned=not isinstance(source, onnx.ModelProto)).run()
     except (ModelLoadError, UnsupportedModelError):
         raise
     except Exception as e:  # anything a corrupt protobuf can still trigger

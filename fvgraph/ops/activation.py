@@ -110,14 +110,16 @@ class Clip(Op):
     """Clip(x, min, max); min/max are inputs after import (opset < 11 attributes are moved there)."""
 
     def forward(self, x, lo=None, hi=None):
-        xp = xp_of(x)
-        lo, hi = _scalar(lo, None, x.dtype), _scalar(hi, None, x.dtype)
-        y = x
+        return (self.forward_inplace(x.copy(), lo, hi),)
+
+    def forward_inplace(self, y, lo=None, hi=None):
+        xp = xp_of(y)
+        lo, hi = _scalar(lo, None, y.dtype), _scalar(hi, None, y.dtype)
         if lo is not None:
-            y = xp.maximum(y, lo)
+            xp.maximum(y, lo, out=y)
         if hi is not None:
-            y = xp.minimum(y, hi)
-        return (y if y is not x else x.copy(),)
+            xp.minimum(y, hi, out=y)
+        return y
 
 
 @register("PRelu")
