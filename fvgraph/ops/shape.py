@@ -257,5 +257,8 @@ class Pad(Op):
         width = [(max(b, 0), max(e, 0)) for b, e in zip(before, after)]
         if self.mode == "constant":
             v = 0 if value is None or value.size == 0 else np.asarray(to_host(value)).reshape(()).item()
-            return (xp.pad(x, width, mode="constant", constant_values=x.dtype.type(v)),)
+            shape = [d + a + b for d, (a, b) in zip(x.shape, width)]
+            y = xp.zeros(shape, x.dtype) if v == 0 else xp.full(shape, v, x.dtype)
+            y[tuple(slice(a, a + d) for d, (a, _) in zip(x.shape, width))] = x
+            return (y,)
         return (xp.pad(x, width, mode=self.MODES[self.mode]),)
