@@ -6,6 +6,7 @@ against the array module of their operands (`xp_of`), so NumPy and CuPy share on
 """
 from __future__ import annotations
 
+from ..backend import xp_of
 from ..errors import UnsupportedModelError
 from ..graph import Node
 
@@ -36,6 +37,32 @@ class Op:
 
     def forward(self, *inputs):
         raise NotImplementedError
+
+    # Reverse pass. `inputs`/`outputs` are the values of the forward run, `grads` one array per output
+    # (None where nothing flows back). Returns one gradient per input (None: not differentiable there).
+    differentiable = True
+
+    def vjp(self, inputs, outputs, grads):
+        raise NotImplementedError(f"{self.op_type} has no VJP")
+
+
+class NonDifferentiable(Op):
+    """Ops whose outputs are integers, booleans or piecewise constant: nothing flows back."""
+    differentiable = False
+
+    def vjp(self, inputs, outputs, grads):
+        return [None] * len(inputs)
+
+
+def unbroadcast(g, shape):
+    """Sum a broadcast gradient back to `shape` (numpy multidirectional broadcasting)."""
+    if g.shape == tuple(shape):
+        return g
+    xp = xp_of(g)
+    extra = g.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(i + extra for i, d in enumerate(shape) if d == 1 and g.shape[i + extra] != 1)
+    g = g.sum(axis=axes, keepdims=True) if axes else g
+    return g.reshape(shape) if extra else g
 
 
 def upcast_half(forward):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..backend import special_erf, xp_of
-from . import Op, register
+from . import Op, register, unbroadcast
 
 
 def _scalar(v, default, dtype):
@@ -41,6 +41,26 @@ UNARY = {
 }
 
 
+# d(out)/d(in) times the incoming gradient g, from input x and output y. Piecewise-constant ops (Floor,
+# Ceil, Sign, Not) are absent: nothing flows back through them.
+UNARY_GRAD = {
+    "Abs": lambda xp, x, y, g: g * xp.sign(x),
+    "Neg": lambda xp, x, y, g: -g,
+    "Exp": lambda xp, x, y, g: g * y,
+    "Log": lambda xp, x, y, g: g / x,
+    "Sqrt": lambda xp, x, y, g: g / (2 * y),
+    "Reciprocal": lambda xp, x, y, g: -g * y * y,
+    "Tanh": lambda xp, x, y, g: g * (1 - y * y),
+    "Sin": lambda xp, x, y, g: g * xp.cos(x),
+    "Cos": lambda xp, x, y, g: -g * xp.sin(x),
+    "Erf": lambda xp, x, y, g: g * x.dtype.type(2 / math.sqrt(math.pi)) * xp.exp(-x * x),
+    "Relu": lambda xp, x, y, g: g * (x > 0),
+    "Sigmoid": lambda xp, x, y, g: g * y * (1 - y),
+    "Softplus": lambda xp, x, y, g: g * _expit(xp)(x),
+    "Softsign": lambda xp, x, y, g: g / (1 + xp.abs(x)) ** 2,
+}
+
+
 def _expit(xp):
     if xp is np:
         from scipy.special import expit
@@ -53,9 +73,16 @@ def _expit(xp):
 class Unary(Op):
     def setup(self, node):
         self.fn = UNARY[node.op_type]
+        self.grad = UNARY_GRAD.get(node.op_type)
+        self.differentiable = self.grad is not None
 
     def forward(self, x):
         return (self.fn(xp_of(x), x),)
+
+    def vjp(self, inputs, outputs, grads):
+        if self.grad is None:
+            return [None]
+        return [self.grad(xp_of(grads[0]), inputs[0], outputs[0], grads[0]).astype(inputs[0].dtype, copy=False)]
 
 
 @register("LeakyRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Celu", "ThresholdedRelu", "Gelu")
@@ -104,6 +131,36 @@ class ParamActivation(Op):
                 y = t(0.5) * x * (1 + special_erf(xp)(x / t(math.sqrt(2))).astype(x.dtype, copy=False))
         return (y,)
 
+    def derivative(self, x):
+        xp, t, op = xp_of(x), x.dtype.type, self.op_type
+        a = None if self.alpha is None else t(self.alpha)
+        if op == "LeakyRelu":
+            return xp.where(x >= 0, t(1), a)
+        if op == "Elu":
+            return xp.where(x > 0, t(1), a * xp.exp(xp.minimum(x, t(0))))
+        if op == "Celu":
+            return xp.where(x > 0, t(1), xp.exp(xp.minimum(x, t(0)) / a))
+        if op == "Selu":
+            return t(self.gamma) * xp.where(x > 0, t(1), a * xp.exp(xp.minimum(x, t(0))))
+        if op == "ThresholdedRelu":
+            return (x > a).astype(x.dtype)
+        if op in ("HardSigmoid", "HardSwish"):
+            z = a * x + t(self.beta)
+            inside = ((z > 0) & (z < 1)).astype(x.dtype)
+            if op == "HardSigmoid":
+                return a * inside
+            return xp.clip(z, t(0), t(1)) + x * a * inside
+        if self.approximate == "tanh":  # Gelu, tanh form
+            k = t(math.sqrt(2 / math.pi))
+            u = k * (x + t(0.044715) * x ** 3)
+            th = xp.tanh(u)
+            return t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * k * (1 + t(3 * 0.044715) * x * x)
+        cdf = t(0.5) * (1 + special_erf(xp)(x / t(math.sqrt(2))).astype(x.dtype, copy=False))
+        return cdf + x * xp.exp(-x * x / 2) * t(1 / math.sqrt(2 * math.pi))
+
+    def vjp(self, inputs, outputs, grads):
+        return [grads[0] * self.derivative(inputs[0])]
+
 
 @register("Clip")
 class Clip(Op):
@@ -111,6 +168,19 @@ class Clip(Op):
 
     def forward(self, x, lo=None, hi=None):
         return (self.forward_inplace(x.copy(), lo, hi),)
+
+    def gate(self, x, lo=None, hi=None):
+        """1 where x passes unclipped (lo < x < hi, strict as PyTorch's ReLU6/hardtanh), else 0."""
+        lo, hi = _scalar(lo, None, x.dtype), _scalar(hi, None, x.dtype)
+        m = None
+        if lo is not None:
+            m = x > lo
+        if hi is not None:
+            m = (x < hi) if m is None else m & (x < hi)
+        return xp_of(x).ones_like(x) if m is None else m.astype(x.dtype)
+
+    def vjp(self, inputs, outputs, grads):
+        return [grads[0] * self.gate(*inputs), None, None][:len(inputs)]
 
     def forward_inplace(self, y, lo=None, hi=None):
         xp = xp_of(y)
@@ -127,6 +197,14 @@ class PRelu(Op):
     def forward(self, x, slope):
         xp = xp_of(x)
         return (xp.where(x >= 0, x, x * slope.astype(x.dtype, copy=False)),)
+
+    def vjp(self, inputs, outputs, grads):
+        xp = xp_of(grads[0])
+        x, slope = inputs
+        g = grads[0]
+        neg = x < 0
+        gx = xp.where(neg, g * slope.astype(x.dtype, copy=False), g)
+        return [gx, unbroadcast(xp.where(neg, g * x, 0), slope.shape).astype(slope.dtype)]
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")
@@ -151,9 +229,24 @@ class Softmax(Op):
                  == xp.expand_dims(idx, axis)).astype(x.dtype)
             return (y.reshape(shape),)
         z = x - xp.max(x, axis=axis, keepdims=True)
-        if self.op_type == "Softmax":
+        if self.op_type == "Softmax":  # noqa: SIM114
             e = xp.exp(z)
             y = e / xp.sum(e, axis=axis, keepdims=True)
         else:
             y = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
         return (y.reshape(shape),)
+
+    def vjp(self, inputs, outputs, grads):
+        if self.op_type == "Hardmax":
+            return [None]
+        xp = xp_of(grads[0])
+        x, y, g = inputs[0], outputs[0], grads[0]
+        axis = self.axis % max(x.ndim, 1)
+        if self.flatten:
+            lead = int(np.prod(x.shape[:axis], dtype=np.int64))
+            y, g, axis = y.reshape(lead, -1), g.reshape(lead, -1), 1
+        if self.op_type == "Softmax":
+            gx = y * (g - xp.sum(g * y, axis=axis, keepdims=True))
+        else:
+            gx = g - xp.exp(y) * xp.sum(g, axis=axis, keepdims=True)
+        return [gx.reshape(x.shape)]

@@ -72,7 +72,7 @@ class Conv(_ConvBase):
             y += b.astype(y.dtype, copy=False).reshape((1, -1) + (1,) * (y.ndim - 2))
         return (y,)
 
-    def _gemm(self, buf, w, geo):
+    def _gemm(self, buf, w, geo, cache=True):
         """y[n] (M, L) = W (M, K*C) @ col[n]^T, col[n] (L, K*C) gathered channels-last. This orientation
         (output rows = channels, so y comes out NCHW) ran 1.2-1.7x faster than col @ W^T in OpenBLAS on the
         ResNet-18 layer shapes (benchmarks/forward.py)."""
@@ -81,7 +81,7 @@ class Conv(_ConvBase):
         M, g = w.shape[0], self.group
         Cg, Mg = C // g, M // g
         L = math.prod(geo.out)
-        wm = self._cached(w, self.weight_matrices)
+        wm = self._cached(w, self.weight_matrices) if cache else self.weight_matrices(w)
         pointwise = geo.ktotal == 1 and all(s == 1 for s in geo.s)
         win = buf if pointwise else windows(buf, geo)
         y = xp.empty((N, M, *geo.out), dtype=buf.dtype)
@@ -100,6 +100,67 @@ class Conv(_ConvBase):
                     else:
                         yn[gi * Mg:(gi + 1) * Mg, cols] = wm[gi] @ col.T
         return y
+
+    def vjp(self, inputs, outputs, grads):
+        """Gradient w.r.t. the input (weights are constants here: explanations never need their gradient).
+        Stride 1: a correlation of the gradient with the flipped, transposed weights, through the same fast
+        path as the forward pass. Strided: the adjoint of im2col (col2im)."""
+        x, w = inputs[0], inputs[1]
+        g = grads[0]
+        if g.dtype == "float16":
+            g, x, w = g.astype("float32"), x.astype("float32"), w.astype("float32")
+        geo = self.geometry(x, w)
+        gx = self._input_grad(g, x, w, geo)
+        return [gx.astype(inputs[0].dtype, copy=False), None, None][:len(inputs)]
+
+    def _input_grad(self, g, x, w, geo):
+        xp = xp_of(g)
+        C, g_ = x.shape[1], self.group
+        depthwise = g_ > 1 and w.shape[1] == 1
+        if all(s == 1 for s in geo.s) and not depthwise:
+            pb = [(k - 1) * d - b for k, d, b in zip(geo.k, geo.d, geo.pb)]
+            pe = [i - 1 + ke - o - p for i, ke, o, p in zip(x.shape[2:], geo.keff, geo.out, pb)]
+            if all(p >= 0 for p in pb + pe):
+                back = Geometry(g.shape[2:], geo.k, geo.s, geo.d, pb + pe, "NOTSET")
+                wt = self._cached_transposed(w)
+                buf = channels_last_padded(g, back.pb, back.pe)
+                return self._gemm(buf, wt, back, cache=False)
+        # col2im: gcol[n] (L, K*C) = g[n]^T (L, M) @ W (M, K*C), scattered back over the taps
+        N, M = g.shape[:2]
+        Cg, Mg = C // g_, M // g_
+        P = [i + b + e for i, b, e in zip(x.shape[2:], geo.pb, geo.pe)]
+        buf = xp.zeros((N, *P, C), g.dtype)
+        g_cl = xp.moveaxis(g, 1, -1)
+        if depthwise:
+            mult = M // C
+            wt = xp.moveaxis(w.reshape(C, mult, -1), -1, 0)  # (K, C, mult)
+            gm = g_cl.reshape(*g_cl.shape[:-1], C, mult)
+            for t, tap in enumerate(geo.taps):
+                tap_view(buf, geo, tap)[...] += (gm * wt[t]).sum(axis=-1)
+        else:
+            wm = self._cached(w, self.weight_matrices)
+            L = math.prod(geo.out)
+            for n in range(N):
+                for gi in range(g_):
+                    gn = g_cl[n, ..., gi * Mg:(gi + 1) * Mg].reshape(L, Mg)
+                    cols = (gn @ wm[gi]).reshape(1, *geo.out, *geo.k, Cg)
+                    view = buf[n:n + 1, ..., gi * Cg:(gi + 1) * Cg]
+                    for tap in geo.taps:
+                        tap_view(view, geo, tap)[...] += cols[(slice(None),) * (1 + len(geo.out)) + tuple(tap)]
+        crop = (slice(None), *[slice(b, b + i) for b, i in zip(geo.pb, x.shape[2:])], slice(None))
+        return xp.ascontiguousarray(to_nchw(buf[crop]))
+
+    def _cached_transposed(self, w):
+        """Weights of the adjoint correlation: W'[gi*Cg + c, m, t] = W[gi*Mg + m, c, flipped t]."""
+        if getattr(self, "_tcache", (None,))[0] is not w:
+            xp = xp_of(w)
+            g = self.group
+            M, Cg = w.shape[:2]
+            Mg = M // g
+            flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * (w.ndim - 2)]
+            wt = flipped.reshape(g, Mg, Cg, *w.shape[2:]).swapaxes(1, 2).reshape(g * Cg, Mg, *w.shape[2:])
+            self._tcache = (w, xp.ascontiguousarray(wt))
+        return self._tcache[1]
 
     def _depthwise(self, buf, w, geo):
         """groups == channels: y[..., c, j] = sum over taps of window[..., tap, c] * w[c*mult + j, 0, tap],
@@ -177,3 +238,27 @@ class ConvTranspose(_ConvBase):
         if b is not None:
             y = y + b.astype(y.dtype, copy=False)
         return (to_nchw(y),)
+
+    def vjp(self, inputs, outputs, grads):
+        """Adjoint of col2im + product: windows of the (uncropped) gradient times the weights."""
+        x, w = inputs[0], inputs[1]
+        xp = xp_of(grads[0])
+        g = grads[0].astype("float32") if grads[0].dtype == "float16" else grads[0]
+        geo, full, out = self.geometry(x, w)
+        N, C = x.shape[:2]
+        gr, Mg = self.group, w.shape[1]
+        Cg = C // gr
+        g_cl = xp.moveaxis(g, 1, -1)
+        buf = xp.zeros((N, *full, g.shape[1]), g.dtype)
+        n = [min(o - max(-b, 0), f - max(b, 0)) for b, o, f in zip(geo.pb, out, full)]
+        src = [slice(max(-b, 0), max(-b, 0) + k) for b, k in zip(geo.pb, n)]
+        dst = [slice(max(b, 0), max(b, 0) + k) for b, k in zip(geo.pb, n)]
+        buf[(slice(None), *dst, slice(None))] = g_cl[(slice(None), *src, slice(None))]
+        win = windows(buf, geo)  # (N, *in, *k, M)
+        L = math.prod(x.shape[2:])
+        gx = xp.empty((N, *x.shape[2:], C), g.dtype)
+        for gi in range(gr):
+            wg = xp.moveaxis(w[gi * Cg:(gi + 1) * Cg], 1, -1).reshape(Cg, -1)  # (Cg, K*Mg)
+            cols = xp.ascontiguousarray(win[..., gi * Mg:(gi + 1) * Mg]).reshape(N * L, -1)
+            gx[..., gi * Cg:(gi + 1) * Cg] = (cols @ wg.T).reshape(N, *x.shape[2:], Cg)
+        return [xp.ascontiguousarray(to_nchw(gx)).astype(x.dtype, copy=False), None, None][:len(inputs)]

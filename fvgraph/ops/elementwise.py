@@ -6,7 +6,7 @@ from functools import reduce
 import numpy as np
 
 from ..backend import xp_of
-from . import Op, register
+from . import NonDifferentiable, Op, register, unbroadcast
 
 
 def _div(xp, a, b):
@@ -47,6 +47,21 @@ BINARY = {
     "Xor": lambda xp, a, b: xp.logical_xor(a, b),
 }
 
+def _pow_grads(xp, a, b, y, g):
+    ga = g * b * xp.power(a, b - 1)
+    gb = g * y * xp.log(xp.where(a > 0, a, 1))
+    return ga, gb
+
+
+# gradients (d/da, d/db) of the differentiable binary ops
+BINARY_GRAD = {
+    "Add": lambda xp, a, b, y, g: (g, g),
+    "Sub": lambda xp, a, b, y, g: (g, -g),
+    "Mul": lambda xp, a, b, y, g: (g * b, g * a),
+    "Div": lambda xp, a, b, y, g: (g / b, -g * y / b),
+    "Pow": _pow_grads,
+}
+
 VARIADIC = {
     "Sum": lambda xp, a, b: a + b,
     "Mean": lambda xp, a, b: a + b,
@@ -59,6 +74,8 @@ VARIADIC = {
 class Binary(Op):
     def setup(self, node):
         self.fn = BINARY[node.op_type]
+        self.grad = BINARY_GRAD.get(node.op_type)
+        self.differentiable = self.grad is not None
         if node.attr("axis") is not None:
             self.unsupported("legacy broadcasting with an axis attribute (opset < 7); "
                              "upgrade the model with onnx.version_converter")
@@ -66,9 +83,17 @@ class Binary(Op):
     def forward(self, a, b):
         return (self.fn(xp_of(a, b), a, b),)
 
+    def vjp(self, inputs, outputs, grads):
+        a, b = inputs
+        if self.grad is None or a.dtype.kind != "f":
+            return [None, None]
+        ga, gb = self.grad(xp_of(grads[0]), a, b, outputs[0], grads[0])
+        return [unbroadcast(ga, a.shape).astype(a.dtype, copy=False),
+                unbroadcast(gb, b.shape).astype(b.dtype, copy=False)]
+
 
 @register("Mod")
-class Mod(Op):
+class Mod(NonDifferentiable):
     def setup(self, node):
         self.fmod = bool(node.attr("fmod", 0))
 
@@ -90,9 +115,26 @@ class Variadic(Op):
             y = y / y.dtype.type(len(xs))
         return (y,)
 
+    def vjp(self, inputs, outputs, grads):
+        g, y = grads[0], outputs[0]
+        if self.op_type in ("Sum", "Mean"):
+            g = g / g.dtype.type(len(inputs)) if self.op_type == "Mean" else g
+            return [unbroadcast(g, x.shape) for x in inputs]
+        # Max/Min: to the inputs that attain the result, split evenly among ties
+        xp = xp_of(g)
+        hits = [(x == y) for x in inputs]
+        count = sum(h.astype(g.dtype) for h in hits)
+        return [unbroadcast(g * h / count, x.shape) for x, h in zip(inputs, hits)]
+
 
 @register("Where")
 class Where(Op):
     def forward(self, cond, a, b):
         xp = xp_of(a, b)
         return (xp.where(xp.asarray(cond), a, b),)
+
+    def vjp(self, inputs, outputs, grads):
+        cond, a, b = inputs
+        xp, g = xp_of(grads[0]), grads[0]
+        c = xp.asarray(cond)
+        return [None, unbroadcast(xp.where(c, g, 0), a.shape), unbroadcast(xp.where(c, 0, g), b.shape)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..backend import xp_of
-from . import Op, register, upcast_half
+from . import Op, register, unbroadcast, upcast_half
 
 
 @register("Gemm")
@@ -27,9 +27,41 @@ class Gemm(Op):
             y += c if self.beta == 1.0 else y.dtype.type(self.beta) * c
         return (y,)
 
+    def vjp(self, inputs, outputs, grads):
+        a, b = inputs[:2]
+        g = grads[0]
+        t = g.dtype.type
+        if self.alpha != 1.0:
+            g = g * t(self.alpha)
+        b2 = b.T if self.trans_b else b
+        a2 = a.T if self.trans_a else a
+        ga = g @ b2.T
+        gb = a2.T @ g
+        out = [ga.T if self.trans_a else ga, gb.T if self.trans_b else gb]
+        if len(inputs) > 2 and inputs[2] is not None:
+            out.append(unbroadcast(grads[0] * t(self.beta), inputs[2].shape))
+        return out
+
 
 @register("MatMul")
 class MatMul(Op):
     @upcast_half
     def forward(self, a, b):
         return (xp_of(a, b).matmul(a, b),)
+
+    def vjp(self, inputs, outputs, grads):
+        xp = xp_of(grads[0])
+        a, b = inputs
+        g = grads[0]
+        a2 = a[None] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        ga = g2 @ xp.swapaxes(b2, -1, -2)
+        gb = xp.swapaxes(a2, -1, -2) @ g2
+        ga = unbroadcast(ga, a2.shape).reshape(a.shape)
+        gb = unbroadcast(gb, b2.shape).reshape(b.shape)
+        return [ga, gb]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..backend import xp_of
-from . import Op, register
+from . import Op, register, unbroadcast
 
 
 def channel_shape(x):
@@ -33,6 +33,11 @@ class BatchNormalization(Op):
         s = channel_shape(x)
         return (x * a.astype(x.dtype, copy=False).reshape(s) + b.astype(x.dtype, copy=False).reshape(s),)
 
+    def vjp(self, inputs, outputs, grads):
+        x, scale, bias, mean, var = inputs
+        a, _ = self.affine(scale, bias, mean, var)
+        return [grads[0] * a.astype(x.dtype, copy=False).reshape(channel_shape(x)), None, None, None, None]
+
 
 @register("InstanceNormalization")
 class InstanceNormalization(Op):
@@ -47,6 +52,19 @@ class InstanceNormalization(Op):
         s = channel_shape(x)
         y = (x - mean) / xp.sqrt(var + x.dtype.type(self.eps)) * scale.reshape(s) + bias.reshape(s)
         return (y.astype(x.dtype, copy=False),)
+
+    def vjp(self, inputs, outputs, grads):
+        x, scale, bias = inputs
+        xp = xp_of(x)
+        axes = tuple(range(2, x.ndim))
+        s = channel_shape(x)
+        mean = x.mean(axis=axes, keepdims=True)
+        inv = 1 / xp.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + x.dtype.type(self.eps))
+        xhat = (x - mean) * inv
+        gh = grads[0] * scale.reshape(s)
+        gx = inv * (gh - gh.mean(axis=axes, keepdims=True) - xhat * (gh * xhat).mean(axis=axes, keepdims=True))
+        gscale = (grads[0] * xhat).sum(axis=(0,) + axes)
+        return [gx.astype(x.dtype, copy=False), gscale, grads[0].sum(axis=(0,) + axes)]
 
 
 @register("LRN")
@@ -78,3 +96,25 @@ class LRN(Op):
 
     def forward(self, x):
         return (x / self.denominator(x) ** x.dtype.type(self.beta),)
+
+    def vjp(self, inputs, outputs, grads):
+        x, g = inputs[0], grads[0]
+        t = x.dtype.type
+        d = self.denominator(x)
+        # y_c = x_c d_c^-b;  dy_c/dx_j = d_c^-b [c == j] - 2 b alpha/size x_c x_j d_c^(-b-1) [j in window(c)]
+        u = g * x * d ** t(-self.beta - 1)
+        # the window is symmetric up to its split; the adjoint sums over channels c whose window holds j
+        back = self.transposed_window_sum(u)
+        return [g * d ** t(-self.beta) - t(2 * self.beta * self.alpha / self.size) * x * back]
+
+    def transposed_window_sum(self, u):
+        """Adjoint of window_sum: channel j collects from channels c with j in window(c)."""
+        lo, hi = (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
+        C = u.shape[1]
+        acc = u.copy()
+        for off in range(1, max(lo, hi) + 1):
+            if off <= lo and off < C:  # c got c - off: j = c - off collects from c = j + off
+                acc[:, :C - off] += u[:, off:]
+            if off <= hi and off < C:  # c got c + off: j = c + off collects from c = j - off
+                acc[:, off:] += u[:, :C - off]
+        return acc

@@ -8,6 +8,21 @@ from . import Op, register
 from .window import Geometry, channels_last_padded, ints, tap_view, to_nchw
 
 
+def spread_to_taps(g, x_shape, geo: Geometry, weight_of_tap):
+    """Adjoint of a windowed reduction: out[tap windows] += weight_of_tap(t) * g, in a zero channels-last
+    buffer covering the padded input; returns the gradient cropped to the input, NCHW."""
+    xp = xp_of(g)
+    g_cl = xp.moveaxis(g, 1, -1)
+    P = [i + b + e + x for i, b, e, x in zip(x_shape[2:], geo.pb, geo.pe, geo.extra)]
+    buf = xp.zeros((x_shape[0], *P, x_shape[1]), g.dtype)
+    for t, tap in enumerate(geo.taps):
+        contribution = weight_of_tap(t, g_cl)
+        if contribution is not None:
+            tap_view(buf, geo, tap)[...] += contribution
+    crop = (slice(None), *[slice(b, b + i) for b, i in zip(geo.pb, x_shape[2:])], slice(None))
+    return xp.ascontiguousarray(to_nchw(buf[crop]))
+
+
 class _PoolBase(Op):
     def setup(self, node):
         self.k = node.attr("kernel_shape")
@@ -59,6 +74,15 @@ class MaxPool(_PoolBase):
             return (y,), None
         return (y, self.flat_indices(x.shape, geo, best)), best
 
+    def vjp(self, inputs, outputs, grads):
+        """Route each output's gradient to the input that won the max (the forward switches)."""
+        x, g = inputs[0], grads[0]
+        if g is None:
+            return [None]
+        _, best = self.pool(x, with_argmax=True)
+        geo = self.geometry(x)
+        return [spread_to_taps(g, x.shape, geo, lambda t, g_cl: xp_of(g).where(best == t, g_cl, 0))]
+
     def flat_indices(self, shape, geo, best):
         """ONNX Indices: flat position of each maximum in the unpadded input (row- or column-major)."""
         xp = xp_of(best)
@@ -87,7 +111,9 @@ class AveragePool(_PoolBase):
 
     def divisor(self, xp, in_sp, geo, dtype):
         """Per output position: how many window elements count (explicit pads too when count_include_pad,
-        never the extra right padding that ceil_mode adds)."""
+        never the extra right padding that ceil_mode adds). Shape (1, *out, 1) for channels-last values."""
+        if not any(geo.pb) and not any(geo.pe) and not any(geo.extra):
+            return dtype.type(geo.ktotal)
         if self.count_include_pad:
             shape = [i + b + e for i, b, e in zip(in_sp, geo.pb, geo.pe)]
             mask = np.pad(np.ones(shape, dtype), [(0, x) for x in geo.extra])
@@ -100,17 +126,19 @@ class AveragePool(_PoolBase):
     def forward(self, x):
         xp = xp_of(x)
         geo = self.geometry(x)
-        buf = channels_last_padded(x, geo.pb, [e + x_ for e, x_ in zip(geo.pe, geo.extra)])
+        buf = channels_last_padded(x, geo.pb, [e + x_ for e, x_ in zip(geo.pe, geo.extra)])  # zeros
         acc = None
         for tap in geo.taps:
             v = tap_view(buf, geo, tap)
             acc = v.copy() if acc is None else xp.add(acc, v, out=acc)
-        full = not any(geo.pb) and not any(geo.pe) and not any(geo.extra)
-        if full:
-            acc *= x.dtype.type(1.0 / geo.ktotal)
-        else:
-            acc /= self.divisor(xp, x.shape[2:], geo, x.dtype)
+        acc /= self.divisor(xp, x.shape[2:], geo, x.dtype)
         return (to_nchw(acc),)
+
+    def vjp(self, inputs, outputs, grads):
+        x, g = inputs[0], grads[0]
+        geo = self.geometry(x)
+        share = xp_of(g).moveaxis(g, 1, -1) / self.divisor(xp_of(g), x.shape[2:], geo, g.dtype)
+        return [spread_to_taps(g, x.shape, geo, lambda t, g_cl: share)]
 
 
 @register("GlobalAveragePool", "GlobalMaxPool")
@@ -120,3 +148,11 @@ class GlobalPool(Op):
         axes = tuple(range(2, x.ndim))
         f = xp.mean if self.op_type == "GlobalAveragePool" else xp.max
         return (f(x, axis=axes, keepdims=True).astype(x.dtype, copy=False),)
+
+    def vjp(self, inputs, outputs, grads):
+        x, y, g = inputs[0], outputs[0], grads[0]
+        xp = xp_of(g)
+        if self.op_type == "GlobalAveragePool":
+            return [xp.broadcast_to(g / g.dtype.type(np.prod(x.shape[2:])), x.shape).copy()]
+        hit = (x == y).astype(x.dtype)  # to the maxima, split evenly among ties
+        return [g * hit / hit.sum(axis=tuple(range(2, x.ndim)), keepdims=True)]

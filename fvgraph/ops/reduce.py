@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import host_ints, xp_of
-from . import Op, register
+from . import NonDifferentiable, Op, register
 
 REDUCE = {
     "ReduceMean": lambda xp, x, ax, kd: xp.mean(x, axis=ax, keepdims=kd),
@@ -60,9 +60,42 @@ class Reduce(Op):
             return (xp.full(shape, fill, dtype=x.dtype),)
         return (self.fn(xp, x, ax, self.keepdims).astype(x.dtype, copy=False),)
 
+    def vjp(self, inputs, outputs, grads):
+        x = inputs[0]
+        if x.dtype.kind != "f":
+            return [None] * len(inputs)
+        xp = xp_of(grads[0])
+        ax = self.axes(x, inputs[1] if len(inputs) > 1 else None)
+        if ax is None:
+            return [grads[0]] + [None] * (len(inputs) - 1)
+        kshape = [1 if a in ax else d for a, d in enumerate(x.shape)]
+        g, y = grads[0].reshape(kshape), outputs[0].reshape(kshape)
+        op = self.op_type
+        count = x.dtype.type(np.prod([x.shape[a] for a in ax]))
+        if op == "ReduceSum":
+            gx = xp.broadcast_to(g, x.shape)
+        elif op == "ReduceMean":
+            gx = xp.broadcast_to(g / count, x.shape)
+        elif op in ("ReduceMax", "ReduceMin"):  # to the extremes, split evenly among ties
+            hit = (x == y).astype(x.dtype)
+            gx = g * hit / hit.sum(axis=ax, keepdims=True)
+        elif op == "ReduceProd":
+            gx = g * y / x
+        elif op == "ReduceL1":
+            gx = g * xp.sign(x)
+        elif op == "ReduceL2":
+            gx = g * x / xp.where(y == 0, 1, y)
+        elif op == "ReduceSumSquare":
+            gx = g * 2 * x
+        elif op == "ReduceLogSum":
+            gx = xp.broadcast_to(g / xp.exp(y), x.shape)
+        else:  # ReduceLogSumExp
+            gx = g * xp.exp(x - y)
+        return [xp.ascontiguousarray(gx).astype(x.dtype, copy=False)] + [None] * (len(inputs) - 1)
+
 
 @register("ArgMax", "ArgMin")
-class ArgExtreme(Op):
+class ArgExtreme(NonDifferentiable):
     def setup(self, node):
         self.axis = int(node.attr("axis", 0))
         self.keepdims = bool(node.attr("keepdims", 1))

@@ -123,27 +123,57 @@ class Resize(Op):
                 w = w / w.sum(axis=1, keepdims=True)
         return np.clip(idx, 0, n_in - 1).astype(np.int64), w
 
-    def forward(self, x, roi=None, scales=None, sizes=None):
-        xp = xp_of(x)
+    def axis_plans(self, x, roi, scales, sizes):
+        """Per resized axis, in the order applied: (axis, taps indices, weights, outside mask or None)."""
         out, scale, start, end = self.plan(x.shape, roi, scales, sizes)
-        y = x
+        plans = []
         for a in range(x.ndim):
             if out[a] == x.shape[a] and scale[a] == 1.0 and self.coord != "tf_crop_and_resize":
                 continue
             src = self.source_coords(x.shape[a], out[a], scale[a], start[a], end[a])
             idx, w = self.taps(src, x.shape[a])
+            outside = (src < 0) | (src > x.shape[a] - 1) if self.coord == "tf_crop_and_resize" else None
+            plans.append((a, idx, w, outside if outside is not None and outside.any() else None))
+        return plans
+
+    def forward(self, x, roi=None, scales=None, sizes=None):
+        xp = xp_of(x)
+        y = x
+        for a, idx, w, outside in self.axis_plans(x, roi, scales, sizes):
             bshape = [1] * y.ndim
-            bshape[a] = out[a]
+            bshape[a] = idx.shape[0]
             acc = None
             for t in range(idx.shape[1]):
                 part = xp.take(y, xp.asarray(idx[:, t]), axis=a)
                 if self.mode != "nearest":
-                    part = part * xp.asarray(w[:, t].astype(x.dtype)).reshape(bshape) if x.dtype.kind == "f" else \
-                        part * xp.asarray(w[:, t]).reshape(bshape)
+                    wt = w[:, t].astype(x.dtype) if x.dtype.kind == "f" else w[:, t]
+                    part = part * xp.asarray(wt).reshape(bshape)
                 acc = part if acc is None else acc + part
-            if self.coord == "tf_crop_and_resize":
-                outside = (src < 0) | (src > x.shape[a] - 1)
-                if outside.any():
-                    acc = xp.where(xp.asarray(outside).reshape(bshape), acc.dtype.type(self.extrapolation), acc)
+            if outside is not None:
+                acc = xp.where(xp.asarray(outside).reshape(bshape), acc.dtype.type(self.extrapolation), acc)
             y = acc.astype(x.dtype) if acc.dtype != x.dtype else acc
         return (y if y is not x else x.copy(),)
+
+    def vjp(self, inputs, outputs, grads):
+        """Adjoint of the separable sampling: scatter each axis's weighted taps back, last axis first."""
+        from .shape import scatter_add
+        x = inputs[0]
+        xp = xp_of(grads[0])
+        plans = self.axis_plans(x, *(list(inputs[1:]) + [None] * (4 - len(inputs))))
+        g = grads[0]
+        shapes = [list(x.shape)]
+        for a, idx, _, _ in plans:
+            shapes.append(list(shapes[-1]))
+            shapes[-1][a] = idx.shape[0]
+        for (a, idx, w, outside), in_shape in zip(reversed(plans), reversed(shapes[:-1])):
+            if outside is not None:
+                bshape = [1] * g.ndim
+                bshape[a] = idx.shape[0]
+                g = xp.where(xp.asarray(outside).reshape(bshape), 0, g)
+            gm = xp.moveaxis(g, a, 0)
+            acc = xp.zeros((in_shape[a],) + gm.shape[1:], g.dtype)
+            for t in range(idx.shape[1]):
+                wt = xp.asarray(w[:, t].astype(g.dtype)).reshape((-1,) + (1,) * (gm.ndim - 1))
+                scatter_add(xp, acc, xp.asarray(idx[:, t]), gm * wt)
+            g = xp.moveaxis(acc, 0, a)
+        return [g] + [None] * (len(inputs) - 1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..backend import host_ints, to_host, xp_of
 from ..onnx_types import numpy_dtype
-from . import Op, register
+from . import NonDifferentiable, Op, register, unbroadcast
 
 
 def _axis(a: int, rank: int) -> int:
@@ -23,6 +23,9 @@ class Identity(Op):
     def forward(self, x):
         return (x,)
 
+    def vjp(self, inputs, outputs, grads):
+        return [grads[0]]
+
 
 @register("Dropout")
 class Dropout(Op):
@@ -33,9 +36,19 @@ class Dropout(Op):
             raise ValueError("Dropout in training mode is not supported (fvgraph runs inference)")
         return (x, np.ones(x.shape, dtype=bool))
 
+    def vjp(self, inputs, outputs, grads):
+        return [grads[0]] + [None] * (len(inputs) - 1)
+
+
+class _SameData(Op):
+    """Ops that only change the shape: the gradient is reshaped back."""
+
+    def vjp(self, inputs, outputs, grads):
+        return [grads[0].reshape(inputs[0].shape)] + [None] * (len(inputs) - 1)
+
 
 @register("Reshape")
-class Reshape(Op):
+class Reshape(_SameData):
     def setup(self, node):
         self.allowzero = bool(node.attr("allowzero", 0))
 
@@ -47,7 +60,7 @@ class Reshape(Op):
 
 
 @register("Flatten")
-class Flatten(Op):
+class Flatten(_SameData):
     def setup(self, node):
         self.axis = int(node.attr("axis", 1))
 
@@ -65,12 +78,17 @@ class Transpose(Op):
         self.perm = node.attr("perm")
 
     def forward(self, x):
-        perm = self.perm if self.perm is not None else list(range(x.ndim))[::-1]
-        return (x.transpose(perm),)
+        return (x.transpose(self._perm(x)),)
+
+    def _perm(self, x):
+        return self.perm if self.perm is not None else list(range(x.ndim))[::-1]
+
+    def vjp(self, inputs, outputs, grads):
+        return [grads[0].transpose(np.argsort(self._perm(inputs[0])))]
 
 
 @register("Squeeze")
-class Squeeze(Op):
+class Squeeze(_SameData):
     def forward(self, x, axes=None):
         if axes is None or np.asarray(axes).size == 0:
             return (x.reshape([d for d in x.shape if d != 1]),)
@@ -82,7 +100,7 @@ class Squeeze(Op):
 
 
 @register("Unsqueeze")
-class Unsqueeze(Op):
+class Unsqueeze(_SameData):
     def forward(self, x, axes):
         rank = x.ndim + len(host_ints(axes))
         ax = sorted({_axis(a, rank) for a in host_ints(axes)})
@@ -100,6 +118,16 @@ class Concat(Op):
     def forward(self, *xs):
         xp = xp_of(*xs)
         return (xp.concatenate([xp.asarray(x) for x in xs], axis=_axis(self.axis, xs[0].ndim)),)
+
+    def vjp(self, inputs, outputs, grads):
+        axis = _axis(self.axis, inputs[0].ndim)
+        bounds = np.cumsum([0] + [x.shape[axis] for x in inputs])
+        idx = [slice(None)] * inputs[0].ndim
+        out = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            idx[axis] = slice(int(a), int(b))
+            out.append(grads[0][tuple(idx)])
+        return out
 
 
 @register("Split")
@@ -126,6 +154,11 @@ class Split(Op):
             outs.append(x[tuple(idx)])
         return tuple(outs)
 
+    def vjp(self, inputs, outputs, grads):
+        xp = xp_of(*[g for g in grads if g is not None])
+        parts = [g if g is not None else xp.zeros(o.shape, o.dtype) for g, o in zip(grads, outputs)]
+        return [xp.concatenate(parts, axis=_axis(self.axis, inputs[0].ndim))] + [None] * (len(inputs) - 1)
+
 
 def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
     """ONNX Slice clamping rules turned into a Python slice."""
@@ -144,7 +177,16 @@ def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
 
 @register("Slice")
 class Slice(Op):
+    def vjp(self, inputs, outputs, grads):
+        x = inputs[0]
+        gx = xp_of(grads[0]).zeros(x.shape, grads[0].dtype)
+        gx[self.index(*inputs)] = grads[0]
+        return [gx] + [None] * (len(inputs) - 1)
+
     def forward(self, x, starts, ends, axes=None, steps=None):
+        return (x[self.index(x, starts, ends, axes, steps)],)
+
+    def index(self, x, starts, ends, axes=None, steps=None):
         st, en = host_ints(starts), host_ints(ends)
         ax = host_ints(axes) if axes is not None else list(range(len(st)))
         sp = host_ints(steps) if steps is not None else [1] * len(st)
@@ -152,7 +194,7 @@ class Slice(Op):
         for s, e, a, k in zip(st, en, ax, sp):
             a = _axis(a, x.ndim)
             idx[a] = slice_bounds(s, e, k, x.shape[a])
-        return (x[tuple(idx)],)
+        return tuple(idx)
 
 
 @register("Gather")
@@ -170,9 +212,30 @@ class Gather(Op):
         ind = xp.where(ind < 0, ind + dim, ind)
         return (xp.take(data, ind, axis=axis),)
 
+    def vjp(self, inputs, outputs, grads):
+        data, indices = inputs
+        axis = _axis(self.axis, data.ndim)
+        xp = xp_of(grads[0])
+        ind = xp.asarray(indices).astype(np.int64)
+        ind = xp.where(ind < 0, ind + data.shape[axis], ind).reshape(-1)
+        g = xp.moveaxis(grads[0], list(range(axis, axis + indices.ndim)), list(range(indices.ndim)))
+        g = g.reshape((-1,) + g.shape[indices.ndim:])
+        gx = xp.zeros((data.shape[axis],) + tuple(d for i, d in enumerate(data.shape) if i != axis), g.dtype)
+        scatter_add(xp, gx, ind, g)
+        return [xp.moveaxis(gx, 0, axis), None]
+
+
+def scatter_add(xp, target, index, values):
+    """target[index[i]] += values[i] along the first axis, duplicates accumulated."""
+    if xp is np:
+        np.add.at(target, index, values)
+    else:
+        import cupyx  # type: ignore
+        cupyx.scatter_add(target, index, values)
+
 
 @register("Shape")
-class Shape(Op):
+class Shape(NonDifferentiable):
     def setup(self, node):
         self.start, self.end = node.attr("start", 0), node.attr("end", None)
 
@@ -181,13 +244,13 @@ class Shape(Op):
 
 
 @register("Size")
-class Size(Op):
+class Size(NonDifferentiable):
     def forward(self, x):
         return (np.array(int(np.prod(x.shape, dtype=np.int64)), dtype=np.int64),)
 
 
 @register("ConstantOfShape")
-class ConstantOfShape(Op):
+class ConstantOfShape(NonDifferentiable):
     def setup(self, node):
         v = node.attr("value")
         self.value = np.zeros((), np.float32) if v is None else np.asarray(v).reshape(())
@@ -204,11 +267,19 @@ class Cast(Op):
     def forward(self, x):
         return (x.astype(self.dtype),)
 
+    def vjp(self, inputs, outputs, grads):
+        x = inputs[0]
+        return [grads[0].astype(x.dtype) if x.dtype.kind == "f" and self.dtype.kind == "f" else None]
+
 
 @register("CastLike")
 class CastLike(Op):
     def forward(self, x, like):
         return (x.astype(like.dtype),)
+
+    def vjp(self, inputs, outputs, grads):
+        x = inputs[0]
+        return [grads[0].astype(x.dtype) if x.dtype.kind == "f" and outputs[0].dtype.kind == "f" else None, None]
 
 
 @register("Expand")
@@ -218,15 +289,23 @@ class Expand(Op):
         out = np.broadcast_shapes(x.shape, tuple(host_ints(shape)))
         return (xp.broadcast_to(x, out).copy(),)
 
+    def vjp(self, inputs, outputs, grads):
+        return [unbroadcast(grads[0], inputs[0].shape), None]
+
 
 @register("Tile")
 class Tile(Op):
     def forward(self, x, repeats):
         return (xp_of(x).tile(x, host_ints(repeats)),)
 
+    def vjp(self, inputs, outputs, grads):
+        x, reps = inputs[0], host_ints(inputs[1])
+        split = [v for r, d in zip(reps, x.shape) for v in (r, d)]
+        return [grads[0].reshape(split).sum(axis=tuple(range(0, 2 * x.ndim, 2))), None]
+
 
 @register("Range")
-class Range(Op):
+class Range(NonDifferentiable):
     def forward(self, start, limit, delta):
         s, l, d = (np.asarray(to_host(v)).reshape(()) for v in (start, limit, delta))
         n = max(int(np.ceil((l - s) / d)), 0)
@@ -243,8 +322,8 @@ class Pad(Op):
             self.unsupported(f"Pad mode {mode!r}")
         self.mode = mode
 
-    def forward(self, x, pads, value=None, axes=None):
-        xp = xp_of(x)
+    def plan(self, x, pads, axes=None):
+        """Per axis: (crop slice, before, after) with negative pads turned into crops."""
         p = host_ints(pads)
         ax = [_axis(a, x.ndim) for a in host_ints(axes)] if axes is not None else list(range(x.ndim))
         if len(p) != 2 * len(ax):
@@ -253,8 +332,12 @@ class Pad(Op):
         for k, a in enumerate(ax):
             before[a], after[a] = p[k], p[k + len(ax)]
         crop = tuple(slice(max(-b, 0), x.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(zip(before, after)))
+        return crop, [(max(b, 0), max(e, 0)) for b, e in zip(before, after)]
+
+    def forward(self, x, pads, value=None, axes=None):
+        xp = xp_of(x)
+        crop, width = self.plan(x, pads, axes)
         x = x[crop]
-        width = [(max(b, 0), max(e, 0)) for b, e in zip(before, after)]
         if self.mode == "constant":
             v = 0 if value is None or value.size == 0 else np.asarray(to_host(value)).reshape(()).item()
             shape = [d + a + b for d, (a, b) in zip(x.shape, width)]
@@ -262,3 +345,25 @@ class Pad(Op):
             y[tuple(slice(a, a + d) for d, (a, _) in zip(x.shape, width))] = x
             return (y,)
         return (xp.pad(x, width, mode=self.MODES[self.mode]),)
+
+    def vjp(self, inputs, outputs, grads):
+        x, pads = inputs[0], inputs[1]
+        axes = inputs[3] if len(inputs) > 3 else None
+        xp = xp_of(grads[0])
+        crop, width = self.plan(x, pads, axes)
+        g = grads[0]
+        cropped = x[crop].shape
+        for a, (b, e) in enumerate(width):  # adjoint of the padding, one axis at a time
+            if not b and not e:
+                continue
+            n = cropped[a]
+            src = np.pad(np.arange(n), (b, e), mode=self.MODES[self.mode], **(
+                {"constant_values": -1} if self.mode == "constant" else {}))
+            keep = src >= 0
+            gm = xp.moveaxis(g, a, 0)[xp.asarray(np.nonzero(keep)[0])]
+            acc = xp.zeros((n,) + gm.shape[1:], g.dtype)
+            scatter_add(xp, acc, xp.asarray(src[keep]), gm)
+            g = xp.moveaxis(acc, 0, a)
+        gx = xp.zeros(x.shape, g.dtype)
+        gx[crop] = g
+        return [gx] + [None] * (len(inputs) - 1)
