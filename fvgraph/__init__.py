@@ -6,11 +6,13 @@
 """
 from .errors import (DeviceError, ExecutionError, FvGraphError, InputError, ModelLoadError, RuleError,
                      UnsupportedModelError)
+from .explanation import Explanation, Unit
 from .graph import Graph, Layer, Node
 from .model import Model, load
+from .rules import Rules
 from .ops import supported_op_types
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Model", "Graph", "Node", "Layer", "supported_op_types", "FvGraphError", "ModelLoadError",
+__all__ = ["load", "Model", "Graph", "Node", "Layer", "Explanation", "Unit", "Rules", "supported_op_types", "FvGraphError", "ModelLoadError",
            "UnsupportedModelError", "InputError", "ExecutionError", "DeviceError", "RuleError", "__version__"]

@@ -18,6 +18,7 @@ from .backend import Backend, xp_of
 from .errors import ExecutionError, FvGraphError, ModelLoadError, UnsupportedModelError
 from .graph import Graph
 from .ops import REGISTRY, build_kernel
+from .ops.norm import fold_into_conv
 
 SHAPE_OPS = {"Shape", "Size"}
 
@@ -218,11 +219,7 @@ class Fusion:
             w = c[self.node.inputs[1]]
             b = c[self.node.inputs[2]] if len(self.node.inputs) > 2 and self.node.inputs[2] else None
             if self.bn_params is not None:
-                bn = ex.kernels[self.bn]
-                a, shift = bn.affine(*(c[v] for v in self.bn_params))
-                a = a.astype(w.dtype)
-                w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
-                b = shift.astype(w.dtype) + (b * a if b is not None else 0)
+                w, b = fold_into_conv(w, b, ex.kernels[self.bn], [c[v] for v in self.bn_params])
             self._folded = (w, b)
         return self._folded
 

@@ -123,6 +123,48 @@ class Model:
         tape = self.forward(x, dict.fromkeys(names))
         return {r: self._host(tape.values[n]) for r, n in zip(outputs, names)}
 
+    # ----------------------------------------------------------------- explanations
+    def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), **params):
+        """Explain the model's decision on x (a batch): see fvgraph.methods. Returns an Explanation."""
+        from .explanation import Unit
+        from .methods.attribution import attribute
+        from .methods.cam import explain_cam
+        from .rules import Rules
+        if isinstance(method, str) and method in ("cam", "gradcam"):
+            unknown = set(params) - {"layer", "upsample"}
+            if unknown or return_layers:
+                raise InputError(f"unknown option(s) {sorted(unknown) or ['return_layers']} for {method} "
+                                 "(options: layer=, upsample=)")
+            return explain_cam(self, x, method, target, layer=params.get("layer"),
+                               upsample_maps=params.get("upsample", True), through_softmax=through_softmax)
+        rules = Rules.load(method)
+        uses_zb = any(r == "zb" for r in list(rules.ops.values()) + [o.rule for o in rules.overrides] + [rules.default])
+        if uses_zb and (rules.params.get("low") is None or rules.params.get("high") is None):
+            lo, hi = self.input_bounds()  # the preset did not say: the bounds of the model's preprocessing
+            params = {"low": lo, "high": hi, **params}
+        rules = rules.with_params(**params)
+        if target is not None and not isinstance(target, (Unit, int, np.integer, list, tuple, np.ndarray)):
+            raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...) or a seed array; "
+                             f"got {type(target).__name__}")
+        return attribute(self, x, rules, target, through_softmax=through_softmax, return_layers=return_layers,
+                         method_name=method if isinstance(method, str) else rules.name)
+
+    def preprocessing(self, **overrides) -> dict:
+        from .image import spec_from_metadata
+        return spec_from_metadata(self.metadata, self.inputs[0].shape if self.inputs else None, **overrides)
+
+    def input_bounds(self):
+        """Per-channel (low, high) of valid inputs under the model's preprocessing (for the z^B rule)."""
+        from .image import input_range
+        return input_range(self.preprocessing())
+
+    def class_names(self) -> list[str] | None:
+        import json
+        try:
+            return json.loads(self.metadata["fvgraph.classes"]) if "fvgraph.classes" in self.metadata else None
+        except ValueError:
+            return None
+
     def _host(self, a):
         a = np.asarray(self.backend.to_host(a))
         return a if a.flags.c_contiguous else a.copy()

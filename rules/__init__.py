@@ -1,1 +1,1 @@
-"""Rule presets (TOML data), shipped inside the wheel as the package `fvgraph.rules`."""
+"""Rule presets (TOML data), shipped inside the wheel as the package `fvgraph.presets`."""

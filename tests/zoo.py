@@ -212,7 +212,7 @@ def exporter_style(opset=13, size=16, classes=10):
         p1, p2 = b.op("Split", [x, b.const([3, 5], dtype=np.int64)], n_out=2, axis=1)
     else:
         p1, p2 = b.op("Split", [x], n_out=2, axis=1, split=[3, 5])
-    p1 = b.op("Sqrt", [b.op("Abs", [p1])])
+    p1 = b.op("Sqrt", [b.op("Add", [b.op("Abs", [p1]), b.const(1.0)])])
     p2 = b.op("Div", [b.op("Sub", [p2, b.const(0.5)]), b.const(2.0)])
     p2 = b.op("Erf", [b.op("Neg", [p2])])
     x = b.op("Concat", [p1, p2], axis=1)

@@ -39,10 +39,11 @@ class Op:
         raise NotImplementedError
 
     # Reverse pass. `inputs`/`outputs` are the values of the forward run, `grads` one array per output
-    # (None where nothing flows back). Returns one gradient per input (None: not differentiable there).
+    # (None where nothing flows back), `wrt` the input positions needed (None: all). Returns one gradient
+    # per input (None: not differentiable there, or not asked for).
     differentiable = True
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         raise NotImplementedError(f"{self.op_type} has no VJP")
 
 
@@ -50,7 +51,7 @@ class NonDifferentiable(Op):
     """Ops whose outputs are integers, booleans or piecewise constant: nothing flows back."""
     differentiable = False
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [None] * len(inputs)
 
 

@@ -79,7 +79,7 @@ class Unary(Op):
     def forward(self, x):
         return (self.fn(xp_of(x), x),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         if self.grad is None:
             return [None]
         return [self.grad(xp_of(grads[0]), inputs[0], outputs[0], grads[0]).astype(inputs[0].dtype, copy=False)]
@@ -158,7 +158,7 @@ class ParamActivation(Op):
         cdf = t(0.5) * (1 + special_erf(xp)(x / t(math.sqrt(2))).astype(x.dtype, copy=False))
         return cdf + x * xp.exp(-x * x / 2) * t(1 / math.sqrt(2 * math.pi))
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [grads[0] * self.derivative(inputs[0])]
 
 
@@ -179,7 +179,7 @@ class Clip(Op):
             m = (x < hi) if m is None else m & (x < hi)
         return xp_of(x).ones_like(x) if m is None else m.astype(x.dtype)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [grads[0] * self.gate(*inputs), None, None][:len(inputs)]
 
     def forward_inplace(self, y, lo=None, hi=None):
@@ -198,7 +198,7 @@ class PRelu(Op):
         xp = xp_of(x)
         return (xp.where(x >= 0, x, x * slope.astype(x.dtype, copy=False)),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         xp = xp_of(grads[0])
         x, slope = inputs
         g = grads[0]
@@ -236,7 +236,7 @@ class Softmax(Op):
             y = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
         return (y.reshape(shape),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         if self.op_type == "Hardmax":
             return [None]
         xp = xp_of(grads[0])

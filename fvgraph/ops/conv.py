@@ -101,7 +101,7 @@ class Conv(_ConvBase):
                         yn[gi * Mg:(gi + 1) * Mg, cols] = wm[gi] @ col.T
         return y
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         """Gradient w.r.t. the input (weights are constants here: explanations never need their gradient).
         Stride 1: a correlation of the gradient with the flipped, transposed weights, through the same fast
         path as the forward pass. Strided: the adjoint of im2col (col2im)."""
@@ -239,7 +239,7 @@ class ConvTranspose(_ConvBase):
             y = y + b.astype(y.dtype, copy=False)
         return (to_nchw(y),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         """Adjoint of col2im + product: windows of the (uncropped) gradient times the weights."""
         x, w = inputs[0], inputs[1]
         xp = xp_of(grads[0])

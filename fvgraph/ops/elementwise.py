@@ -83,7 +83,7 @@ class Binary(Op):
     def forward(self, a, b):
         return (self.fn(xp_of(a, b), a, b),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         a, b = inputs
         if self.grad is None or a.dtype.kind != "f":
             return [None, None]
@@ -115,7 +115,7 @@ class Variadic(Op):
             y = y / y.dtype.type(len(xs))
         return (y,)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         g, y = grads[0], outputs[0]
         if self.op_type in ("Sum", "Mean"):
             g = g / g.dtype.type(len(inputs)) if self.op_type == "Mean" else g
@@ -133,7 +133,7 @@ class Where(Op):
         xp = xp_of(a, b)
         return (xp.where(xp.asarray(cond), a, b),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         cond, a, b = inputs
         xp, g = xp_of(grads[0]), grads[0]
         c = xp.asarray(cond)

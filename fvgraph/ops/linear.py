@@ -27,7 +27,7 @@ class Gemm(Op):
             y += c if self.beta == 1.0 else y.dtype.type(self.beta) * c
         return (y,)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         a, b = inputs[:2]
         g = grads[0]
         t = g.dtype.type
@@ -35,10 +35,12 @@ class Gemm(Op):
             g = g * t(self.alpha)
         b2 = b.T if self.trans_b else b
         a2 = a.T if self.trans_a else a
-        ga = g @ b2.T
-        gb = a2.T @ g
-        out = [ga.T if self.trans_a else ga, gb.T if self.trans_b else gb]
-        if len(inputs) > 2 and inputs[2] is not None:
+        want = set(range(len(inputs))) if wrt is None else set(wrt)
+        ga = g @ b2.T if 0 in want else None
+        gb = a2.T @ g if 1 in want else None  # a weight-sized product: skipped unless asked for
+        out = [None if ga is None else ga.T if self.trans_a else ga,
+               None if gb is None else gb.T if self.trans_b else gb]
+        if len(inputs) > 2 and inputs[2] is not None and 2 in want:
             out.append(unbroadcast(grads[0] * t(self.beta), inputs[2].shape))
         return out
 
@@ -49,7 +51,7 @@ class MatMul(Op):
     def forward(self, a, b):
         return (xp_of(a, b).matmul(a, b),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         xp = xp_of(grads[0])
         a, b = inputs
         g = grads[0]
@@ -60,8 +62,7 @@ class MatMul(Op):
             g2 = xp.expand_dims(g2, -2)
         if b.ndim == 1:
             g2 = xp.expand_dims(g2, -1)
-        ga = g2 @ xp.swapaxes(b2, -1, -2)
-        gb = xp.swapaxes(a2, -1, -2) @ g2
-        ga = unbroadcast(ga, a2.shape).reshape(a.shape)
-        gb = unbroadcast(gb, b2.shape).reshape(b.shape)
+        want = {0, 1} if wrt is None else set(wrt)
+        ga = unbroadcast(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape) if 0 in want else None
+        gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape) if 1 in want else None
         return [ga, gb]

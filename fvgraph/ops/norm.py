@@ -33,10 +33,20 @@ class BatchNormalization(Op):
         s = channel_shape(x)
         return (x * a.astype(x.dtype, copy=False).reshape(s) + b.astype(x.dtype, copy=False).reshape(s),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x, scale, bias, mean, var = inputs
         a, _ = self.affine(scale, bias, mean, var)
         return [grads[0] * a.astype(x.dtype, copy=False).reshape(channel_shape(x)), None, None, None, None]
+
+
+def fold_into_conv(w, b, bn: "BatchNormalization", bn_params):
+    """Weights and bias of Conv(w, b) followed by inference BatchNormalization, as one Conv. Used by the
+    forward fusion and by LRP canonization (the pair is one linear layer for relevance)."""
+    a, shift = bn.affine(*bn_params)
+    a = a.astype(w.dtype)
+    folded_w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
+    folded_b = shift.astype(w.dtype) + (b * a if b is not None else 0)
+    return folded_w, folded_b
 
 
 @register("InstanceNormalization")
@@ -53,7 +63,7 @@ class InstanceNormalization(Op):
         y = (x - mean) / xp.sqrt(var + x.dtype.type(self.eps)) * scale.reshape(s) + bias.reshape(s)
         return (y.astype(x.dtype, copy=False),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x, scale, bias = inputs
         xp = xp_of(x)
         axes = tuple(range(2, x.ndim))
@@ -97,7 +107,7 @@ class LRN(Op):
     def forward(self, x):
         return (x / self.denominator(x) ** x.dtype.type(self.beta),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x, g = inputs[0], grads[0]
         t = x.dtype.type
         d = self.denominator(x)

@@ -74,7 +74,7 @@ class MaxPool(_PoolBase):
             return (y,), None
         return (y, self.flat_indices(x.shape, geo, best)), best
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         """Route each output's gradient to the input that won the max (the forward switches)."""
         x, g = inputs[0], grads[0]
         if g is None:
@@ -134,7 +134,7 @@ class AveragePool(_PoolBase):
         acc /= self.divisor(xp, x.shape[2:], geo, x.dtype)
         return (to_nchw(acc),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x, g = inputs[0], grads[0]
         geo = self.geometry(x)
         share = xp_of(g).moveaxis(g, 1, -1) / self.divisor(xp_of(g), x.shape[2:], geo, g.dtype)
@@ -149,7 +149,7 @@ class GlobalPool(Op):
         f = xp.mean if self.op_type == "GlobalAveragePool" else xp.max
         return (f(x, axis=axes, keepdims=True).astype(x.dtype, copy=False),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x, y, g = inputs[0], outputs[0], grads[0]
         xp = xp_of(g)
         if self.op_type == "GlobalAveragePool":

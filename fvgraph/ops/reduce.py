@@ -60,7 +60,7 @@ class Reduce(Op):
             return (xp.full(shape, fill, dtype=x.dtype),)
         return (self.fn(xp, x, ax, self.keepdims).astype(x.dtype, copy=False),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x = inputs[0]
         if x.dtype.kind != "f":
             return [None] * len(inputs)

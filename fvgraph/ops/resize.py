@@ -154,7 +154,7 @@ class Resize(Op):
             y = acc.astype(x.dtype) if acc.dtype != x.dtype else acc
         return (y if y is not x else x.copy(),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         """Adjoint of the separable sampling: scatter each axis's weighted taps back, last axis first."""
         from .shape import scatter_add
         x = inputs[0]

@@ -23,7 +23,7 @@ class Identity(Op):
     def forward(self, x):
         return (x,)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [grads[0]]
 
 
@@ -36,14 +36,14 @@ class Dropout(Op):
             raise ValueError("Dropout in training mode is not supported (fvgraph runs inference)")
         return (x, np.ones(x.shape, dtype=bool))
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [grads[0]] + [None] * (len(inputs) - 1)
 
 
 class _SameData(Op):
     """Ops that only change the shape: the gradient is reshaped back."""
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [grads[0].reshape(inputs[0].shape)] + [None] * (len(inputs) - 1)
 
 
@@ -83,7 +83,7 @@ class Transpose(Op):
     def _perm(self, x):
         return self.perm if self.perm is not None else list(range(x.ndim))[::-1]
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [grads[0].transpose(np.argsort(self._perm(inputs[0])))]
 
 
@@ -119,7 +119,7 @@ class Concat(Op):
         xp = xp_of(*xs)
         return (xp.concatenate([xp.asarray(x) for x in xs], axis=_axis(self.axis, xs[0].ndim)),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         axis = _axis(self.axis, inputs[0].ndim)
         bounds = np.cumsum([0] + [x.shape[axis] for x in inputs])
         idx = [slice(None)] * inputs[0].ndim
@@ -154,7 +154,7 @@ class Split(Op):
             outs.append(x[tuple(idx)])
         return tuple(outs)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         xp = xp_of(*[g for g in grads if g is not None])
         parts = [g if g is not None else xp.zeros(o.shape, o.dtype) for g, o in zip(grads, outputs)]
         return [xp.concatenate(parts, axis=_axis(self.axis, inputs[0].ndim))] + [None] * (len(inputs) - 1)
@@ -177,7 +177,7 @@ def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
 
 @register("Slice")
 class Slice(Op):
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x = inputs[0]
         gx = xp_of(grads[0]).zeros(x.shape, grads[0].dtype)
         gx[self.index(*inputs)] = grads[0]
@@ -212,7 +212,7 @@ class Gather(Op):
         ind = xp.where(ind < 0, ind + dim, ind)
         return (xp.take(data, ind, axis=axis),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         data, indices = inputs
         axis = _axis(self.axis, data.ndim)
         xp = xp_of(grads[0])
@@ -267,7 +267,7 @@ class Cast(Op):
     def forward(self, x):
         return (x.astype(self.dtype),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x = inputs[0]
         return [grads[0].astype(x.dtype) if x.dtype.kind == "f" and self.dtype.kind == "f" else None]
 
@@ -277,7 +277,7 @@ class CastLike(Op):
     def forward(self, x, like):
         return (x.astype(like.dtype),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x = inputs[0]
         return [grads[0].astype(x.dtype) if x.dtype.kind == "f" and outputs[0].dtype.kind == "f" else None, None]
 
@@ -289,7 +289,7 @@ class Expand(Op):
         out = np.broadcast_shapes(x.shape, tuple(host_ints(shape)))
         return (xp.broadcast_to(x, out).copy(),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         return [unbroadcast(grads[0], inputs[0].shape), None]
 
 
@@ -298,7 +298,7 @@ class Tile(Op):
     def forward(self, x, repeats):
         return (xp_of(x).tile(x, host_ints(repeats)),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x, reps = inputs[0], host_ints(inputs[1])
         split = [v for r, d in zip(reps, x.shape) for v in (r, d)]
         return [grads[0].reshape(split).sum(axis=tuple(range(0, 2 * x.ndim, 2))), None]
@@ -346,7 +346,7 @@ class Pad(Op):
             return (y,)
         return (xp.pad(x, width, mode=self.MODES[self.mode]),)
 
-    def vjp(self, inputs, outputs, grads):
+    def vjp(self, inputs, outputs, grads, wrt=None):
         x, pads = inputs[0], inputs[1]
         axes = inputs[3] if len(inputs) > 3 else None
         xp = xp_of(grads[0])

@@ -1,0 +1,1 @@
+"""Visualization methods, built on the executor (forward) and the reverse engine."""
