@@ -10,6 +10,7 @@ from .explanation import Explanation, Unit
 from .graph import Graph, Layer, Node
 from .model import Model, load
 from .rules import Rules
+from . import methods  # noqa: E402  (fvgraph.methods.* for users)
 from .ops import supported_op_types
 
 __version__ = "0.1.0"

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from . import __version__
-from .errors import FvGraphError
+from .errors import FvGraphError, InputError
+
+DEMO_MODEL = Path(__file__).parent / "data" / "efficientnet_lite0.onnx"
 
 
 def cmd_info(args) -> int:
@@ -48,6 +53,109 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _parse_params(items) -> dict:
+    """--param epsilon=0.01 alpha=2 ... -> {"epsilon": 0.01, ...}"""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--param takes key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def _target(text):
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"--target takes a class index, got {text!r} (use --layer/--channel for units)") from None
+
+
+def _load(path, quiet=False):
+    from .model import load
+    return load(path)
+
+
+def explain_images(model, images, methods, out, target=None, layer=None, channel=None, params=None,
+                   overwrite=False, quiet=False, write=True):
+    """Explain each image with each method; write heatmap PNGs and .npy files. Returns rows of pictures for
+    a grid and the predictions."""
+    from .explanation import Unit
+    from .image import load_image, resize_crop, read_rgb
+    from .methods import map_kind
+    from .render import picture, save_npy, save_png
+
+    spec = model.preprocessing()
+    names = model.class_names()
+    rows, preds = [], []
+    for path in images:
+        x = load_image(path, spec)
+        shown = resize_crop(read_rgb(path), spec)
+        row = [shown]
+        logits = model.run(x)
+        k = int(np.argmax(logits[0]))
+        p = np.exp(logits[0] - logits[0].max())
+        p /= p.sum()
+        label = names[k] if names and k < len(names) else str(k)
+        preds.append((Path(path).name, k, label, float(p[k])))
+        if not quiet:
+            print(f"{Path(path).name}: {label} (class {k}, p={p[k]:.2f})")
+        for method in methods:
+            tgt = Unit(layer, channel) if layer is not None and method not in ("cam", "gradcam") else target
+            kw = dict(params or {})
+            if method in ("cam", "gradcam") and layer is not None:
+                kw["layer"] = layer
+            e = model.explain(x, method, target=tgt, **kw)
+            kind = map_kind(method)
+            pic = picture(e.relevance[0], kind, image=shown)
+            row.append(pic)
+            if write:
+                stem = f"{Path(path).stem}_{Path(str(method)).stem}"
+                save_png(Path(out) / f"{stem}.png", pic, overwrite)
+                if e.relevance.ndim == 4:
+                    save_png(Path(out) / f"{stem}_abs.png", picture(e.relevance[0], "abs"), overwrite)
+                save_npy(Path(out) / f"{stem}.npy", e.relevance[0], overwrite)
+        rows.append(row)
+    return rows, preds
+
+
+def cmd_explain(args) -> int:
+    model = _load(args.model)
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    rows, preds = explain_images(model, args.images, methods, args.out, _target(args.target), args.layer,
+                                 args.channel, _parse_params(args.param), args.overwrite, args.quiet)
+    if len(methods) > 1 or len(args.images) > 1:
+        from .render import grid, save_png
+        labels = [f"{p[2]} {p[3]:.2f}" for p in preds]
+        save_png(Path(args.out) / "grid.png", grid(rows, ["input"] + methods, labels), args.overwrite)
+    if not args.quiet:
+        print(f"wrote {len(args.images) * len(methods)} explanation(s) to {args.out}/")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The main job on the embedded model and photos: every method, each picture, and the grid."""
+    from .image import demo_images
+    from .methods import DEMO_METHODS
+    from .render import grid, save_png
+    model = _load(DEMO_MODEL)
+    methods = list(DEMO_METHODS)
+    out = Path(args.out)
+    if not args.quiet:
+        print(f"model: EfficientNet-Lite0 (ImageNet), embedded; methods: {', '.join(methods)}")
+    rows, preds = explain_images(model, demo_images(), methods, out, overwrite=args.overwrite, quiet=args.quiet)
+    labels = [f"{p[2]} {p[3]:.2f}" for p in preds]
+    path = save_png(out / "grid.png", grid(rows, ["input"] + methods, labels), args.overwrite)
+    if not args.quiet:
+        print(f"wrote {path} and {len(rows) * len(methods)} maps to {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).")
     p.add_argument("--version", action="version", version=f"fvgraph {__version__}")
@@ -56,6 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="inputs, outputs, opset and the layer table of a model")
     s.add_argument("model", help="an .onnx file")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("explain", help="explain a model's predictions on images (heatmap PNGs and .npy)")
+    s.add_argument("model", help="an .onnx file")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--method", "-m", default="guided",
+                   help="gradient, input-x-gradient, deconvnet, guided, lrp-epsilon, lrp-zplus, lrp-alphabeta, "
+                        "lrp-composite, cam, gradcam, or a rules .toml file; several separated by commas")
+    s.add_argument("--target", "-t", help="class index (default: the predicted class)")
+    s.add_argument("--layer", help="explain a unit of this layer (with --channel), or the Grad-CAM layer")
+    s.add_argument("--channel", type=int, help="channel of --layer")
+    s.add_argument("--param", "-p", nargs="*", help="method parameters, e.g. epsilon=0.01 alpha=2 beta=1")
+    s.add_argument("--out", "-o", default="fvgraph-out", help="output folder (default: fvgraph-out)")
+    s.add_argument("--overwrite", action="store_true", help="replace files that already exist")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("demo", help="every method on the embedded EfficientNet-Lite0 and photos, with a grid")
+    s.add_argument("--out", "-o", default="fvgraph-demo", help="output folder (default: fvgraph-demo)")
+    s.add_argument("--overwrite", action="store_true", help="replace files that already exist")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

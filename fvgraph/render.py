@@ -1,0 +1,127 @@
+"""Arrays to pictures: heatmaps (signed, positive, the paper's black-and-white absolute map), overlays, grids.
+
+Maps are scaled by a percentile of their magnitude (default the 99.5th) so that a few extreme pixels do
+not wash out the rest; values beyond it saturate. Signed maps use a diverging blue-white-red scale centred
+at zero; positive maps (CAM, Grad-CAM, occlusion) a black-red-yellow-white heat scale.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+DIVERGING = np.array([[0, 0, 160], [60, 110, 255], [255, 255, 255], [255, 80, 60], [170, 0, 0]], np.float32)
+HEAT = np.array([[0, 0, 0], [170, 20, 0], [255, 120, 0], [255, 230, 60], [255, 255, 255]], np.float32)
+
+
+def _lut(stops, t):
+    """Piecewise-linear colour map over t in [0, 1]."""
+    t = np.clip(t, 0, 1) * (len(stops) - 1)
+    i = np.minimum(t.astype(int), len(stops) - 2)
+    f = (t - i)[..., None]
+    return (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
+
+
+def to_2d(rel: np.ndarray, reduce: str = "sum") -> np.ndarray:
+    """One map per pixel from (C, H, W) relevance: "sum" over channels (signed), or "absmax" (the
+    saliency convention: the largest magnitude over channels)."""
+    rel = np.asarray(rel, np.float32)
+    if rel.ndim == 2:
+        return rel
+    if rel.ndim != 3:
+        raise InputError(f"a map must be (H, W) or (C, H, W), got shape {rel.shape}")
+    return rel.sum(axis=0) if reduce == "sum" else np.abs(rel).max(axis=0)
+
+
+def scale(m: np.ndarray, percentile: float = 99.5) -> float:
+    v = float(np.percentile(np.abs(m), percentile)) if m.size else 0.0
+    return v if v > 0 else (float(np.abs(m).max()) or 1.0)
+
+
+def signed_map(m, percentile=99.5) -> np.ndarray:
+    return _lut(DIVERGING, 0.5 + 0.5 * m / scale(m, percentile))
+
+
+def heat_map(m, percentile=99.5) -> np.ndarray:
+    m = np.maximum(m, 0)
+    return _lut(HEAT, m / scale(m, percentile))
+
+
+def abs_map(m, percentile=99.5) -> np.ndarray:
+    """The paper's black-and-white map: magnitude as brightness."""
+    g = np.clip(np.abs(m) / scale(m, percentile), 0, 1)
+    return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    return (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+
+
+def rgb_map(rel, percentile=99.5) -> np.ndarray:
+    """A (3, H, W) signal shown as an image around grey (how guided backprop pictures are usually shown);
+    each channel's median is taken as grey, so a constant offset (deconvnet's) does not hide the pattern."""
+    rel = np.asarray(rel, np.float32)
+    rel = rel - np.median(rel, axis=(1, 2), keepdims=True)
+    return np.clip(128 + 127 * rel.transpose(1, 2, 0) / scale(rel, percentile), 0, 255).astype(np.uint8)
+
+
+KINDS = ("signed", "heat", "abs", "rgb")
+
+
+def picture(rel, kind="signed", percentile=99.5, image=None, alpha=0.5) -> np.ndarray:
+    """An (H, W, 3) uint8 picture of a relevance map: kind "signed", "heat", "abs" or "rgb"; with `image`
+    (H, W, 3), heat maps are laid over it."""
+    if kind not in KINDS:
+        raise InputError(f"unknown map kind {kind!r}: use one of {', '.join(KINDS)}")
+    rel = np.asarray(rel, np.float32)
+    if kind == "rgb" and rel.ndim == 3 and rel.shape[0] == 3:
+        return rgb_map(rel, percentile)
+    m = to_2d(rel, "absmax" if kind == "abs" else "sum")
+    pic = {"signed": signed_map, "heat": heat_map, "abs": abs_map, "rgb": signed_map}[kind](m, percentile)
+    return overlay(image, pic, alpha) if image is not None and kind == "heat" else pic
+
+
+def grid(rows: list[list[np.ndarray]], titles: list[str] | None = None, row_labels: list[str] | None = None,
+         cell: int = 160, pad: int = 4) -> np.ndarray:
+    """Pictures in rows and columns (resized to cell x cell), optional column titles and row labels."""
+    from PIL import Image, ImageDraw
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    top = 22 if titles else 0
+    left = 0
+    W = left + n_cols * (cell + pad) + pad
+    H = top + n_rows * (cell + pad) + pad + (16 if row_labels else 0) * 0
+    canvas = Image.new("RGB", (W, H), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, t in enumerate(titles or []):
+        draw.text((left + pad + c * (cell + pad) + 2, 4), str(t)[:26], fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            tile = Image.fromarray(np.asarray(img, np.uint8)).resize((cell, cell), Image.BILINEAR)
+            canvas.paste(tile, (left + pad + c * (cell + pad), top + pad + r * (cell + pad)))
+        if row_labels:
+            x0, y0 = left + pad + 2, top + pad + r * (cell + pad) + cell - 14
+            label = str(row_labels[r])[:26]
+            draw.rectangle((x0 - 2, y0 - 1, x0 + 6 * len(label) + 2, y0 + 11), fill=(255, 255, 255))
+            draw.text((x0, y0), label, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def save_png(path, rgb: np.ndarray, overwrite: bool = False) -> Path:
+    from PIL import Image
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; not overwriting it (pass --overwrite, or choose another --out)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(path)
+    return path
+
+
+def save_npy(path, a: np.ndarray, overwrite: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; not overwriting it (pass --overwrite, or choose another --out)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, a)
+    return path
