@@ -9,20 +9,8 @@ float32 matrix-product rate (the physical floor for both runtimes) and fvgraph's
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def set_threads(n):
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[k] = str(n)
+from common import ROOT, ort_session, peak_rss_mb, saved, set_threads, timings, write_json
 
 
 def conv_flops(model, x):
@@ -42,52 +30,11 @@ def conv_flops(model, x):
     return flops
 
 
-def median_time(fn, repeats, warmup=2):
-    import numpy as np
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
-
-
-def timings(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def matmul_rate(repeats=5):
     import numpy as np
     a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
-    t = median_time(lambda: a @ a, repeats, warmup=1)
+    t = float(np.median(timings(lambda: a @ a, repeats, warmup=1)))
     return 2 * 2048 ** 3 / t / 1e9
-
-
-def peak_memory_mb(path, batch, threads):
-    """Peak resident memory of a fresh process that loads the model file and runs one forward (fvgraph);
-    also the resident memory right after loading."""
-    import subprocess
-    code = f"""
-import resource, sys, numpy as np
-sys.path.insert(0, {str(ROOT)!r})
-import fvgraph as fv
-m = fv.load({str(path)!r})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-m.run(np.zeros(({batch}, 3, 224, 224), np.float32))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base / 1024)
-"""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.split()
-    return float(out[0]), float(out[1])
 
 
 def main():
@@ -101,8 +48,6 @@ def main():
     set_threads(args.threads)
 
     import numpy as np
-    import onnx
-    import onnxruntime as ort
 
     import fvgraph as fv
     from tests.zoo import resnet18, vgg16
@@ -112,13 +57,9 @@ def main():
     rows = []
     for name in args.models.split(","):
         proto = builders[name]()
-        path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
-        onnx.save(proto, path)
+        path = saved(proto, name)
         model = fv.load(path)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(proto, args.threads)
         for batch in [int(b) for b in args.batches.split(",")]:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             ref = sess.run(None, {"input": x})[0]
@@ -131,10 +72,12 @@ def main():
             to, tf = float(np.median(t_ort)), float(np.median(t_fv))
             ratios = tf / to
             flops = conv_flops(model, x)
-            peak, base = peak_memory_mb(path, batch, args.threads) if batch == 1 else (float("nan"), float("nan"))
+            peak = peak_rss_mb(f"import numpy as np, fvgraph as fv\nm = fv.load({str(path)!r})\n"
+                               f"m.run(np.zeros(({batch}, 3, 224, 224), np.float32))", args.threads) \
+                if batch == 1 else float("nan")
             rows.append(dict(model=name, batch=batch, ort_ms=to * 1e3, fvgraph_ms=tf * 1e3, ratio=ratios,
                              gflops_fvgraph=flops / tf / 1e9, gflops_ort=flops / to / 1e9, matmul_floor_gflops=floor,
-                             rel_err_vs_ort=err, peak_rss_mb=peak, rss_after_load_mb=base))
+                             rel_err_vs_ort=err, peak_rss_mb=peak))
     hdr = f"{'model':<9} {'batch':>5} {'ort ms':>8} {'fvgraph ms':>10} {'ratio':>6} {'fv GF/s':>8} {'ort GF/s':>8} " \
           f"{'floor GF/s':>10} {'peak MB':>8} {'rel err':>8}"
     print(f"threads={args.threads}, medians of interleaved runs; ratio = fvgraph median / ort median")
@@ -143,9 +86,7 @@ def main():
         print(f"{r['model']:<9} {r['batch']:>5} {r['ort_ms']:>8.1f} {r['fvgraph_ms']:>10.1f} {r['ratio']:>6.2f} "
               f"{r['gflops_fvgraph']:>8.0f} {r['gflops_ort']:>8.0f} {r['matmul_floor_gflops']:>10.0f} "
               f"{r['peak_rss_mb']:>8.0f} {r['rel_err_vs_ort']:>8.1e}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
-    print(f"wrote {args.json}")
+    write_json(args.json, {"threads": args.threads, "matmul_floor_gflops": floor, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ class _ConvBase(Op):
         return self._wcache[1]
 
 
+def _tap_slices(geo, tap):
+    """Spatial slices of the padded input that one kernel tap reads at every output position."""
+    return tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, s, d, o in zip(tap, geo.s, geo.d, geo.out))
+
+
 @register("Conv")
 class Conv(_ConvBase):
     def geometry(self, x, w) -> Geometry:
@@ -125,30 +130,32 @@ class Conv(_ConvBase):
                 wt = self._cached_transposed(w)
                 buf = channels_last_padded(g, back.pb, back.pe)
                 return self._gemm(buf, wt, back, cache=False)
-        # col2im: gcol[n] (L, K*C) = g[n]^T (L, M) @ W (M, K*C), scattered back over the taps
+        # col2im (strided convs): per sample gcol (C*K, L) = W^T (C*K, M) @ g (M, L), added back tap by tap.
+        # NCHW here: each tap's rows are contiguous runs of the output width (channels-last would make the
+        # inner loop as short as C, which is 3 at the first layer).
         N, M = g.shape[:2]
         Cg, Mg = C // g_, M // g_
         P = [i + b + e for i, b, e in zip(x.shape[2:], geo.pb, geo.pe)]
-        buf = xp.zeros((N, *P, C), g.dtype)
-        g_cl = xp.moveaxis(g, 1, -1)
+        buf = xp.zeros((N, C, *P), g.dtype)
+        nsp = len(geo.out)
+        L = math.prod(geo.out)
         if depthwise:
             mult = M // C
-            wt = xp.moveaxis(w.reshape(C, mult, -1), -1, 0)  # (K, C, mult)
-            gm = g_cl.reshape(*g_cl.shape[:-1], C, mult)
+            wt = w.reshape(C, mult, -1)
+            gm = g.reshape(N, C, mult, *geo.out)
             for t, tap in enumerate(geo.taps):
-                tap_view(buf, geo, tap)[...] += (gm * wt[t]).sum(axis=-1)
+                contrib = xp.einsum("ncm...,cm->nc...", gm, wt[:, :, t])
+                buf[(slice(None), slice(None)) + _tap_slices(geo, tap)] += contrib
         else:
-            wm = self._cached(w, self.weight_matrices)
-            L = math.prod(geo.out)
             for n in range(N):
                 for gi in range(g_):
-                    gn = g_cl[n, ..., gi * Mg:(gi + 1) * Mg].reshape(L, Mg)
-                    cols = (gn @ wm[gi]).reshape(1, *geo.out, *geo.k, Cg)
-                    view = buf[n:n + 1, ..., gi * Cg:(gi + 1) * Cg]
+                    wg = w[gi * Mg:(gi + 1) * Mg].reshape(Mg, -1)  # (Mg, Cg*K), columns (c, taps...)
+                    cols = (wg.T @ g[n, gi * Mg:(gi + 1) * Mg].reshape(Mg, L)).reshape(Cg, *geo.k, *geo.out)
+                    view = buf[n, gi * Cg:(gi + 1) * Cg]
                     for tap in geo.taps:
-                        tap_view(view, geo, tap)[...] += cols[(slice(None),) * (1 + len(geo.out)) + tuple(tap)]
-        crop = (slice(None), *[slice(b, b + i) for b, i in zip(geo.pb, x.shape[2:])], slice(None))
-        return xp.ascontiguousarray(to_nchw(buf[crop]))
+                        view[(slice(None),) + _tap_slices(geo, tap)] += cols[(slice(None),) + tuple(tap)]
+        crop = (slice(None), slice(None)) + tuple(slice(b, b + i) for b, i in zip(geo.pb, x.shape[2:]))
+        return buf[crop]
 
     def _cached_transposed(self, w):
         """Weights of the adjoint correlation: W'[gi*Cg + c, m, t] = W[gi*Mg + m, c, flipped t]."""

@@ -62,13 +62,12 @@ class MaxPool(_PoolBase):
             v = tap_view(buf, geo, tap)
             if acc is None:
                 acc = v.copy()
-                best = xp.zeros(acc.shape, np.int32) if with_argmax else None
-            elif with_argmax:
-                better = v > acc
-                acc = xp.where(better, v, acc)
-                best[better] = t
-            else:
-                xp.maximum(acc, v, out=acc)
+                best = xp.zeros(acc.shape, np.int16) if with_argmax else None
+                continue
+            if with_argmax:  # the first maximum wins ties, as in onnxruntime; arithmetic select (3x faster
+                better = v > acc  # than masked assignment here)
+                best -= better * (best - np.int16(t))
+            xp.maximum(acc, v, out=acc)
         y = to_nchw(acc)
         if not with_argmax:
             return (y,), None
@@ -81,7 +80,8 @@ class MaxPool(_PoolBase):
             return [None]
         _, best = self.pool(x, with_argmax=True)
         geo = self.geometry(x)
-        return [spread_to_taps(g, x.shape, geo, lambda t, g_cl: xp_of(g).where(best == t, g_cl, 0))]
+        xp = xp_of(g)
+        return [spread_to_taps(g, x.shape, geo, lambda t, g_cl: g_cl * (best == t))]
 
     def flat_indices(self, shape, geo, best):
         """ONNX Indices: flat position of each maximum in the unpadded input (row- or column-major)."""
