@@ -149,6 +149,16 @@ class Model:
         return attribute(self, x, rules, target, through_softmax=through_softmax, return_layers=return_layers,
                          method_name=method if isinstance(method, str) else rules.name)
 
+    def reconstruct(self, target, shape=None, **options):
+        """Activation maximization (see fvgraph.methods.reconstruction.reconstruct)."""
+        from .methods.reconstruction import reconstruct
+        return reconstruct(self, target, shape, **options)
+
+    def invert(self, x, layer, **options):
+        """Representation inversion (see fvgraph.methods.reconstruction.invert)."""
+        from .methods.reconstruction import invert
+        return invert(self, x, layer, **options)
+
     def preprocessing(self, **overrides) -> dict:
         from .image import spec_from_metadata
         return spec_from_metadata(self.metadata, self.inputs[0].shape if self.inputs else None, **overrides)
