@@ -156,6 +156,97 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _pair(text, name):
+    if text is None:
+        return None
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--{name} takes EXPONENT,WEIGHT (e.g. 2,0.01), got {text!r}") from None
+    return a, b
+
+
+def _channels(text):
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _save_reconstruction(r, out, labels, overwrite, quiet):
+    from .render import grid, save_npy, save_png
+    if r.picture is None:
+        raise InputError("the model's input is not a 3-channel image: only the .npy is written")
+    for k, (pic, label) in enumerate(zip(r.picture, labels)):
+        save_png(Path(out) / f"{k:02d}_{label}.png", pic, overwrite)
+    save_npy(Path(out) / "images.npy", r.image, overwrite)
+    path = save_png(Path(out) / "grid.png", grid([list(r.picture[i:i + 8]) for i in range(0, len(r.picture), 8)],
+                                                 row_labels=None), overwrite)
+    if not quiet:
+        print(f"wrote {len(labels)} picture(s) and {path}")
+
+
+def cmd_reconstruct(args) -> int:
+    from .explanation import Unit
+    model = _load(args.model)
+    options = dict(steps=args.steps, lr=args.lr, jitter=args.jitter, seed=args.seed, optimizer=args.optimizer,
+                   quiet=args.quiet)
+    for name in ("lp", "tv"):
+        v = _pair(getattr(args, name), name)
+        if v is not None:
+            options[name] = v
+    if args.layer is not None:
+        chans = _channels(args.channel) or [None]
+        targets = [Unit(args.layer, c) for c in chans]
+        labels = [f"{args.layer}_c{c}" if c is not None else args.layer for c in chans]
+    else:
+        classes = _channels(args.target) if args.target else None
+        if not classes:
+            raise InputError("say what to maximize: --target CLASS[,CLASS...] or --layer L [--channel C[-D]]")
+        names = model.class_names()
+        targets = classes
+        labels = [f"{c}_{names[c]}" if names and 0 <= c < len(names) else str(c) for c in classes]
+    r = model.reconstruct(targets, **options)
+    _save_reconstruction(r, args.out, [l.replace(" ", "_").replace("/", "_") for l in labels], args.overwrite,
+                         args.quiet)
+    return 0
+
+
+def cmd_invert(args) -> int:
+    from .image import load_image
+    model = _load(args.model)
+    options = dict(steps=args.steps, lr=args.lr, jitter=args.jitter, seed=args.seed, optimizer=args.optimizer,
+                   quiet=args.quiet)
+    for name in ("lp", "tv"):
+        v = _pair(getattr(args, name), name)
+        if v is not None:
+            options[name] = v
+    x = np.concatenate([load_image(p, model.preprocessing()) for p in args.images])
+    r = model.invert(x, args.layer, **options)
+    _save_reconstruction(r, args.out, [f"{Path(p).stem}_from_{args.layer}" for p in args.images], args.overwrite,
+                         args.quiet)
+    return 0
+
+
+def _optimizer_options(s):
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--lr", type=float, help="step size (default: 2%% of the input range)")
+    s.add_argument("--lp", help="Lp prior EXPONENT,WEIGHT (default 2,0.01)")
+    s.add_argument("--tv", help="total-variation prior BETA,WEIGHT (default 2,0.1)")
+    s.add_argument("--jitter", type=int, default=0, help="random shifts of up to this many pixels per step")
+    s.add_argument("--optimizer", default="adam", choices=["adam", "momentum"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", "-o", default="fvgraph-out")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).")
     p.add_argument("--version", action="version", version=f"fvgraph {__version__}")
@@ -179,6 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace files that already exist")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("reconstruct", help="activation maximization: pictures that drive classes or units")
+    s.add_argument("model")
+    s.add_argument("--target", "-t", help="class index or list (e.g. 1,130 or 0-7)")
+    s.add_argument("--layer", help="maximize a channel of this layer instead")
+    s.add_argument("--channel", help="channel index or list (e.g. 0-15); one picture each")
+    _optimizer_options(s)
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("invert", help="reconstruct images from their representation at a layer")
+    s.add_argument("model")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--layer", required=True)
+    _optimizer_options(s)
+    s.set_defaults(func=cmd_invert)
 
     s = sub.add_parser("demo", help="every method on the embedded EfficientNet-Lite0 and photos, with a grid")
     s.add_argument("--out", "-o", default="fvgraph-demo", help="output folder (default: fvgraph-demo)")

@@ -149,6 +149,11 @@ class Model:
         return attribute(self, x, rules, target, through_softmax=through_softmax, return_layers=return_layers,
                          method_name=method if isinstance(method, str) else rules.name)
 
+    def occlusion(self, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, **options):
+        """Occlusion maps (see fvgraph.methods.occlusion.occlusion): relevance (N, H, W)."""
+        from .methods.occlusion import occlusion
+        return occlusion(self, x, box, stride, fill, target, **options)
+
     def reconstruct(self, target, shape=None, **options):
         """Activation maximization (see fvgraph.methods.reconstruction.reconstruct)."""
         from .methods.reconstruction import reconstruct

@@ -103,3 +103,29 @@ def test_same_seed_same_image_and_bad_options(vgg):
         vgg.reconstruct(1, steps=2, lp=(0, 1))
     with pytest.raises(fv.InputError, match="unknown layer"):
         vgg.reconstruct(fv.Unit("nope"), steps=2)
+
+
+def test_reconstruct_and_invert_commands(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+    path = tmp_path / "vgg.onnx"
+    onnx.save(ZOO["vgg_like"](softmax=False), path)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "fvgraph", *a], capture_output=True, text=True,  # noqa
+                                    timeout=300)
+    r = run("reconstruct", str(path), "--target", "1,2", "--steps", "5", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert {"00_1.png", "01_2.png", "grid.png", "images.npy"} <= {p.name for p in (tmp_path / "r").iterdir()}
+    layer = fv.load(path).layers[1].name
+    r = run("reconstruct", str(path), "--layer", layer, "--channel", "0-2", "--steps", "3", "--out",
+            str(tmp_path / "u"), "--tv", "2,0.5")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "u" / "images.npy").shape == (3, 3, 32, 32)
+    from PIL import Image
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+    r = run("invert", str(path), str(img), "--layer", layer, "--steps", "3", "--out", str(tmp_path / "i"))
+    assert r.returncode == 0, r.stderr
+    r = run("reconstruct", str(path), "--steps", "3", "--out", str(tmp_path / "x"))
+    assert r.returncode != 0 and "--target" in r.stderr and "Traceback" not in r.stderr

@@ -91,6 +91,17 @@ class Conv(_ConvBase):
         win = buf if pointwise else windows(buf, geo)
         y = xp.empty((N, M, *geo.out), dtype=buf.dtype)
         row = L // geo.out[0]  # output positions per row of the first spatial axis
+        per_sample = L * geo.ktotal * Cg * buf.itemsize
+        if N > 1 and per_sample * 2 <= COL_BYTES:  # small maps (occlusion windows): several samples per product
+            step = max(1, COL_BYTES // per_sample)
+            for n0 in range(0, N, step):
+                n1 = min(N, n0 + step)
+                for gi in range(g):
+                    cs = slice(gi * Cg, (gi + 1) * Cg)
+                    col = xp.ascontiguousarray(win[n0:n1, ..., cs]).reshape((n1 - n0) * L, -1)
+                    part = (wm[gi] @ col.T).reshape(Mg, n1 - n0, *geo.out)
+                    y[n0:n1, gi * Mg:(gi + 1) * Mg] = xp.moveaxis(part, 1, 0)
+            return y
         rows = max(1, COL_BYTES // max(row * geo.ktotal * Cg * buf.itemsize, 1))  # im2col chunk stays cached
         for n in range(N):
             yn = y[n].reshape(M, L)

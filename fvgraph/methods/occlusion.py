@@ -1,0 +1,153 @@
+"""Occlusion (the paper's input modification class; Zeiler & Fergus 2013, Zhou et al. 2014).
+
+A box slides over the input; each occluded copy is scored and each pixel gets the mean, over the boxes that
+cover it, of the drop in the target's score (clean score minus occluded score). Box size and stride are set
+per axis; positions start at 0 and step by the stride, and when the last step does not reach the bottom or
+right edge one more box flush with that edge is added, so every pixel is covered when stride <= box (when
+the steps fit exactly, the positions are exactly 0, s, 2s, ...; with stride > box the gaps get 0).
+
+Occluded copies run in batches under a memory cap. With `incremental=True` each batch recomputes only the
+window of every layer that the boxes change (see fvgraph.methods.incremental).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import InputError
+from ..explanation import Explanation, Unit
+from .reconstruction import Progress
+
+
+def positions(size: int, box: int, stride: int) -> list[int]:
+    """Box origins along one axis, with one extra box flush with the far edge when the steps fall short."""
+    if box > size:
+        raise InputError(f"box size {box} is larger than the input ({size})")
+    pos = list(range(0, size - box + 1, stride))
+    if pos[-1] + box < size:
+        pos.append(size - box)
+    return pos
+
+
+def _pair(v, name):
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    try:
+        a, b = (int(t) for t in v)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be an int or a pair (height, width), got {v!r}") from None
+    if a <= 0 or b <= 0:
+        raise InputError(f"{name} must be positive, got {v!r}")
+    return a, b
+
+
+def make_fill(x1, fill, box, count, rng):
+    """The patches that replace the boxes, (count, C, h, w), for one image x1 (C, H, W)."""
+    C = x1.shape[0]
+    h, w = box
+    if isinstance(fill, str):
+        if fill == "mean":
+            return np.broadcast_to(x1.mean(axis=(1, 2)).reshape(1, C, 1, 1), (count, C, h, w))
+        if fill == "random":  # seeded uniform values spanning each channel's range (Zhou et al. 2014)
+            lo = x1.min(axis=(1, 2)).reshape(1, C, 1, 1)
+            hi = x1.max(axis=(1, 2)).reshape(1, C, 1, 1)
+            return (lo + (hi - lo) * rng.random((count, C, h, w))).astype(x1.dtype)
+        raise InputError(f"fill must be a number, one number per channel, 'mean' or 'random'; got {fill!r}")
+    try:
+        v = np.asarray(fill, dtype=x1.dtype).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"fill must be a number, one number per channel, 'mean' or 'random'; got {fill!r}") from None
+    if v.size not in (1, C):
+        raise InputError(f"fill has {v.size} values; give one, or one per channel ({C})")
+    return np.broadcast_to(v.reshape(1, -1, 1, 1), (count, C, h, w))
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, batch_size=None, memory=None,
+              seed=0, score="logit", incremental=True, quiet=None):
+    from .attribution import build_seed, logits_value
+    if score not in ("logit", "prob"):
+        raise InputError(f"score must be 'logit' or 'prob', got {score!r}")
+    box, stride = _pair(box, "box"), _pair(stride, "stride")
+    x = np.asarray(model.backend.to_host(model.feeds(x)[model.graph.input_names()[0]]))
+    if x.ndim != 4:
+        raise InputError(f"occlusion needs an image batch (N, C, H, W), got shape {x.shape}")
+    N, C, H, W = x.shape
+    ys, xs = positions(H, box[0], stride[0]), positions(W, box[1], stride[1])
+    boxes = [(y, xx) for y in ys for xx in xs]
+    logits = logits_value(model, through_softmax=(score == "prob"))
+    if isinstance(target, Unit):
+        value = model.resolve(target.layer)
+    else:
+        value = logits
+    clean_tape = model.forward(x, [value], keep=False)
+    clean = model.backend.to_host(clean_tape.values[value])
+    if isinstance(target, Unit):
+        _, mask, _ = build_seed(model, clean_tape, target, value, "one-hot")
+        mask = np.asarray(model.backend.to_host(mask)) / max(1, int(np.asarray(model.backend.to_host(mask))[0].sum()))
+        reported = target
+    else:
+        _, mask, reported = build_seed(model, clean_tape, target, value, "one-hot")
+        mask = np.asarray(model.backend.to_host(mask))
+
+    def score_of(values, n):
+        return np.sum((values * mask[n]).reshape(len(values), -1), axis=1)
+
+    if batch_size is None:
+        per = _bytes_per_sample(model, x[:1], value)
+        cap = memory if memory is not None else available_memory() // 4
+        batch_size = int(max(1, min(len(boxes), cap // max(per, 1))))
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    rng = np.random.default_rng(seed)
+    drops = np.zeros((N, H, W), np.float64)
+    counts = np.zeros((H, W), np.int64)
+    for (y, xx) in boxes:
+        counts[y:y + box[0], xx:xx + box[1]] += 1
+    runner = None
+    if incremental:
+        from .incremental import IncrementalRunner
+        runner = IncrementalRunner(model, value)
+    bar = Progress(N * len(boxes), "occlusion", quiet)
+    done = 0
+    for n in range(N):
+        base = score_of(clean[n:n + 1], n)[0]
+        patches = make_fill(x[n], fill, box, len(boxes), rng)
+        if runner is not None:
+            runner.set_image(x[n:n + 1])
+        for b0 in range(0, len(boxes), batch_size):
+            chunk = boxes[b0:b0 + batch_size]
+            if runner is not None:
+                out = runner.run(chunk, box, patches[b0:b0 + len(chunk)])
+            else:
+                batch = np.repeat(x[n:n + 1], len(chunk), axis=0)
+                for k, (y, xx) in enumerate(chunk):
+                    batch[k, :, y:y + box[0], xx:xx + box[1]] = patches[b0 + k]
+                out = model.backend.to_host(model.forward(batch, [value]).values[value])
+            s = score_of(np.asarray(out, np.float64), n)
+            for k, (y, xx) in enumerate(chunk):
+                drops[n, y:y + box[0], xx:xx + box[1]] += base - s[k]
+            done += len(chunk)
+            bar.update(done)
+    rel = (drops / np.maximum(counts, 1)).astype(np.float32)  # pixels no box covers (stride > box) get 0
+    return Explanation(rel, reported, np.asarray(clean), "occlusion",
+                       extras={"boxes": boxes, "counts": counts, "box": box, "stride": stride,
+                               "batch_size": batch_size})
+
+
+def _bytes_per_sample(model, x1, value) -> int:
+    """Memory of one sample's forward pass: the sum of its values (an upper bound on what is live)."""
+    tape = model.forward(x1, [value], keep=True)
+    return int(sum(getattr(v, "nbytes", 0) for v in tape.values.values() if hasattr(v, "shape")
+                   and v.ndim and v.shape[0] == 1)) + x1.nbytes

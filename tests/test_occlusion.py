@@ -1,0 +1,122 @@
+"""Occlusion: closed form on a linear model, coverage, a plain reference loop, incremental = full."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fvgraph as fv
+from fvgraph.methods.occlusion import positions
+from tests.zoo import ZOO
+
+
+def _linear_model(H=12, W=10, C=2, seed=0):
+    """score = sum(Wt * x): occlusion has a closed form."""
+    Wt = np.random.default_rng(seed).standard_normal((1, C * H * W)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "W"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "lin", [x], [y], [numpy_helper.from_array(Wt, "W")])
+    return fv.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])), Wt.reshape(C, H, W)
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_closed_form_on_a_linear_model(incremental):
+    model, Wt = _linear_model()
+    x = np.random.default_rng(1).standard_normal((1, 2, 12, 10)).astype(np.float32)
+    fill = 0.3
+    box, stride = (4, 3), (3, 2)
+    e = model.occlusion(x, box=box, stride=stride, fill=fill, target=0, incremental=incremental)
+    want = np.zeros((12, 10))
+    count = np.zeros((12, 10))
+    for y0 in positions(12, 4, 3):
+        for x0 in positions(10, 3, 2):
+            drop = float(np.sum(Wt[:, y0:y0 + 4, x0:x0 + 3] * (x[0, :, y0:y0 + 4, x0:x0 + 3] - fill)))
+            want[y0:y0 + 4, x0:x0 + 3] += drop
+            count[y0:y0 + 4, x0:x0 + 3] += 1
+    np.testing.assert_allclose(e.relevance[0], want / count, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(e.extras["counts"], count)
+
+
+def test_positions_and_edge_coverage():
+    assert positions(12, 4, 4) == [0, 4, 8]             # fits exactly: 0, s, 2s
+    assert positions(12, 4, 3) == [0, 3, 6, 8]          # one more box flush with the edge
+    assert positions(10, 10, 3) == [0]
+    assert positions(11, 3, 5) == [0, 5, 8]
+    for size, box, stride in ((12, 4, 3), (31, 7, 5), (16, 16, 8), (20, 3, 3)):
+        cover = np.zeros(size, int)
+        for p in positions(size, box, stride):
+            cover[p:p + box] += 1
+        assert cover.min() >= 1, (size, box, stride)
+    # a stride longer than the box leaves gaps: those pixels get 0, and counts say so
+    model, _ = _linear_model()
+    e = model.occlusion(np.ones((1, 2, 12, 10), np.float32), box=(2, 2), stride=(5, 5))
+    assert np.isfinite(e.relevance).all() and (e.extras["counts"] == 0).any()
+    assert (e.relevance[0][e.extras["counts"] == 0] == 0).all()
+
+
+def _reference(model, x, box, stride, fill, seed=0):
+    """One full forward per box, written plainly."""
+    N, C, H, W = x.shape
+    out = model.outputs[0].name
+    logits = model.run(x)
+    target = logits.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    rel = np.zeros((N, H, W))
+    for n in range(N):
+        boxes = [(y, xx) for y in positions(H, box[0], stride[0]) for xx in positions(W, box[1], stride[1])]
+        if fill == "random":
+            lo = x[n].min(axis=(1, 2)).reshape(1, C, 1, 1)
+            hi = x[n].max(axis=(1, 2)).reshape(1, C, 1, 1)
+            patches = (lo + (hi - lo) * rng.random((len(boxes), C) + box)).astype(np.float32)
+        elif fill == "mean":
+            patches = np.broadcast_to(x[n].mean(axis=(1, 2)).reshape(1, C, 1, 1), (len(boxes), C) + box)
+        else:
+            patches = np.full((len(boxes), C) + box, fill, np.float32)
+        total, count = np.zeros((H, W)), np.zeros((H, W))
+        for k, (y, xx) in enumerate(boxes):
+            xo = x[n:n + 1].copy()
+            xo[0, :, y:y + box[0], xx:xx + box[1]] = patches[k]
+            drop = logits[n, target[n]] - model.run(xo)[0, target[n]]
+            total[y:y + box[0], xx:xx + box[1]] += drop
+            count[y:y + box[0], xx:xx + box[1]] += 1
+        rel[n] = total / count
+    del out
+    return rel
+
+
+@pytest.mark.parametrize("name", ["vgg_like", "resnet_like", "inception_like", "mobilenet_like", "alexnet_like"])
+@pytest.mark.parametrize("fill", [0.0, "mean", "random"])
+def test_against_a_plain_reference_loop(name, fill):
+    model = fv.load(ZOO[name](opset=13) if name != "vgg_like" else ZOO[name](softmax=False))
+    shape = [2] + list(model.inputs[0].shape[1:])
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    box, stride = (9, 7), (6, 5)
+    ref = _reference(model, x, box, stride, fill)
+    for incremental in (False, True):
+        e = model.occlusion(x, box=box, stride=stride, fill=fill, batch_size=7, incremental=incremental)
+        err = np.linalg.norm(e.relevance - ref) / np.linalg.norm(ref)
+        assert err < 1e-5, (name, fill, incremental, err)
+
+
+def test_incremental_equals_full_with_units_and_probabilities():
+    model = fv.load(ZOO["resnet_like"]())
+    x = np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    layer = [l for l in model.layers if l.op_type == "Relu"][2]
+    for kw in (dict(target=fv.Unit(layer.name, channel=3)), dict(score="prob"), dict(fill=[0.1, -0.2, 0.3])):
+        a = model.occlusion(x, box=(6, 6), stride=(3, 3), incremental=False, **kw)
+        b = model.occlusion(x, box=(6, 6), stride=(3, 3), incremental=True, **kw)
+        assert np.linalg.norm(a.relevance - b.relevance) <= 1e-5 * np.linalg.norm(a.relevance), kw
+
+
+def test_seed_determinism_and_bad_options():
+    model = fv.load(ZOO["vgg_like"]())
+    x = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    a = model.occlusion(x, box=8, stride=8, fill="random", seed=3)
+    b = model.occlusion(x, box=8, stride=8, fill="random", seed=3)
+    c = model.occlusion(x, box=8, stride=8, fill="random", seed=4)
+    np.testing.assert_array_equal(a.relevance, b.relevance)
+    assert not np.array_equal(a.relevance, c.relevance)
+    for kw, msg in ((dict(box=(40, 8)), "larger"), (dict(box=(0, 8)), "positive"), (dict(box=(-2, 4)), "positive"),
+                    (dict(stride=0), "positive"), (dict(fill="blue"), "fill"), (dict(fill=[1, 2]), "per channel"),
+                    (dict(score="softmax"), "score"), (dict(box="big"), "pair")):
+        with pytest.raises(fv.InputError, match=msg):
+            model.occlusion(x, **kw)
