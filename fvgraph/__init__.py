@@ -11,7 +11,7 @@ from .methods.reconstruction import Reconstruction
 from .graph import Graph, Layer, Node
 from .model import Model, load
 from .rules import Rules
-from . import methods  # noqa: E402  (fvgraph.methods.* for users)
+from . import convert, methods  # noqa: E402,F401  (fvgraph.convert.matconvnet, fvgraph.methods.*)
 from .ops import supported_op_types
 
 __version__ = "0.1.0"

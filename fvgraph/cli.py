@@ -13,6 +13,14 @@ from .errors import FvGraphError, InputError
 DEMO_MODEL = Path(__file__).parent / "data" / "efficientnet_lite0.onnx"
 
 
+def _source(path):
+    """A .mat file is converted from MatConvNet on the fly."""
+    if str(path).lower().endswith(".mat"):
+        from .convert import matconvnet
+        return matconvnet(path)
+    return path
+
+
 def cmd_info(args) -> int:
     from .executor import shape_only_nodes
     from .graph import ValueInfo
@@ -21,7 +29,7 @@ def cmd_info(args) -> int:
     from .errors import UnsupportedModelError
     from .model import Model
 
-    graph = import_model(args.model)
+    graph = import_model(_source(args.model))
     problem = None
     try:
         Model(graph)
@@ -79,6 +87,32 @@ def _target(text):
 def _load(path, quiet=False):
     from .model import load
     return load(path)
+
+
+def cmd_convert(args) -> int:
+    """A MatConvNet .mat to ONNX, written atomically: nothing is left at the output path on failure."""
+    import os
+    import tempfile
+
+    import onnx
+
+    from .convert import matconvnet
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
+    proto = matconvnet(args.net)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".onnx.part")
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if not args.quiet:
+        print(f"wrote {out} ({len(proto.graph.node)} nodes)")
+    return 0
 
 
 def explain_images(model, images, methods, out, target=None, layer=None, channel=None, params=None,
@@ -234,6 +268,48 @@ def cmd_invert(args) -> int:
     return 0
 
 
+def _box(text, name):
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise InputError(f"--{name} takes HxW or N, e.g. 32x32, got {text!r}") from None
+    return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts[:2])
+
+
+def _fill(text):
+    if text in ("mean", "random"):
+        return text
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--fill takes a number, numbers per channel (a,b,c), 'mean' or 'random'; got {text!r}") \
+            from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def cmd_occlude(args) -> int:
+    from .explanation import Unit
+    from .image import load_image, read_rgb, resize_crop
+    from .render import overlay, picture, save_npy, save_png
+    model = _load(args.model)
+    spec = model.preprocessing()
+    target = Unit(args.layer, args.channel) if args.layer else _target(args.target)
+    for path in args.images:
+        x = load_image(path, spec)
+        e = model.occlusion(x, box=_box(args.box, "box"), stride=_box(args.stride, "stride"), fill=_fill(args.fill),
+                            target=target, seed=args.seed, batch_size=args.batch_size, score=args.score,
+                            incremental=not args.no_incremental, quiet=args.quiet)
+        stem = Path(path).stem
+        shown = resize_crop(read_rgb(path), spec)
+        save_png(Path(args.out) / f"{stem}_occlusion.png", picture(e.relevance[0], "signed"), args.overwrite)
+        save_png(Path(args.out) / f"{stem}_occlusion_overlay.png", picture(e.relevance[0], "heat", image=shown),
+                 args.overwrite)
+        save_npy(Path(args.out) / f"{stem}_occlusion.npy", e.relevance[0], args.overwrite)
+        if not args.quiet:
+            print(f"{Path(path).name}: {len(e.extras['boxes'])} boxes, wrote {args.out}/{stem}_occlusion*.png")
+    return 0
+
+
 def _optimizer_options(s):
     s.add_argument("--steps", type=int, default=200)
     s.add_argument("--lr", type=float, help="step size (default: 2%% of the input range)")
@@ -256,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="an .onnx file")
     s.set_defaults(func=cmd_info)
 
+    s = sub.add_parser("convert", help="convert a MatConvNet network (.mat) to ONNX")
+    s.add_argument("net", help="a MatConvNet .mat file (SimpleNN or DagNN)")
+    s.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_convert)
+
     s = sub.add_parser("explain", help="explain a model's predictions on images (heatmap PNGs and .npy)")
     s.add_argument("model", help="an .onnx file")
     s.add_argument("images", nargs="+", help="image files")
@@ -270,6 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace files that already exist")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("occlude", help="occlusion maps: the drop in the score when a box covers each region")
+    s.add_argument("model")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--box", default="32x32", help="box HxW (default 32x32)")
+    s.add_argument("--stride", default="16x16", help="stride HxW (default 16x16)")
+    s.add_argument("--fill", default="0", help="a number, one per channel (a,b,c), 'mean' or 'random'")
+    s.add_argument("--target", "-t", help="class index (default: the predicted class)")
+    s.add_argument("--layer", help="score a unit of this layer instead (with --channel)")
+    s.add_argument("--channel", type=int)
+    s.add_argument("--score", default="logit", choices=["logit", "prob"])
+    s.add_argument("--batch-size", type=int, help="occluded copies per batch (default: from free memory)")
+    s.add_argument("--no-incremental", action="store_true", help="recompute every layer in full (for checking)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", "-o", default="fvgraph-out")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_occlude)
 
     s = sub.add_parser("reconstruct", help="activation maximization: pictures that drive classes or units")
     s.add_argument("model")

@@ -204,7 +204,12 @@ def list_layers(graph: Graph, shape_only: set[int]) -> list[Layer]:
 
 
 def load(source: Any, device: str = "cpu") -> Model:
-    """Load an ONNX model from a path, bytes or an onnx.ModelProto (external data is read beside the path)."""
+    """Load an ONNX model from a path, bytes or an onnx.ModelProto (external data is read beside the path);
+    a MatConvNet .mat path is converted on the fly."""
+    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".mat"):
+        from .convert import matconvnet
+        graph = import_model(matconvnet(source))
+        return Model(graph, device=device, source=os.fspath(source))
     graph = import_model(source)
     src = source if isinstance(source, (str, os.PathLike)) else ""
     try:

@@ -120,3 +120,32 @@ def test_seed_determinism_and_bad_options():
                     (dict(score="softmax"), "score"), (dict(box="big"), "pair")):
         with pytest.raises(fv.InputError, match=msg):
             model.occlusion(x, **kw)
+
+
+def test_occlude_command(tmp_path):
+    import subprocess
+    import sys
+
+    from fvgraph.cli import DEMO_MODEL
+    from fvgraph.image import demo_images
+    img = str(demo_images()[1])
+    r = subprocess.run([sys.executable, "-m", "fvgraph", "occlude", str(DEMO_MODEL), img, "--box", "64x64",
+                        "--stride", "56x56", "--fill", "random", "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "coffee_occlusion.npy").shape == (224, 224)
+    assert (tmp_path / "coffee_occlusion_overlay.png").is_file()
+    r = subprocess.run([sys.executable, "-m", "fvgraph", "occlude", str(DEMO_MODEL), img, "--box", "300x300",
+                        "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr.startswith("fvgraph: error:") and "larger" in r.stderr
+
+
+def test_incremental_equals_full_on_the_embedded_model():
+    """Exporter-style graph: TF-style Pad nodes, depthwise convs, a Shape -> Reshape head."""
+    from fvgraph.cli import DEMO_MODEL
+    from fvgraph.image import demo_images, load_image
+    model = fv.load(DEMO_MODEL)
+    x = load_image(demo_images()[0], model.preprocessing())
+    a = model.occlusion(x, box=48, stride=44, fill="mean", incremental=False)
+    b = model.occlusion(x, box=48, stride=44, fill="mean", incremental=True)
+    assert np.linalg.norm(a.relevance - b.relevance) <= 1e-5 * np.linalg.norm(a.relevance)

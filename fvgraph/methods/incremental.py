@@ -107,10 +107,19 @@ class IncrementalRunner:
         states = {x_name: Patch(np.ascontiguousarray(patches), np.array([b[0] for b in boxes]),
                                 np.array([b[1] for b in boxes]))}
         g = self.model.graph
+        exact = {}  # non-batched values recomputed for this batch (shapes of batched tensors)
         for i in self.steps:
             n = g.nodes[i]
             ins = [states.get(v) if v else None for v in n.inputs]
-            if all(s is None for s in ins):
+            if i in self.ex.static:  # shape arithmetic: redo it when it reads a changed (batched) value
+                if any(s is not None for s in ins) or any(v in exact for v in n.inputs):
+                    args = [self.full(v, s, B) if s is not None else exact.get(v, self.clean.get(v)) if v else None
+                            for v, s in zip(n.inputs, ins)]
+                    for o, val in zip(n.outputs, self._call(i, n, args)):
+                        if o:
+                            exact[o] = val
+                continue
+            if all(s is None for s in ins) and not any(v in exact for v in n.inputs):
                 continue
             out = None
             if i in self.valid and isinstance(ins[0], Patch) and all(s is None for s in ins[1:]):
@@ -118,13 +127,19 @@ class IncrementalRunner:
             elif n.op_type in POINTWISE and not any(s is not None and not isinstance(s, Patch) for s in ins):
                 out = self.pointwise(i, n, ins, B)
             if out is None:
-                args = [self.full(v, s, B) if v in self.dynamic else self.clean.get(v) if v else None
-                        for v, s in zip(n.inputs, ins)]
-                out = np.asarray(self.ex.kernels[i].forward(*args)[0])
-                if out.shape[0] != B:
-                    out = np.broadcast_to(out, (B,) + out.shape[1:]).copy()
+                args = [exact[v] if v in exact else self.full(v, s, B) if v in self.dynamic else
+                        self.clean.get(v) if v else None for v, s in zip(n.inputs, ins)]
+                out = np.asarray(self._call(i, n, args)[0])
             states[n.outputs[0]] = out
         return self.full(self.value, states.get(self.value), B)
+
+    def _call(self, i, n, args):
+        from ..errors import ExecutionError
+        try:
+            return self.ex.kernels[i].forward(*args)
+        except Exception as e:
+            raise ExecutionError(f"incremental occlusion failed at node {n.name!r} ({n.op_type}): "
+                                 f"{type(e).__name__}: {e}; incremental=False recomputes in full") from None
 
     def _fits(self, oy, ox, h, w, H, W):
         """Shift windows inward so that each lies within the value."""

@@ -1,0 +1,84 @@
+"""Occlusion speed: fvgraph (incremental and full recomputation) against the same number of plain
+onnxruntime forward passes at the same batch size, side by side in one run.
+
+    python benchmarks/occlusion.py [--threads 2] [--batch 16] [--sample 96] [--json ...]
+
+Models: VGG-16- and ResNet-18-shaped, 224x224; settings: box 16 stride 8 (729 boxes) and box 32 stride 16
+(169 boxes). `--sample K` times K boxes spread evenly over all positions (interior and edge boxes alike) and
+reports seconds per box and the projected time for all boxes; `--sample 0` runs every box.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import ROOT, ort_session, set_threads, write_json
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--sample", type=int, default=96)
+    ap.add_argument("--models", default="vgg16,resnet18")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "occlusion.json"))
+    args = ap.parse_args()
+    set_threads(args.threads)
+    import numpy as np
+
+    import fvgraph as fv
+    from fvgraph.methods.incremental import IncrementalRunner
+    from fvgraph.methods.occlusion import positions
+    from tests.zoo import resnet18, vgg16
+
+    rows = []
+    for name in args.models.split(","):
+        proto = {"vgg16": vgg16, "resnet18": resnet18}[name]()
+        model = fv.load(proto)
+        sess = ort_session(proto, args.threads)
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        out = model.outputs[0].name
+        for box, stride in ((16, 8), (32, 16)):
+            ps = positions(224, box, stride)
+            boxes = [(y, xx) for y in ps for xx in ps]
+            chosen = boxes if not args.sample else [boxes[int(k)] for k in
+                                                    np.linspace(0, len(boxes) - 1, min(args.sample, len(boxes)))]
+            patches = np.zeros((len(chosen), 3, box, box), np.float32)
+            batches = [chosen[i:i + args.batch] for i in range(0, len(chosen), args.batch)]
+
+            def occluded(chunk, k0):
+                b = np.repeat(x, len(chunk), axis=0)
+                for k, (y, xx) in enumerate(chunk):
+                    b[k, :, y:y + box, xx:xx + box] = patches[k0 + k]
+                return b
+
+            runner = IncrementalRunner(model, out)
+            runner.set_image(x)
+            inputs = [occluded(c, i * args.batch) for i, c in enumerate(batches)]
+            t = {}
+            for what in ("ort", "fvgraph incremental", "fvgraph full"):
+                start = time.perf_counter()
+                for i, c in enumerate(batches):
+                    if what == "ort":
+                        sess.run(None, {"input": inputs[i]})
+                    elif what == "fvgraph full":
+                        model.run(inputs[i])
+                    else:
+                        runner.run(c, (box, box), patches[i * args.batch:i * args.batch + len(c)])
+                t[what] = (time.perf_counter() - start) / len(chosen)
+            for what, per in t.items():
+                rows.append(dict(model=name, box=box, stride=stride, boxes=len(boxes), timed=len(chosen),
+                                 what=what, s_per_box=per, projected_s=per * len(boxes),
+                                 speedup_vs_ort=t["ort"] / per))
+    print(f"threads={args.threads}, batch {args.batch}; times per box over {args.sample or 'all'} boxes spread "
+          "over the image; projected = per box x all boxes")
+    print(f"{'model':<9} {'box/stride':>10} {'boxes':>6} {'what':<22} {'ms/box':>8} {'projected s':>12} "
+          f"{'x faster than ort':>18}")
+    for r in rows:
+        print(f"{r['model']:<9} {str(r['box']) + '/' + str(r['stride']):>10} {r['boxes']:>6} {r['what']:<22} "
+              f"{r['s_per_box'] * 1e3:>8.1f} {r['projected_s']:>12.1f} {r['speedup_vs_ort']:>18.2f}")
+    write_json(args.json, {"threads": args.threads, "batch": args.batch, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

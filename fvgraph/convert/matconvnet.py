@@ -1,0 +1,342 @@
+"""MatConvNet (.mat, SimpleNN and DagNN) to ONNX.
+
+MatConvNet's conventions, converted exactly:
+- images and activations are H x W x C (x N); weights H x W x Cin x Cout (ONNX: Cout x Cin x H x W);
+  fully-connected layers are convolutions whose filters cover the whole input, and stay so;
+- pad = [top bottom left right] (a scalar: all four); stride and dilate as [y x] or a scalar;
+- pooling output size floor((H + pads - pool) / stride) + 1, i.e. ONNX's floor mode with explicit pads; max
+  pooling ignores padding, average pooling divides by the part of the window inside the image
+  (count_include_pad = 0);
+- normalize (LRN) param = [N kappa alpha beta]: y = x (kappa + alpha sum_window x^2)^-beta, the same window
+  as ONNX, whose LRN divides alpha by N: ONNX alpha = alpha * N;
+- bnorm: multipliers, biases, moments = [mean sigma] (sigma includes epsilon): variance = sigma^2 - eps;
+- loss layers are dropped (inference), dropout becomes Identity;
+- meta.normalization (averageImage, imageSize) becomes the model's preprocessing metadata (pixels 0..255
+  minus the average colour, RGB) and meta.classes the class names.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import FvGraphError, InputError, ModelLoadError, UnsupportedModelError
+
+OPSET = 13
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def _read_mat(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(128)
+    if head[:8] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in head:
+        return _read_hdf5(path)
+    from scipy.io import loadmat
+    try:
+        # no squeeze_me: it would drop the leading singleton dimensions of 1x1 filters
+        data = loadmat(path, squeeze_me=False, struct_as_record=False)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e})") from None
+    net = data.get("net", data)
+    return _to_py(net)
+
+
+def _read_hdf5(path):
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(f"{path} is a MATLAB v7.3 (HDF5) file: install h5py to read it "
+                             "(pip install 'fvgraph[matconvnet]'), or re-save it in MATLAB with save(..., '-v7')") \
+            from None
+    import h5py
+    with h5py.File(path, "r") as f:
+        root = f["net"] if "net" in f else f
+        return _h5_to_py(f, root)
+
+
+def _h5_to_py(f, obj):
+    import h5py
+    if isinstance(obj, h5py.Group):
+        return {k: _h5_to_py(f, obj[k]) for k in obj.keys() if not k.startswith("#")}
+    data = obj[()]
+    if obj.dtype == h5py.ref_dtype or (isinstance(data, np.ndarray) and data.dtype == object):
+        items = [_h5_to_py(f, f[r]) for r in np.asarray(data).reshape(-1)]
+        return items[0] if len(items) == 1 else items
+    if obj.attrs.get("MATLAB_class", b"") in (b"char", "char"):
+        return "".join(chr(c) for c in np.asarray(data).reshape(-1))
+    a = np.asarray(data)
+    return a.T if a.ndim > 1 else (a.item() if a.size == 1 else a)  # HDF5 stores MATLAB arrays transposed
+
+
+def _to_py(v):
+    """scipy mat_struct / object arrays -> dicts, lists, arrays, scalars, strings."""
+    from scipy.io.matlab import mat_struct
+    if isinstance(v, mat_struct):
+        return {k: _to_py(getattr(v, k)) for k in v._fieldnames}
+    if isinstance(v, dict):
+        return {k: _to_py(x) for k, x in v.items() if not k.startswith("__")}
+    if isinstance(v, np.ndarray):
+        if v.dtype == object:  # cells and struct arrays; one element stands for itself
+            items = [_to_py(x) for x in v.reshape(-1, order="F")]
+            return items[0] if len(items) == 1 else items
+        if v.dtype.kind in "US":
+            return "".join(str(x) for x in v.reshape(-1))
+        if v.dtype.kind in "fiub" and v.size == 1 and v.ndim <= 2:
+            return v.reshape(()).item()
+        return v
+    return v
+
+
+def _list(v):
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return [v.item()]
+    return [v]
+
+
+def _ints(v, n, name):
+    a = np.atleast_1d(np.asarray(v, dtype=np.float64)).reshape(-1)
+    if a.size == 1:
+        a = np.repeat(a, n)
+    if a.size != n:
+        raise UnsupportedModelError(f"{name} has {a.size} values, expected 1 or {n}")
+    return [int(x) for x in a]
+
+
+# ----------------------------------------------------------------------------------------------- building
+class _Builder:
+    def __init__(self):
+        self.nodes, self.inits, self.used = [], [], set()
+
+    def const(self, name, value):
+        name = self.unique(name)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def unique(self, name):
+        base, k = name, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+    def node(self, op, inputs, output, name, **attrs):
+        self.nodes.append(helper.make_node(op, inputs, [output], name=self.unique(name), **attrs))
+        return output
+
+
+def _weight(w):
+    """H x W x Cin x Cout -> Cout x Cin x H x W, as float32 (2-D and 3-D arrays are padded with 1s)."""
+    w = np.asarray(w, np.float32)
+    while w.ndim < 4:
+        w = w[..., None]
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+
+
+def _conv_pads(pad):
+    t, b, l, r = _ints(pad, 4, "pad")
+    return [t, l, b, r]
+
+
+def _layer(b: _Builder, kind, name, x, out, params, opts):
+    """Append the ONNX node(s) of one MatConvNet layer; returns the output value name, or None when the layer
+    is dropped (losses)."""
+    kind = kind.lower().replace("dagnn.", "")
+    if kind in ("conv", "convt"):
+        w = params[0] if params else None
+        if w is None:
+            raise UnsupportedModelError(f"layer {name!r} ({kind}) has no weights")
+        bias = params[1] if len(params) > 1 and params[1] is not None and np.size(params[1]) else None
+        if kind == "conv":
+            W = _weight(w)
+            groups = max(1, int(opts.get("numGroups", 1)))
+            ins = [x, b.const(f"{name}_W", W)]
+            if bias is not None:
+                ins.append(b.const(f"{name}_b", np.asarray(bias, np.float32).reshape(-1)))
+            attrs = dict(kernel_shape=list(W.shape[2:]), pads=_conv_pads(opts.get("pad", 0)),
+                         strides=_ints(opts.get("stride", 1), 2, "stride"),
+                         dilations=_ints(opts.get("dilate", 1), 2, "dilate"))
+            if groups > 1:
+                attrs["group"] = groups
+            return b.node("Conv", ins, out, name, **attrs)
+        # convt: F is FH x FW x K x D (K outputs, D inputs); ONNX ConvTranspose wants D x K/groups x FH x FW
+        F = np.asarray(w, np.float32)
+        while F.ndim < 4:
+            F = F[..., None]
+        groups = max(1, int(opts.get("numGroups", 1)))
+        Wt = np.ascontiguousarray(F.transpose(3, 2, 0, 1))
+        ins = [x, b.const(f"{name}_W", Wt)]
+        if bias is not None:
+            ins.append(b.const(f"{name}_b", np.asarray(bias, np.float32).reshape(-1)))
+        t, bo, l, r = _ints(opts.get("crop", 0), 4, "crop")
+        return b.node("ConvTranspose", ins, out, name, kernel_shape=list(Wt.shape[2:]), pads=[t, l, bo, r],
+                      strides=_ints(opts.get("upsample", 1), 2, "upsample"), group=groups)
+    if kind in ("relu",):
+        leak = float(opts.get("leak", 0) or 0)
+        return b.node("LeakyRelu", [x], out, name, alpha=leak) if leak else b.node("Relu", [x], out, name)
+    if kind in ("pool", "pooling"):
+        method = str(opts.get("method", "max")).lower()
+        size = _ints(opts.get("pool", opts.get("poolSize", 1)), 2, "pool")
+        attrs = dict(kernel_shape=size, strides=_ints(opts.get("stride", 1), 2, "stride"),
+                     pads=_conv_pads(opts.get("pad", 0)))
+        if method == "max":
+            return b.node("MaxPool", [x], out, name, **attrs)
+        if method in ("avg", "average"):
+            return b.node("AveragePool", [x], out, name, count_include_pad=0, **attrs)
+        raise UnsupportedModelError(f"layer {name!r}: pooling method {method!r}")
+    if kind in ("normalize", "lrn"):
+        p = np.asarray(opts.get("param"), np.float64).reshape(-1)
+        if p.size != 4:
+            raise UnsupportedModelError(f"layer {name!r}: normalize param must be [N kappa alpha beta]")
+        n, kappa, alpha, beta = p
+        return b.node("LRN", [x], out, name, size=int(n), bias=float(kappa), alpha=float(alpha * n), beta=float(beta))
+    if kind in ("bnorm", "batchnorm"):
+        if len(params) < 3:
+            raise UnsupportedModelError(f"layer {name!r} (bnorm) needs multipliers, biases and moments")
+        g = np.asarray(params[0], np.float32).reshape(-1)
+        beta = np.asarray(params[1], np.float32).reshape(-1)
+        moments = np.asarray(params[2], np.float64).reshape(g.size, -1)
+        eps = float(opts.get("epsilon", 1e-4))
+        mean, sigma = moments[:, 0], moments[:, 1]
+        var = np.maximum(sigma ** 2 - eps, 0)
+        ins = [x, b.const(f"{name}_g", g), b.const(f"{name}_beta", beta), b.const(f"{name}_mean", mean.astype(np.float32)),
+               b.const(f"{name}_var", var.astype(np.float32))]
+        return b.node("BatchNormalization", ins, out, name, epsilon=eps)
+    if kind in ("dropout",):
+        return b.node("Identity", [x], out, name)
+    if kind in ("softmax",):
+        return b.node("Softmax", [x], out, name, axis=1)
+    if kind in ("softmaxloss", "loss", "pdist", "error"):
+        return None
+    raise UnsupportedModelError(f"layer {name!r}: MatConvNet layer type {kind!r} is not supported")
+
+
+def _simplenn(net, b: _Builder):
+    layers = _list(net.get("layers"))
+    x = "input"
+    for k, L in enumerate(layers):
+        kind = str(L.get("type", "?"))
+        name = str(L.get("name", f"layer{k + 1}")) or f"layer{k + 1}"
+        params = _list(L.get("weights")) or [L.get("filters"), L.get("biases")]
+        if kind.lower() == "bnorm" and L.get("weights") is None:
+            params = [L.get("filters"), L.get("biases"), L.get("moments")]
+        opts = {k2: v for k2, v in L.items() if k2 not in ("weights", "filters", "biases", "type", "name")}
+        try:
+            y = _layer(b, kind, name, x, b.unique(f"{name}_out"), params, opts)
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"SimpleNN layer {k + 1} of {len(layers)}, {e}") from None
+        if y is not None:
+            x = y
+    return ["input"], [x]
+
+
+def _dagnn(net, b: _Builder):
+    layers = _list(net.get("layers"))
+    params = {str(p.get("name")): p.get("value") for p in _list(net.get("params"))}
+    produced, consumed = {}, set()
+    var_names = {}
+
+    def vname(v):
+        v = str(v)
+        if v not in var_names:
+            var_names[v] = b.unique(v)
+        return var_names[v]
+
+    for k, L in enumerate(layers):
+        kind = str(L.get("type", "?"))
+        name = str(L.get("name", f"layer{k + 1}"))
+        ins = [vname(v) for v in _list(L.get("inputs"))]
+        outs = [vname(v) for v in _list(L.get("outputs"))]
+        block = L.get("block") or {}
+        opts = dict(block) if isinstance(block, dict) else {}
+        ps = [params.get(str(p)) for p in _list(L.get("params"))]
+        short = kind.lower().replace("dagnn.", "")
+        try:
+            if short == "concat":
+                dim = int(opts.get("dim", 3))
+                axis = {1: 2, 2: 3, 3: 1, 4: 0}[dim]
+                y = b.node("Concat", ins, outs[0], name, axis=axis)
+            elif short == "sum":
+                y = b.node("Sum", ins, outs[0], name)
+            elif short == "conv":
+                opts.setdefault("pad", opts.get("pad", 0))
+                y = _layer(b, "conv", name, ins[0], outs[0], ps if opts.get("hasBias", True) else ps[:1], opts)
+            elif short == "convtranspose":
+                y = _layer(b, "convt", name, ins[0], outs[0], ps, opts)
+            elif short in ("batchnorm",):
+                y = _layer(b, "bnorm", name, ins[0], outs[0], ps, opts)
+            else:
+                y = _layer(b, short, name, ins[0] if ins else "", outs[0] if outs else b.unique(name), ps, opts)
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"DagNN layer {k + 1} of {len(layers)}, {e}") from None
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise UnsupportedModelError(f"DagNN layer {k + 1} {name!r} ({kind}) is malformed: {e}") from None
+        if y is not None:  # a dropped loss layer neither produces nor consumes
+            consumed.update(ins)
+            produced[y] = k
+    inputs = [v for v in dict.fromkeys(var_names.values()) if v not in produced]
+    outputs = [v for v in produced if v not in consumed]
+    return inputs[:1], outputs
+
+
+def _meta(net):
+    meta = net.get("meta") or {}
+    norm = meta.get("normalization") or {} if isinstance(meta, dict) else {}
+    size = norm.get("imageSize")
+    size = [int(v) for v in np.asarray(size).reshape(-1)[:3]] if size is not None else None
+    avg = norm.get("averageImage")
+    mean = [0.0, 0.0, 0.0]
+    if avg is not None and np.size(avg):
+        a = np.asarray(avg, np.float64)
+        mean = [float(v) for v in (a.reshape(-1) if a.size == 3 else a.reshape(-1, a.shape[-1]).mean(axis=0))]
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    names = None
+    if isinstance(classes, dict):
+        desc = classes.get("description")
+        names = _list(desc) if desc is not None and np.size(desc) else _list(classes.get("name"))
+        names = [str(n) for n in names] if names else None
+    return size, mean, names
+
+
+def matconvnet(path) -> onnx.ModelProto:
+    """Convert a MatConvNet network (.mat, SimpleNN or DagNN) to an ONNX ModelProto."""
+    net = _read_mat(path)
+    if not isinstance(net, dict) or "layers" not in net:
+        raise ModelLoadError(f"{path}: no MatConvNet network in this file (expected a struct with 'layers')")
+    b = _Builder()
+    b.used.add("input")
+    layers = _list(net.get("layers"))
+    dag = any(isinstance(L, dict) and ("block" in L or str(L.get("type", "")).startswith("dagnn.")) for L in layers)
+    try:
+        ins, outs = (_dagnn if dag else _simplenn)(net, b)
+    except FvGraphError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"{path}: malformed MatConvNet network ({type(e).__name__}: {e})") from None
+    size, mean, names = _meta(net)
+    h, w, c = (size + [3])[:3] if size else ("height", "width", 3)
+    x = helper.make_tensor_value_info(ins[0], TensorProto.FLOAT, ["batch", c, h, w])
+    ys = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs]
+    graph = helper.make_graph(b.nodes, Path(path).stem, [x], ys, b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="fvgraph.convert.matconvnet")
+    model.ir_version = 8
+    spec = {"size": [h, w] if size else 224, "resize": "shorter", "crop": "center", "scale": 1.0,
+            "mean": mean, "std": [1.0, 1.0, 1.0], "channels": "RGB"}
+    model.metadata_props.add(key="fvgraph.preprocess", value=json.dumps(spec))
+    if names:
+        model.metadata_props.add(key="fvgraph.classes", value=json.dumps(names))
+    model.metadata_props.add(key="fvgraph.source", value=f"MatConvNet {'DagNN' if dag else 'SimpleNN'}: "
+                                                         f"{os.path.basename(str(path))}")
+    return model
