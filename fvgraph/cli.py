@@ -323,6 +323,90 @@ def _optimizer_options(s):
     s.add_argument("--quiet", "-q", action="store_true")
 
 
+def _methods(text):
+    """'gradient,lrp-epsilon:epsilon=0.001,beta=1,guided' -> methods, a parameter list staying with its method."""
+    out = []
+    for part in text.split(","):
+        if "=" in part and out and ":" in out[-1]:
+            out[-1] += "," + part
+        else:
+            out.append(part.strip())
+    return [m for m in out if m]
+
+
+def _report(rows, args, info=None) -> int:
+    from .compare import table, write_json, write_junit
+    print(table(rows))
+    if getattr(args, "json", None):
+        write_json(args.json, rows, info or {})
+    if getattr(args, "junit", None):
+        write_junit(args.junit, rows)
+    ok = all(r.ok for r in rows)
+    print("all agree" if ok else f"{sum(not r.ok for r in rows)} differ")
+    return 0 if ok else 1
+
+
+def cmd_check(args) -> int:
+    from . import compare
+    if args.action == "record":
+        model = _load(args.model)
+        meta = compare.record(model, args.model, args.images, _methods(args.methods), args.out, args.overwrite)
+        print(f"wrote {args.out}: {len(meta['methods'])} method(s) on {len(args.images)} image(s)")
+        return 0
+    if args.action == "compare":
+        model = _load(args.model)
+        rows, info = compare.compare(model, args.model, args.reference, args.rtol, args.atol)
+        if info["model_sha256"] != info["reference_model_sha256"]:
+            print("note: the model file differs from the one the reference was recorded with")
+        return _report(rows, args, info)
+    if args.action == "diff":
+        a, b = _load(args.model), _load(args.other)
+        rows = compare.diff(a, b, args.images, _methods(args.methods), args.rtol, args.atol)
+        return _report(rows, args, {"model_a": args.model, "model_b": args.other})
+    # parity
+    import onnx
+    from .image import load_image
+    model = _load(args.model)
+    proto = onnx.load(args.model) if not str(args.model).endswith(".mat") else _source(args.model)
+    if args.image:
+        x = load_image(args.image, model.preprocessing())
+    else:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in model.inputs[0].shape]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    rows, first = compare.parity(model, proto, x, args.rtol)
+    print(f"{'layer':<40} {'op':<20} {'rel L2 vs onnxruntime':>22}")
+    for name, op, err, ok in rows:
+        print(f"{name[:40]:<40} {op:<20} {err:>22.3g}{'' if ok else '  <- differs'}")
+    if first:
+        print(f"first divergence: {first}")
+        return 1
+    print(f"all {len(rows)} layers agree within {args.rtol:g}")
+    return 0
+
+
+def cmd_figure(args) -> int:
+    from .figures import methods_figure, networks_figure
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
+    if args.kind == "methods":
+        model = _load(args.model[0])
+        images = args.model[1:] + (args.image or [])
+        if not images:
+            raise InputError("figure methods needs MODEL IMAGE...")
+        img, arrays = methods_figure(model, images, _methods(args.methods), args.percentile)
+    else:
+        if not args.image:
+            raise InputError("figure networks needs --image IMAGE...")
+        models = {Path(m).stem: _load(m) for m in args.model}
+        img, arrays = networks_figure(models, args.image, args.method, args.percentile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    np.savez_compressed(out.with_suffix(".npz"), **{k.replace("/", "__"): v for k, v in arrays.items()})
+    print(f"wrote {out} and {out.with_suffix('.npz')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).")
     p.add_argument("--version", action="version", version=f"fvgraph {__version__}")
@@ -386,6 +470,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", required=True)
     _optimizer_options(s)
     s.set_defaults(func=cmd_invert)
+
+    s = sub.add_parser("check", help="numeric comparisons for CI: record, compare, diff, parity")
+    csub = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = csub.add_parser("record", help="store outputs and explanations of images as a reference .npz")
+    c.add_argument("model")
+    c.add_argument("images", nargs="+")
+    c.add_argument("--methods", default="gradient,guided,lrp-epsilon",
+                   help="comma-separated; parameters as method:key=value,key=value")
+    c.add_argument("--out", "-o", required=True)
+    c.add_argument("--overwrite", action="store_true")
+    c = csub.add_parser("compare", help="recompute a reference and compare: exit 0 agree, 1 differ, 2 bad input")
+    c.add_argument("model")
+    c.add_argument("reference")
+    for cc in (c, csub.add_parser("diff", help="the same images and methods on two models")):
+        cc.add_argument("--rtol", type=float, default=1e-4)
+        cc.add_argument("--atol", type=float, default=1e-6)
+        cc.add_argument("--json", help="write a JSON report")
+        cc.add_argument("--junit", help="write a JUnit XML report")
+    d = csub.choices["diff"]
+    d.add_argument("model")
+    d.add_argument("other")
+    d.add_argument("images", nargs="+")
+    d.add_argument("--methods", default="gradient,guided,lrp-epsilon")
+    c = csub.add_parser("parity", help="fvgraph vs onnxruntime on every layer; names the first divergence")
+    c.add_argument("model")
+    c.add_argument("--image")
+    c.add_argument("--rtol", type=float, default=1e-4)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("figure", help="comparison grids: methods x images, or networks x images")
+    s.add_argument("kind", choices=["methods", "networks"])
+    s.add_argument("model", nargs="+", help="methods: MODEL IMAGE...; networks: MODEL...")
+    s.add_argument("--image", nargs="*", help="images (networks figure)")
+    s.add_argument("--methods", default="gradient,deconvnet,guided,lrp-epsilon,cam,occlusion")
+    s.add_argument("--method", default="guided", help="the method of a networks figure")
+    s.add_argument("--percentile", type=float, default=99.5, help="maps saturate beyond this percentile of |value|")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_figure)
 
     s = sub.add_parser("demo", help="every method on the embedded EfficientNet-Lite0 and photos, with a grid")
     s.add_argument("--out", "-o", default="fvgraph-demo", help="output folder (default: fvgraph-demo)")
