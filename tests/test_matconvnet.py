@@ -269,3 +269,58 @@ def test_unknown_layer_is_named_and_nothing_is_written(tmp_path):
     (tmp_path / "junk.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))
     with pytest.raises(fv.ModelLoadError):
         fv.convert.matconvnet(tmp_path / "junk.mat")
+
+
+# --------------------------------------------------------------------------- MATLAB v7.3 (HDF5)
+def _write_v73(path, net):
+    """Write a struct the way MATLAB's save -v7.3 does: HDF5 behind a 512-byte MATLAB header; structs are
+    groups, cells and struct-array fields hold references into #refs#, char is uint16, arrays transposed."""
+    import h5py
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        counter = [0]
+
+        def put(parent, name, v):
+            if isinstance(v, dict):
+                g = parent.create_group(name)
+                g.attrs["MATLAB_class"] = np.bytes_("struct")
+                for k, x in v.items():
+                    put(g, k, x)
+            elif isinstance(v, np.ndarray) and v.dtype == object:  # a cell
+                items = list(v.reshape(-1))
+                ds = parent.create_dataset(name, (len(items), 1), dtype=h5py.ref_dtype)
+                for i, x in enumerate(items):
+                    counter[0] += 1
+                    key = f"r{counter[0]}"
+                    put(refs, key, x)
+                    ds[i, 0] = refs[key].ref
+                ds.attrs["MATLAB_class"] = np.bytes_("cell")
+            elif isinstance(v, str):
+                ds = parent.create_dataset(name, data=np.array([ord(c) for c in v], np.uint16).reshape(-1, 1))
+                ds.attrs["MATLAB_class"] = np.bytes_("char")
+            else:
+                a = np.atleast_2d(np.asarray(v))
+                ds = parent.create_dataset(name, data=a.T)
+                ds.attrs["MATLAB_class"] = np.bytes_("single" if a.dtype == np.float32 else "double")
+        put(f, "net", net)
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: test HDF5 schema 1.00 .".ljust(128))
+
+
+def test_v73_hdf5_files_convert_like_v5(tmp_path):
+    F1, b1 = w(3, 3, 3, 4), w(1, 4, scale=0.1)
+    F2, b2 = w(1, 1, 4, 2), w(1, 2, scale=0.1)
+    layers = [{"type": "conv", "name": "c1", "weights": cell([F1, b1]), "stride": 1.0, "pad": 1.0},
+              {"type": "relu", "name": "r1"},
+              {"type": "pool", "name": "p1", "method": "avg", "pool": np.array([[2, 2]], float), "stride": 2.0,
+               "pad": 0.0},
+              {"type": "conv", "name": "c2", "weights": cell([F2, b2]), "stride": 1.0, "pad": 0.0}]
+    net = {"layers": cell(layers), "meta": {"normalization": {"imageSize": np.array([8.0, 8.0, 3.0])}}}
+    v5, v73 = tmp_path / "v5.mat", tmp_path / "v73.mat"
+    savemat(v5, {"net": net})
+    _write_v73(v73, net)
+    assert open(v73, "rb").read(10) == b"MATLAB 7.3"
+    x = R.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    a, b = fv.load(v5).run(x), fv.load(v73).run(x)
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+    assert b.shape == (1, 2, 4, 4)

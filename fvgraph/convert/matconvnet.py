@@ -61,18 +61,36 @@ def _read_hdf5(path):
         return _h5_to_py(f, root)
 
 
+def _mclass(obj):
+    c = obj.attrs.get("MATLAB_class", b"")
+    return c.decode() if isinstance(c, bytes) else str(c)
+
+
 def _h5_to_py(f, obj):
+    """MATLAB v7.3 layout: structs are groups; a struct array's fields are datasets of references (one per
+    element); cells are reference datasets marked 'cell'; char is uint16; arrays are stored transposed."""
     import h5py
     if isinstance(obj, h5py.Group):
-        return {k: _h5_to_py(f, obj[k]) for k in obj.keys() if not k.startswith("#")}
+        fields = {k: obj[k] for k in obj.keys() if not k.startswith("#")}
+        is_refs = lambda d: isinstance(d, h5py.Dataset) and d.dtype == h5py.ref_dtype  # noqa: E731
+        if fields and all(is_refs(d) and _mclass(d) != "cell" for d in fields.values()):
+            refs = {k: np.asarray(d[()]).reshape(-1, order="F") for k, d in fields.items()}
+            n = len(next(iter(refs.values())))
+            items = [{k: _h5_to_py(f, f[r[i]]) for k, r in refs.items()} for i in range(n)]
+            return items[0] if n == 1 else items
+        return {k: _h5_to_py(f, d) for k, d in fields.items()}
+    if obj.attrs.get("MATLAB_empty", 0):
+        return np.zeros((0, 0))
     data = obj[()]
-    if obj.dtype == h5py.ref_dtype or (isinstance(data, np.ndarray) and data.dtype == object):
-        items = [_h5_to_py(f, f[r]) for r in np.asarray(data).reshape(-1)]
+    if obj.dtype == h5py.ref_dtype:
+        items = [_h5_to_py(f, f[r]) for r in np.asarray(data).reshape(-1, order="F")]
         return items[0] if len(items) == 1 else items
-    if obj.attrs.get("MATLAB_class", b"") in (b"char", "char"):
+    if _mclass(obj) == "char":
         return "".join(chr(c) for c in np.asarray(data).reshape(-1))
     a = np.asarray(data)
-    return a.T if a.ndim > 1 else (a.item() if a.size == 1 else a)  # HDF5 stores MATLAB arrays transposed
+    if a.size == 1:
+        return a.reshape(()).item()
+    return a.T  # HDF5 stores MATLAB's column-major arrays with the dimensions reversed
 
 
 def _to_py(v):
