@@ -189,9 +189,10 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
     def objective(x):
         tape = model.forward(x, wanted, keep=True)
         seeds, values = {}, np.zeros(n)
+        host = {at: model.backend.to_host(tape.values[at]) for at in wanted}
         for i, (t, at) in enumerate(zip(targets, seeds_at)):
-            a = model.backend.to_host(tape.values[at])
-            mask = np.zeros(a.shape, np.float32)
+            a = host[at]
+            seed = seeds.setdefault(at, np.zeros(a.shape, np.float32))  # one seed per layer, a row per sample
             if isinstance(t, Unit):
                 idx = [i] + [slice(None)] * (a.ndim - 1)
                 for axis, v in ((1, t.channel), (2, t.y), (3, t.x)):
@@ -199,14 +200,14 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
                         if axis >= a.ndim or not 0 <= v < a.shape[axis]:
                             raise InputError(f"{t} is out of range for a layer of shape {a.shape}")
                         idx[axis] = v
-                sel = mask[tuple(idx)]
-                mask[tuple(idx)] = 1.0 / max(sel.size, 1)  # the mean over the selected activations
+                idx = tuple(idx)
+                seed[idx] = 1.0 / max(seed[idx].size, 1)  # the mean over the selected activations
+                values[i] = float(np.mean(a[idx]))
             else:
                 if a.ndim != 2 or not 0 <= t < a.shape[1]:
                     raise InputError(f"class {t} is out of range for an output of shape {a.shape}")
-                mask[i, t] = 1.0
-            values[i] = float(np.sum(mask * a))
-            seeds[at] = seeds.get(at, 0) + mask
+                seed[i, t] = 1.0
+                values[i] = float(a[i, t])
         seeds = {k: model.backend.xp.asarray(v) for k, v in seeds.items()}
         signals, _ = reverse(model, tape, seeds, gradient_rules)
         g = signals.get(model.graph.input_names()[0])

@@ -48,11 +48,13 @@ class MaxPool(_PoolBase):
         self.storage_order = int(node.attr("storage_order", 0))
 
     def forward(self, x):
-        y, _ = self.pool(x, with_argmax=len(self.node.outputs) > 1 and bool(self.node.outputs[1]))
+        want_indices = len(self.node.outputs) > 1 and bool(self.node.outputs[1])
+        y, _ = self.pool(x, with_argmax=want_indices, indices=want_indices)
         return y
 
-    def pool(self, x, with_argmax=False):
-        """Returns ((y, indices?), argmax tap per output) ; the tap index serves the VJP's routing."""
+    def pool(self, x, with_argmax=False, indices=False):
+        """Returns ((y, indices?), argmax tap per output); the tap index serves the VJP's routing, the
+        flat ONNX Indices output is only computed when asked for."""
         xp = xp_of(x)
         geo = self.geometry(x)
         lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
@@ -69,8 +71,8 @@ class MaxPool(_PoolBase):
                 best -= better * (best - np.int16(t))
             xp.maximum(acc, v, out=acc)
         y = to_nchw(acc)
-        if not with_argmax:
-            return (y,), None
+        if not indices:
+            return (y,), best
         return (y, self.flat_indices(x.shape, geo, best)), best
 
     def vjp(self, inputs, outputs, grads, wrt=None):
