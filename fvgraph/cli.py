@@ -117,50 +117,34 @@ def cmd_convert(args) -> int:
 
 def explain_images(model, images, methods, out, target=None, layer=None, channel=None, params=None,
                    overwrite=False, quiet=False, write=True):
-    """Explain each image with each method; write heatmap PNGs and .npy files. Returns rows of pictures for
-    a grid and the predictions."""
+    """Explain each image with each method and write the maps; returns picture rows and predictions."""
+    from .batch import write_explanations
     from .explanation import Unit
-    from .image import load_image, resize_crop, read_rgb
-    from .methods import map_kind
-    from .render import picture, save_npy, save_png
-
-    spec = model.preprocessing()
-    names = model.class_names()
     rows, preds = [], []
     for path in images:
-        x = load_image(path, spec)
-        shown = resize_crop(read_rgb(path), spec)
-        row = [shown]
-        logits = model.run(x)
-        k = int(np.argmax(logits[0]))
-        p = np.exp(logits[0] - logits[0].max())
-        p /= p.sum()
-        label = names[k] if names and k < len(names) else str(k)
-        preds.append((Path(path).name, k, label, float(p[k])))
-        if not quiet:
-            print(f"{Path(path).name}: {label} (class {k}, p={p[k]:.2f})")
-        for method in methods:
-            tgt = Unit(layer, channel) if layer is not None and method not in ("cam", "gradcam") else target
-            kw = dict(params or {})
-            if method in ("cam", "gradcam") and layer is not None:
-                kw["layer"] = layer
-            e = model.explain(x, method, target=tgt, **kw)
-            kind = map_kind(method)
-            pic = picture(e.relevance[0], kind, image=shown)
-            row.append(pic)
-            if write:
-                stem = f"{Path(path).stem}_{Path(str(method)).stem}"
-                save_png(Path(out) / f"{stem}.png", pic, overwrite)
-                if e.relevance.ndim == 4:
-                    save_png(Path(out) / f"{stem}_abs.png", picture(e.relevance[0], "abs"), overwrite)
-                save_npy(Path(out) / f"{stem}.npy", e.relevance[0], overwrite)
+        tgt = Unit(layer, channel) if layer is not None else target
+        kw = dict(params or {})
+        row, pred = write_explanations(model, path, Path(path).stem, methods, out, tgt, kw, overwrite)
         rows.append(row)
+        preds.append(pred)
+        if not quiet:
+            print(f"{pred[0]}: {pred[2]} (class {pred[1]}, p={pred[3]:.2f})")
     return rows, preds
 
 
 def cmd_explain(args) -> int:
+    methods = _methods(args.method)
+    if any(Path(p).is_dir() for p in args.images) or args.workers > 1 or args.ray:
+        from .batch import explain_folder
+        from .explanation import Unit
+        target = Unit(args.layer, args.channel) if args.layer else _target(args.target)
+        done, skipped = explain_folder(args.model, args.images, methods, args.out, target,
+                                       _parse_params(args.param), args.workers, args.ray, args.overwrite,
+                                       args.quiet or None)
+        if not args.quiet:
+            print(f"explained {done} image(s), skipped {skipped} already done; maps in {args.out}/")
+        return 0
     model = _load(args.model)
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
     rows, preds = explain_images(model, args.images, methods, args.out, _target(args.target), args.layer,
                                  args.channel, _parse_params(args.param), args.overwrite, args.quiet)
     if len(methods) > 1 or len(args.images) > 1:
@@ -435,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", "-p", nargs="*", help="method parameters, e.g. epsilon=0.01 alpha=2 beta=1")
     s.add_argument("--out", "-o", default="fvgraph-out", help="output folder (default: fvgraph-out)")
     s.add_argument("--overwrite", action="store_true", help="replace files that already exist")
+    s.add_argument("--workers", type=int, default=1, help="processes for folders of images (default 1)")
+    s.add_argument("--ray", metavar="ADDRESS", help="run a folder on a Ray cluster ('local' starts one here)")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_explain)
 
