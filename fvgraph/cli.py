@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .compare import parse_value
 from .errors import FvGraphError, InputError
 
 DEMO_MODEL = Path(__file__).parent / "data" / "efficientnet_lite0.onnx"
@@ -68,10 +69,7 @@ def _parse_params(items) -> dict:
         if "=" not in item:
             raise InputError(f"--param takes key=value, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-        except ValueError:
-            out[k] = v
+        out[k] = parse_value(v)
     return out
 
 
@@ -210,15 +208,20 @@ def _save_reconstruction(r, out, labels, overwrite, quiet):
         print(f"wrote {len(labels)} picture(s) and {path}")
 
 
-def cmd_reconstruct(args) -> int:
-    from .explanation import Unit
-    model = _load(args.model)
+def _optimizer_kwargs(args) -> dict:
     options = dict(steps=args.steps, lr=args.lr, jitter=args.jitter, seed=args.seed, optimizer=args.optimizer,
                    quiet=args.quiet)
     for name in ("lp", "tv"):
         v = _pair(getattr(args, name), name)
         if v is not None:
             options[name] = v
+    return options
+
+
+def cmd_reconstruct(args) -> int:
+    from .explanation import Unit
+    model = _load(args.model)
+    options = _optimizer_kwargs(args)
     if args.layer is not None:
         chans = _channels(args.channel) or [None]
         targets = [Unit(args.layer, c) for c in chans]
@@ -239,12 +242,7 @@ def cmd_reconstruct(args) -> int:
 def cmd_invert(args) -> int:
     from .image import load_image
     model = _load(args.model)
-    options = dict(steps=args.steps, lr=args.lr, jitter=args.jitter, seed=args.seed, optimizer=args.optimizer,
-                   quiet=args.quiet)
-    for name in ("lp", "tv"):
-        v = _pair(getattr(args, name), name)
-        if v is not None:
-            options[name] = v
+    options = _optimizer_kwargs(args)
     x = np.concatenate([load_image(p, model.preprocessing()) for p in args.images])
     r = model.invert(x, args.layer, **options)
     _save_reconstruction(r, args.out, [f"{Path(p).stem}_from_{args.layer}" for p in args.images], args.overwrite,

@@ -81,11 +81,16 @@ def parse_method(text: str):
         if "=" not in item:
             raise InputError(f"method parameters are key=value, got {item!r} in {text!r}")
         k, v = item.split("=", 1)
-        try:
-            params[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-        except ValueError:
-            params[k] = v
+        params[k] = parse_value(v)
     return name.strip(), params
+
+
+def parse_value(v: str):
+    """A command-line parameter value: int, float, or the text itself."""
+    try:
+        return int(v) if v.lstrip("-").isdigit() else float(v)
+    except ValueError:
+        return v
 
 
 def run_method(model, x, method: str, params: dict):
