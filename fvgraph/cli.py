@@ -49,6 +49,8 @@ def cmd_info(args) -> int:
             out(f"metadata  {k} = {v[:80]}\n")
     out(f"params    {parameter_count(graph):,}\n\n")
     layers = list_layers(graph, shape_only_nodes(graph))
+    if problem is None:
+        _fill_shapes(graph, layers)
     rows = [("#", "name", "op", "output shape", "params")]
     rows += [(str(l.index), l.name, l.op_type, ValueInfo(l.output, l.shape, None).describe(),
               f"{l.params:,}" if l.params else "") for l in layers]
@@ -389,6 +391,28 @@ def cmd_figure(args) -> int:
     return 0
 
 
+def _fill_shapes(graph, layers):
+    """Shapes that ONNX shape inference left symbolic, from one run on zeros (batch 1) when the input's
+    other dimensions are fixed; the batch dimension keeps its symbol."""
+    if all(l.shape is not None and all(isinstance(d, int) for d in l.shape[1:]) for l in layers):
+        return
+    from .model import Model
+    feeds = {}
+    for v in graph.inputs:
+        if v.shape is None or v.dtype is None or not all(isinstance(d, int) and d > 0 for d in v.shape[1:]):
+            return
+        feeds[v.name] = np.zeros((1,) + tuple(v.shape[1:]), v.dtype)
+    try:
+        tape = Model(graph).forward(feeds, [l.output for l in layers], keep=True)
+    except FvGraphError:
+        return
+    batch = graph.inputs[0].shape[0] if graph.inputs[0].shape else "N"
+    for l in layers:
+        a = tape.values.get(l.output)
+        if a is not None and getattr(a, "ndim", 0) >= 1:
+            l.shape = (batch,) + tuple(a.shape[1:])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).")
     p.add_argument("--version", action="version", version=f"fvgraph {__version__}")
@@ -518,6 +542,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fvgraph: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (fvgraph info ... | head)
+        sys.stderr.close()
+        return 0
     except (OSError, MemoryError) as e:
         if args.debug:
             raise

@@ -194,8 +194,9 @@ def list_layers(graph: Graph, shape_only: set[int]) -> list[Layer]:
     for i, n in enumerate(graph.nodes):
         if i in shape_only:
             continue
-        params = sum(int(graph.initializers[v].size) for v in n.inputs
-                     if v in graph.initializers and graph.initializers[v].dtype.kind == "f")
+        params = sum(int(graph.initializers[v].size) for v in n.inputs  # weights, not scalar settings
+                     if v in graph.initializers and graph.initializers[v].dtype.kind == "f"
+                     and graph.initializers[v].ndim >= 1)
         for k, o in enumerate(o for o in n.outputs if o):
             vi = graph.value_info.get(o)
             layers.append(Layer(len(layers), n.name if k == 0 else f"{n.name}:{k}", n.op_type, o,

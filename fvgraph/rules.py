@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from .errors import RuleError
 
 if sys.version_info >= (3, 11):
@@ -125,6 +127,13 @@ class Rules:
         if unknown:
             raise RuleError(f"unknown parameter(s) {unknown} for method {self.name!r} "
                             f"(parameters: {', '.join(PARAMS)})")
+        for k, v in params.items():
+            try:
+                ok = v is None or np.all(np.isfinite(np.asarray(v, dtype=np.float64)))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise RuleError(f"parameter {k} must be a number (or, for low/high, one per channel), got {v!r}")
         return replace(self, params={**self.params, **params})
 
     # ------------------------------------------------------------------ resolution
