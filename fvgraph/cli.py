@@ -274,7 +274,7 @@ def _fill(text):
 def cmd_occlude(args) -> int:
     from .explanation import Unit
     from .image import load_image, read_rgb, resize_crop
-    from .render import overlay, picture, save_npy, save_png
+    from .render import picture, save_npy, save_png
     model = _load(args.model)
     spec = model.preprocessing()
     target = Unit(args.layer, args.channel) if args.layer else _target(args.target)

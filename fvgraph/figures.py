@@ -45,7 +45,7 @@ def networks_figure(models: dict, images, method="guided", percentile=99.5):
     name, params = parse_method(method)
     rows, arrays, titles = [], {}, ["input"] + list(models)
     for path in images:
-        row, labels = None, []
+        row = None
         for net, model in models.items():
             spec = model.preprocessing()
             x = load_image(path, spec)

@@ -135,7 +135,7 @@ def _stab(z, eps):
 
 
 def _rules_file(tmp_path, first, second, **params):
-    text = f'name = "t"\nseed = "output"\n[params]\n' + "".join(f"{k} = {v}\n" for k, v in params.items())
+    text = 'name = "t"\nseed = "output"\n[params]\n' + "".join(f"{k} = {v}\n" for k, v in params.items())
     text += f'[ops]\nRelu = "pass"\n[[override]]\nop = "Gemm"\nposition = "first"\nrule = "{first}"\n'
     text += f'[[override]]\nop = "Gemm"\nposition = "last"\nrule = "{second}"\n'
     p = tmp_path / "t.toml"
@@ -284,7 +284,6 @@ def test_gradcam_equals_the_gradient_weighted_maps():
     A = model.run(x, outputs=[layer.output])[layer.output]
     out = model.graph.output_names()[0]
     # the gradient of the logit w.r.t. A, by finite differences through the rest of the network
-    grad = fv.methods.attribution  # noqa: F841
     g = model.explain(x, "gradient", target=fv.Unit(layer.name))  # sanity: Unit targets run
     assert g.relevance.shape == x.shape
     h = 1e-6

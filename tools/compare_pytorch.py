@@ -70,12 +70,9 @@ def main():
     import onnxruntime as ort
     import torch
     from captum.attr import GuidedBackprop
-    from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlus  # noqa: F401
-    from zennit.composites import EpsilonGammaBox  # noqa: F401
     from zennit.attribution import Gradient
-    from zennit.composites import NameMapComposite  # noqa: F401
-    from zennit.rules import Epsilon, Pass, Norm
     from zennit.composites import LayerMapComposite
+    from zennit.rules import Epsilon, Norm, Pass
 
     import fvgraph as fv
 

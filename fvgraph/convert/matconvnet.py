@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import FvGraphError, InputError, ModelLoadError, UnsupportedModelError
+from ..errors import FvGraphError, ModelLoadError, UnsupportedModelError
 
 OPSET = 13
 
@@ -50,12 +50,11 @@ def _read_mat(path):
 
 def _read_hdf5(path):
     try:
-        import h5py  # noqa: F401
+        import h5py
     except ImportError:
         raise ModelLoadError(f"{path} is a MATLAB v7.3 (HDF5) file: install h5py to read it "
                              "(pip install 'fvgraph[matconvnet]'), or re-save it in MATLAB with save(..., '-v7')") \
             from None
-    import h5py
     with h5py.File(path, "r") as f:
         root = f["net"] if "net" in f else f
         return _h5_to_py(f, root)

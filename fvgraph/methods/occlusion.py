@@ -11,8 +11,6 @@ window of every layer that the boxes change (see fvgraph.methods.incremental).
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..errors import InputError

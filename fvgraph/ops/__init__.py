@@ -59,7 +59,6 @@ def unbroadcast(g, shape):
     """Sum a broadcast gradient back to `shape` (numpy multidirectional broadcasting)."""
     if g.shape == tuple(shape):
         return g
-    xp = xp_of(g)
     extra = g.ndim - len(shape)
     axes = tuple(range(extra)) + tuple(i + extra for i, d in enumerate(shape) if d == 1 and g.shape[i + extra] != 1)
     g = g.sum(axis=axes, keepdims=True) if axes else g

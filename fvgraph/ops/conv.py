@@ -9,9 +9,9 @@ import math
 
 from ..backend import xp_of
 from . import Op, register, upcast_half
-COL_BYTES = 8 << 20  # im2col chunk size: large enough for efficient products, small enough to stay in cache
+from .window import Geometry, channels_last_padded, col2im, ints, to_nchw, windows
 
-from .window import Geometry, channels_last_padded, col2im, ints, tap_view, to_nchw, windows
+COL_BYTES = 8 << 20  # im2col chunk size: large enough for efficient products, small enough to stay in cache
 
 
 class _ConvBase(Op):
@@ -61,7 +61,6 @@ class Conv(_ConvBase):
 
     @upcast_half
     def forward(self, x, w, b=None):
-        xp = xp_of(x, w)
         N, C = x.shape[:2]
         M, Cg = w.shape[:2]
         g = self.group
@@ -148,7 +147,6 @@ class Conv(_ConvBase):
         Cg, Mg = C // g_, M // g_
         P = [i + b + e for i, b, e in zip(x.shape[2:], geo.pb, geo.pe)]
         buf = xp.zeros((N, C, *P), g.dtype)
-        nsp = len(geo.out)
         L = math.prod(geo.out)
         if depthwise:
             mult = M // C

@@ -121,7 +121,6 @@ class Variadic(Op):
             g = g / g.dtype.type(len(inputs)) if self.op_type == "Mean" else g
             return [unbroadcast(g, x.shape) for x in inputs]
         # Max/Min: to the inputs that attain the result, split evenly among ties
-        xp = xp_of(g)
         hits = [(x == y) for x in inputs]
         count = sum(h.astype(g.dtype) for h in hits)
         return [unbroadcast(g * h / count, x.shape) for x, h in zip(inputs, hits)]

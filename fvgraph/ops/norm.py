@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..backend import xp_of
-from . import Op, register, unbroadcast
+from . import Op, register
 
 
 def channel_shape(x):
@@ -65,11 +65,10 @@ class InstanceNormalization(Op):
 
     def vjp(self, inputs, outputs, grads, wrt=None):
         x, scale, bias = inputs
-        xp = xp_of(x)
         axes = tuple(range(2, x.ndim))
         s = channel_shape(x)
         mean = x.mean(axis=axes, keepdims=True)
-        inv = 1 / xp.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + x.dtype.type(self.eps))
+        inv = 1 / xp_of(x).sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + x.dtype.type(self.eps))
         xhat = (x - mean) * inv
         gh = grads[0] * scale.reshape(s)
         gx = inv * (gh - gh.mean(axis=axes, keepdims=True) - xhat * (gh * xhat).mean(axis=axes, keepdims=True))
@@ -89,7 +88,6 @@ class LRN(Op):
 
     def window_sum(self, sq):
         """Sum over channels c - floor((size-1)/2) .. c + ceil((size-1)/2), zero outside."""
-        xp = xp_of(sq)
         lo, hi = (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
         C = sq.shape[1]
         acc = sq.copy()

@@ -82,7 +82,6 @@ class MaxPool(_PoolBase):
             return [None]
         _, best = self.pool(x, with_argmax=True)
         geo = self.geometry(x)
-        xp = xp_of(g)
         return [spread_to_taps(g, x.shape, geo, lambda t, g_cl: g_cl * (best == t))]
 
     def flat_indices(self, shape, geo, best):
