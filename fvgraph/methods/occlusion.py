@@ -6,8 +6,9 @@ per axis; positions start at 0 and step by the stride, and when the last step do
 right edge one more box flush with that edge is added, so every pixel is covered when stride <= box (when
 the steps fit exactly, the positions are exactly 0, s, 2s, ...; with stride > box the gaps get 0).
 
-Occluded copies run in batches under a memory cap. With `incremental=True` each batch recomputes only the
-window of every layer that the boxes change (see fvgraph.methods.incremental).
+Occluded copies run in batches under a memory cap. With `incremental=True` (on the CPU) each batch recomputes
+only the window of every layer that the boxes change (see fvgraph.methods.incremental); on a GPU every batch
+is computed in full.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     for (y, xx) in boxes:
         counts[y:y + box[0], xx:xx + box[1]] += 1
     runner = None
-    if incremental:
+    if incremental and model.device == "cpu":  # the incremental runner works on host (NumPy) arrays
         from .incremental import IncrementalRunner
         runner = IncrementalRunner(model, value)
     bar = Progress(N * len(boxes), "occlusion", quiet)
