@@ -1,7 +1,6 @@
 """An `onnx.backend.base.Backend` over fvgraph, so the official ONNX backend node tests can run against it."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
@@ -34,7 +33,3 @@ class FvGraphBackend(Backend):
     @classmethod
     def run_node(cls, node, inputs, device="CPU", outputs_info=None, **kwargs):
         raise NotImplementedError("fvgraph runs whole models; use prepare()")
-
-
-def run_model(model: onnx.ModelProto, inputs) -> list[np.ndarray]:
-    return FvGraphBackend.prepare(model).run(inputs)
