@@ -378,12 +378,12 @@ def cmd_figure(args) -> int:
         images = args.model[1:] + (args.image or [])
         if not images:
             raise InputError("figure methods needs MODEL IMAGE...")
-        img, arrays = methods_figure(model, images, _methods(args.methods), args.percentile)
+        img, arrays = methods_figure(model, images, _methods(args.methods), args.percentile, args.colours, args.alpha)
     else:
         if not args.image:
             raise InputError("figure networks needs --image IMAGE...")
         models = {Path(m).stem: _load(m) for m in args.model}
-        img, arrays = networks_figure(models, args.image, args.method, args.percentile)
+        img, arrays = networks_figure(models, args.image, args.method, args.percentile, args.colours, args.alpha)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     np.savez_compressed(out.with_suffix(".npz"), **{k.replace("/", "__"): v for k, v in arrays.items()})
@@ -514,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="gradient,deconvnet,guided,lrp-epsilon,cam,occlusion")
     s.add_argument("--method", default="guided", help="the method of a networks figure")
     s.add_argument("--percentile", type=float, default=99.5, help="maps saturate beyond this percentile of |value|")
+    s.add_argument("--kind", dest="colours", choices=["signed", "heat", "abs", "rgb"],
+                   help="colour map for every column (default: per method: signed for LRP, heat over the image "
+                        "for CAM/Grad-CAM/occlusion, black-and-white magnitude for gradients, rgb for guided)")
+    s.add_argument("--alpha", type=float, default=0.5, help="opacity of heat maps over the image")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_figure)

@@ -17,8 +17,10 @@ from .methods import map_kind
 from .render import grid, picture
 
 
-def methods_figure(model, images, methods, percentile=99.5):
-    """One row per image, one column per method, the input first. Returns (PIL image, {name: array})."""
+def methods_figure(model, images, methods, percentile=99.5, kind=None, alpha=0.5):
+    """One row per image, one column per method, the input first. Returns (PIL image, {name: array}).
+    kind: None picks per method (fvgraph.methods.map_kind), or one of "signed", "heat", "abs", "rgb";
+    alpha: opacity of heat maps laid over the image."""
     from PIL import Image
     spec = model.preprocessing()
     names = model.class_names()
@@ -34,12 +36,12 @@ def methods_figure(model, images, methods, percentile=99.5):
             name, params = parse_method(m)
             rel = run_method(model, x, name, params).relevance[0]
             arrays[f"{Path(path).stem}/{m}"] = rel
-            row.append(picture(rel, map_kind(name), percentile, image=shown))
+            row.append(picture(rel, kind or map_kind(name), percentile, image=shown, alpha=alpha))
         rows.append(row)
     return Image.fromarray(grid(rows, ["input"] + list(methods), labels)), arrays
 
 
-def networks_figure(models: dict, images, method="guided", percentile=99.5):
+def networks_figure(models: dict, images, method="guided", percentile=99.5, kind=None, alpha=0.5):
     """One row per image, one column per network (its predicted class and score under each map)."""
     from PIL import Image
     name, params = parse_method(method)
@@ -59,7 +61,7 @@ def networks_figure(models: dict, images, method="guided", percentile=99.5):
             cls = model.class_names()
             rel = run_method(model, x, name, params).relevance[0]
             arrays[f"{Path(path).stem}/{net}"] = rel
-            pic = picture(rel, map_kind(name), percentile, image=shown)
+            pic = picture(rel, kind or map_kind(name), percentile, image=shown, alpha=alpha)
             label = f"{(cls[k] if cls else k)} {p[k]:.2f}"
             row.append(_caption(pic, label))
         rows.append(row)

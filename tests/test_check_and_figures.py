@@ -116,3 +116,17 @@ def test_methods_and_networks_figures(setup):
     from fvgraph.figures import methods_figure
     img, arrays = methods_figure(fv.load(model), imgs[:1], ["guided"])
     assert isinstance(img, Image.Image) and arrays["img0/guided"].shape == (3, 32, 32)
+
+
+def test_figure_colour_maps(setup):
+    tmp, model, imgs = setup
+    from fvgraph.figures import methods_figure
+    m = fv.load(model)
+    signed, _ = methods_figure(m, imgs[:1], ["lrp-epsilon"], kind="signed")
+    bw, _ = methods_figure(m, imgs[:1], ["lrp-epsilon"], kind="abs")
+    cell = np.asarray(bw)[30:150, 170:290]
+    assert (cell[..., 0] == cell[..., 1]).all() and (cell[..., 1] == cell[..., 2]).all()  # black and white
+    assert not np.array_equal(np.asarray(signed), np.asarray(bw))
+    r = _cli("figure", "methods", model, imgs[0], "--methods", "gradcam", "--kind", "heat", "--alpha", "0.8",
+             "-o", str(tmp / "h.png"))
+    assert r.returncode == 0, r.stderr
