@@ -76,7 +76,7 @@ class Conv(_ConvBase):
             y += b.astype(y.dtype, copy=False).reshape((1, -1) + (1,) * (y.ndim - 2))
         return (y,)
 
-    def _gemm(self, buf, w, geo, cache=True):
+    def _gemm(self, buf, w, geo, matrices=None):
         """y[n] (M, L) = W (M, K*C) @ col[n]^T, col[n] (L, K*C) gathered channels-last. This orientation
         (output rows = channels, so y comes out NCHW) ran 1.2-1.7x faster than col @ W^T in OpenBLAS on the
         ResNet-18 layer shapes (benchmarks/forward.py)."""
@@ -85,7 +85,7 @@ class Conv(_ConvBase):
         M, g = w.shape[0], self.group
         Cg, Mg = C // g, M // g
         L = math.prod(geo.out)
-        wm = self._cached(w, self.weight_matrices) if cache else self.weight_matrices(w)
+        wm = self._cached(w, self.weight_matrices) if matrices is None else matrices
         pointwise = geo.ktotal == 1 and all(s == 1 for s in geo.s)
         win = buf if pointwise else windows(buf, geo)
         y = xp.empty((N, M, *geo.out), dtype=buf.dtype)
@@ -137,9 +137,9 @@ class Conv(_ConvBase):
             pe = [i - 1 + ke - o - p for i, ke, o, p in zip(x.shape[2:], geo.keff, geo.out, pb)]
             if all(p >= 0 for p in pb + pe):
                 back = Geometry(g.shape[2:], geo.k, geo.s, geo.d, pb + pe, "NOTSET")
-                wt = self._cached_transposed(w)
+                wt, wt_matrices = self._cached_transposed(w)
                 buf = channels_last_padded(g, back.pb, back.pe)
-                return self._gemm(buf, wt, back, cache=False)
+                return self._gemm(buf, wt, back, matrices=wt_matrices)
         # col2im (strided convs): per sample gcol (C*K, L) = W^T (C*K, M) @ g (M, L), added back tap by tap.
         # NCHW here: each tap's rows are contiguous runs of the output width (channels-last would make the
         # inner loop as short as C, which is 3 at the first layer).
@@ -174,8 +174,9 @@ class Conv(_ConvBase):
             M, Cg = w.shape[:2]
             Mg = M // g
             flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * (w.ndim - 2)]
-            wt = flipped.reshape(g, Mg, Cg, *w.shape[2:]).swapaxes(1, 2).reshape(g * Cg, Mg, *w.shape[2:])
-            self._tcache = (w, xp.ascontiguousarray(wt))
+            wt = xp.ascontiguousarray(
+                flipped.reshape(g, Mg, Cg, *w.shape[2:]).swapaxes(1, 2).reshape(g * Cg, Mg, *w.shape[2:]))
+            self._tcache = (w, (wt, self.weight_matrices(wt)))
         return self._tcache[1]
 
     def _depthwise(self, buf, w, geo):
