@@ -169,14 +169,10 @@ def _signed_terms(t: LinearTerms, x, R, eps, positive: bool):
     """Relevance through the positive (or negative) contributions x_i w_ij: the z+ side of alpha-beta."""
     xp_, xn = _pos(x), _neg(x)
     wa, wb = (_pos, _neg) if positive else (_neg, _pos)
-    if not t.has_weights:  # a weight-free linear op (average pooling, Resize): its weights are positive
-        if not positive:
-            z = t.forward(xn, _ident)
-            s = R / stabilize(z, eps)
-            return xn * t.vjp(xn, _ident, s)
-        z = t.forward(xp_, _ident)
-        s = R / stabilize(z, eps)
-        return xp_ * t.vjp(xp_, _ident, s)
+    if not t.has_weights:  # a weight-free linear op (average pooling, Resize): its weights are positive,
+        xs = xp_ if positive else xn  # so positive contributions come from x+ and negative ones from x-
+        s = R / stabilize(t.forward(xs, _ident), eps)
+        return xs * t.vjp(xs, _ident, s)
     z = t.forward(xp_, wa) + t.forward(xn, wb)
     s = R / stabilize(z, eps)
     return xp_ * t.vjp(xp_, wa, s) + xn * t.vjp(xn, wb, s)
