@@ -391,3 +391,21 @@ def test_a_users_preset_file_runs(tmp_path):
     assert e.rules_used[relus[0]] == "deconvnet" if relus[0] == "Relu_3" else e.rules_used[relus[0]] == "guided"
     e2 = model.explain(x, fv.Rules.load(p))
     np.testing.assert_array_equal(e.relevance, e2.relevance)
+
+
+def test_signed_lrp_rules_on_weight_free_linear_ops(tmp_path):
+    """Average pooling has positive weights: for x >= 0, z+ equals epsilon, and alpha-beta gives alpha times
+    the positive part (the negative part is empty)."""
+    b = NetBuilder((1, 2, 4, 4), 13, seed=9)
+    y = b.op("Flatten", [b.op("AveragePool", ["input"], kernel_shape=[2, 2], strides=[2, 2])])
+    model = fv.load(b.model(y))
+    x = np.abs(np.random.default_rng(0).standard_normal((1, 2, 4, 4))).astype(np.float32) + 0.1
+    rules = {}
+    for rule in ("epsilon", "zplus", "alphabeta"):
+        p = tmp_path / f"{rule}.toml"
+        p.write_text(f'name = "{rule}"\nseed = "output"\n[params]\nepsilon = 1e-9\n[ops]\nAveragePool = "{rule}"\n')
+        rules[rule] = model.explain(x, str(p), target=3).relevance
+    np.testing.assert_allclose(rules["zplus"], rules["epsilon"], rtol=1e-5)
+    np.testing.assert_allclose(rules["alphabeta"], 2.0 * rules["epsilon"], rtol=1e-5)
+    out = model.run(x)[0, 3]
+    assert rules["epsilon"].sum() == pytest.approx(out, rel=1e-5)
