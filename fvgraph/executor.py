@@ -49,6 +49,7 @@ class Executor:
         self.static = shape_only_nodes(graph)
         self._static_cache: OrderedDict = OrderedDict()
         self._plans: dict = {}
+        self._conv_weights: dict = {}
         self.producer_index = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         self.node_index = {id(n): i for i, n in enumerate(graph.nodes)}
 
@@ -190,6 +191,20 @@ class Executor:
             values = {k: values[k] for k in wanted}
         return Tape(values, ran)
 
+    def conv_weights(self, conv: int, bn: int | None = None):
+        """A Conv's constant weight and bias, with a following BatchNormalization folded in when given;
+        computed once (shared by the forward fusion and LRP canonization)."""
+        key = (conv, bn)
+        if key not in self._conv_weights:
+            c = self.constants
+            node = self.graph.nodes[conv]
+            w = c[node.inputs[1]]
+            b = c[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
+            if bn is not None:
+                w, b = fold_into_conv(w, b, self.kernels[bn], [c[v] for v in self.graph.nodes[bn].inputs[1:5]])
+            self._conv_weights[key] = (w, b)
+        return self._conv_weights[key]
+
     def _release(self, names, step, last_use, keep_names, values):
         for v in names:
             if v and last_use.get(v) == step and v not in keep_names and v not in self.constants:
@@ -203,28 +218,16 @@ class Fusion:
     def __init__(self, conv: int, node):
         self.conv, self.node = conv, node
         self.bn = self.act = None
-        self._folded = None
 
     def finish(self, nodes):
         self.absorbed = [j for j in (self.bn, self.act) if j is not None]
         last = nodes[self.absorbed[-1]]
         self.output = last.outputs[0]
         self.inputs = list(self.node.inputs) + [v for j in self.absorbed for v in nodes[j].inputs[1:]]
-        self.bn_params = nodes[self.bn].inputs[1:5] if self.bn is not None else None
         self.act_node = nodes[self.act] if self.act is not None else None
 
-    def weights(self, ex):
-        if self._folded is None:
-            c = ex.constants
-            w = c[self.node.inputs[1]]
-            b = c[self.node.inputs[2]] if len(self.node.inputs) > 2 and self.node.inputs[2] else None
-            if self.bn_params is not None:
-                w, b = fold_into_conv(w, b, ex.kernels[self.bn], [c[v] for v in self.bn_params])
-            self._folded = (w, b)
-        return self._folded
-
     def run(self, ex, values):
-        w, b = self.weights(ex)
+        w, b = ex.conv_weights(self.conv, self.bn)
         y = ex.kernels[self.conv].forward(values[self.node.inputs[0]], w, b)[0]
         if self.act_node is not None:
             xp = xp_of(y)

@@ -8,7 +8,6 @@ rule as one linear layer.
 from __future__ import annotations
 
 from .errors import ExecutionError, FvGraphError
-from .ops.norm import fold_into_conv
 from .propagation import RULES, Step
 
 
@@ -96,11 +95,7 @@ def _zeros_like(a):
 def _folded_step(model, tape, conv_index, bn_node, grads, rules) -> Step:
     ex = model.executor
     conv = model.graph.nodes[conv_index]
-    c = ex.constants
-    w = c[conv.inputs[1]]
-    b = c[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else None
-    bn_index = ex.node_index[id(bn_node)]
-    fw, fb = fold_into_conv(w, b, ex.kernels[bn_index], [c[v] for v in bn_node.inputs[1:5]])
+    fw, fb = ex.conv_weights(conv_index, ex.node_index[id(bn_node)])
     ins = [tape.values[conv.inputs[0]], fw, fb]
     return Step(conv, ex.kernels[conv_index], ins, [tape.values[bn_node.outputs[0]]], grads,
                 [True, False, False], rules.params)
