@@ -84,7 +84,7 @@ def _target(text):
         raise InputError(f"--target takes a class index, got {text!r} (use --layer/--channel for units)") from None
 
 
-def _load(path, quiet=False):
+def _load(path):
     from .model import load
     return load(path)
 

@@ -89,8 +89,6 @@ def tensor_to_array(t: TensorProto, where: str) -> np.ndarray:
     else:
         field = helper.tensor_dtype_to_field(t.data_type)
         stored = len(getattr(t, field))
-        if t.data_type in (TensorProto.FLOAT16,):
-            stored = len(t.int32_data)
     if stored != count:
         raise ModelLoadError(f"{where}: tensor {t.name!r} declares shape {dims} ({count} values) but stores "
                              f"{stored:g}: the file is corrupt")

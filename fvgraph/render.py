@@ -89,19 +89,18 @@ def grid(rows: list[list[np.ndarray]], titles: list[str] | None = None, row_labe
     from PIL import Image, ImageDraw
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     top = 22 if titles else 0
-    left = 0
-    W = left + n_cols * (cell + pad) + pad
-    H = top + n_rows * (cell + pad) + pad + (16 if row_labels else 0) * 0
+    W = n_cols * (cell + pad) + pad
+    H = top + n_rows * (cell + pad) + pad
     canvas = Image.new("RGB", (W, H), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for c, t in enumerate(titles or []):
-        draw.text((left + pad + c * (cell + pad) + 2, 4), str(t)[:26], fill=(0, 0, 0))
+        draw.text((pad + c * (cell + pad) + 2, 4), str(t)[:26], fill=(0, 0, 0))
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
             tile = Image.fromarray(np.asarray(img, np.uint8)).resize((cell, cell), Image.BILINEAR)
-            canvas.paste(tile, (left + pad + c * (cell + pad), top + pad + r * (cell + pad)))
+            canvas.paste(tile, (pad + c * (cell + pad), top + pad + r * (cell + pad)))
         if row_labels:
-            x0, y0 = left + pad + 2, top + pad + r * (cell + pad) + cell - 14
+            x0, y0 = pad + 2, top + pad + r * (cell + pad) + cell - 14
             label = str(row_labels[r])[:26]
             draw.rectangle((x0 - 2, y0 - 1, x0 + 6 * len(label) + 2, y0 + 11), fill=(255, 255, 255))
             draw.text((x0, y0), label, fill=(0, 0, 0))

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import timings  # noqa: E402  (the benchmarks' timing loop)
 
 
 def resnet18():
@@ -51,14 +53,7 @@ def resnet18():
 
 def med(fn, repeats):
     import numpy as np
-    for _ in range(2):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
+    return float(np.median(timings(fn, repeats))) * 1e3
 
 
 def main():

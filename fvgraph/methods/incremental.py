@@ -166,7 +166,6 @@ class IncrementalRunner:
 
     def pointwise(self, i, n, ins, B):
         patches = [s for s in ins if isinstance(s, Patch)]
-        ref = next(v for v, s in zip(n.inputs, ins) if isinstance(s, Patch))
         H, W = np.asarray(self.clean[n.outputs[0]]).shape[2:] if np.asarray(self.clean[n.outputs[0]]).ndim == 4 \
             else (None, None)
         if H is None:
@@ -191,6 +190,5 @@ class IncrementalRunner:
                 return None  # broadcast against a changed or spatial operand of another size: do it in full
             else:
                 args.append(c)
-        del ref
         y = np.asarray(self.ex.kernels[i].forward(*args)[0])
         return Patch(np.ascontiguousarray(y), oy, ox)

@@ -156,12 +156,6 @@ def optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed
     return x, pictures, history
 
 
-def _targets_to_units(model, target, n):
-    if isinstance(target, (list, tuple)):
-        return list(target)
-    return [target] * n
-
-
 def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitter=0,
                 optimizer="adam", seed=0, init=None, quiet=None):
     """Activation maximization of a class (int), a unit (fv.Unit), or a list of them (one image each)."""
