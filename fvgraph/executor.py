@@ -42,10 +42,13 @@ def shape_only_nodes(graph: Graph) -> set[int]:
 
 
 class Executor:
-    def __init__(self, graph: Graph, backend: Backend):
+    def __init__(self, graph: Graph, backend: Backend, shared: dict | None = None):
+        """shared: device copies of constants another executor already holds (a lowered graph shares the
+        model's weights)."""
         self.graph, self.backend = graph, backend
         self.kernels = self._build_kernels()
-        self.constants = {k: backend.to_device(v) for k, v in graph.initializers.items()}
+        shared = shared or {}
+        self.constants = {k: shared[k] if k in shared else backend.to_device(v) for k, v in graph.initializers.items()}
         self.static = shape_only_nodes(graph)
         self._static_cache: OrderedDict = OrderedDict()
         self._plans: dict = {}
@@ -139,11 +142,13 @@ class Executor:
                 fusions[i] = f
         return fusions
 
-    def run(self, feeds: dict, wanted: list[str], keep: bool = False) -> Tape:
+    def run(self, feeds: dict, wanted: list[str], keep: bool = False, record: dict | None = None) -> Tape:
+        """Compute `wanted` from `feeds`. keep: hold every value in the Tape; record: a dict to fill with
+        (shape, dtype) of every value computed."""
         with np.errstate(all="ignore"):  # NaN/inf propagate silently, as in onnxruntime
-            return self._run(feeds, wanted, keep)
+            return self._run(feeds, wanted, keep, record)
 
-    def _run(self, feeds: dict, wanted: list[str], keep: bool) -> Tape:
+    def _run(self, feeds: dict, wanted: list[str], keep: bool, record: dict | None) -> Tape:
         signature = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(feeds.items()))
         cached = self._static_cache.get(signature)
         fresh = cached is None
@@ -151,7 +156,7 @@ class Executor:
             cached = {}
         values = dict(self.constants)
         values.update(feeds)
-        steps, last_use = self.plan(tuple(wanted), fuse=not keep)
+        steps, last_use = self.plan(tuple(wanted), fuse=not keep and record is None)
         keep_names = set(wanted)
         ran = []
         for step, (i, fusion) in enumerate(steps):
@@ -165,6 +170,8 @@ class Executor:
                 for o in node.outputs:
                     if o:
                         values[o] = cached[o]
+                        if record is not None:
+                            record[o] = (tuple(np.shape(cached[o])), cached[o].dtype)
                 continue
             args = [values[v] if v else None for v in node.inputs]
             try:
@@ -181,6 +188,8 @@ class Executor:
                     values[o] = v
                     if i in self.static:
                         cached[o] = v
+                    if record is not None:
+                        record[o] = (tuple(v.shape), v.dtype)
             if not keep:
                 self._release(node.inputs, step, last_use, keep_names, values)
         if fresh:
@@ -190,6 +199,25 @@ class Executor:
         if not keep:
             values = {k: values[k] for k in wanted}
         return Tape(values, ran)
+
+    def static_values(self, feeds: dict) -> dict:
+        """The values of the shape-only nodes (they read their inputs' shapes, never their values, so the
+        feeds may be zero-strided dummies of the right shape)."""
+        values = dict(self.constants)
+        values.update(feeds)
+        out = {}
+        for i in sorted(self.static):
+            node = self.graph.nodes[i]
+            if not all(not v or v in values for v in node.inputs):
+                continue
+            try:
+                outs = self.kernels[i].forward(*[values[v] if v else None for v in node.inputs])
+            except Exception:
+                continue
+            for o, v in zip(node.outputs, outs):
+                if o:
+                    values[o] = out[o] = v
+        return out
 
     def conv_weights(self, conv: int, bn: int | None = None):
         """A Conv's constant weight and bias, with a following BatchNormalization folded in when given;

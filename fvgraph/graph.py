@@ -57,6 +57,7 @@ class Graph:
     producer: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     value_info: dict[str, ValueInfo] = field(default_factory=dict)
+    weight_files: dict = field(default_factory=dict)  # initializer name -> FileRef: weights left in their file
 
     def producers(self) -> dict[str, Node]:
         return {o: n for n in self.nodes for o in n.outputs if o}

@@ -1,32 +1,57 @@
-"""The public Model: load an ONNX model (path, bytes, ModelProto) into the IR and run it."""
+"""The public Model: load an ONNX model (path, bytes, ModelProto) into the IR and run it on an engine."""
 from __future__ import annotations
 
+import logging
 import os
+from collections import OrderedDict
 from typing import Any, Iterable
 
 import numpy as np
 
 from .backend import Backend
-from .errors import FvGraphError, InputError, ModelLoadError
+from .errors import DeviceError, FvGraphError, InputError, ModelLoadError
 from .executor import Executor, Tape
 from .graph import Graph, Layer
 from .onnx_import import import_model
 
+log = logging.getLogger("fvgraph")
+MAX_LOWERED = 16
+
 
 class Model:
-    """A loaded network: `graph` (fvgraph's IR), `inputs`, `outputs`, `layers`, and `run`."""
+    """A loaded network: `graph` (fvgraph's IR), `inputs`, `outputs`, `layers`, `run` and the methods.
 
-    def __init__(self, graph: Graph, device: str = "cpu", source: str = ""):
+    `engine` runs the graph and every lowered explainer graph: "onnxruntime" (the default, "auto"), or
+    fvgraph's own executor on "numpy" / "cupy". `executor` is fvgraph's own executor in any case (the
+    reference, incremental occlusion, `check parity`)."""
+
+    def __init__(self, graph: Graph, device: str = "cpu", source: str = "", engine: str = "auto",
+                 threads: int | None = None):
+        from .engines import ENGINES, make_engine
+        if engine not in ENGINES:
+            raise InputError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+        if device not in ("cpu", "cuda"):
+            raise DeviceError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+        if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        if engine == "auto" and device == "cuda" and not _ort_has_cuda():
+            engine = "cupy"
+        if engine == "cupy":
+            device = "cuda"
         self.graph = graph
         self.source = source
-        self.backend = Backend(device)
+        self.backend = Backend(device if engine in ("numpy", "cupy") else "cpu")
         self.executor = Executor(graph, self.backend)
+        self.engine = make_engine(engine, self.executor, device, threads)
+        self._device = device
         self._layers: list[Layer] | None = None
+        self._tables: dict = {}
+        self._lowered: OrderedDict = OrderedDict()
 
     # ----------------------------------------------------------------- description
     @property
     def device(self) -> str:
-        return self.backend.device
+        return self._device
 
     @property
     def inputs(self):
@@ -105,23 +130,59 @@ class Model:
                 if bad:
                     raise InputError(f"input {vi.name!r}: expected shape {vi.describe()}, got {tuple(a.shape)} "
                                      f"(axis {bad[0]} differs)")
-            out[vi.name] = self.backend.to_device(a)
+            out[vi.name] = a
         return out
 
     def forward(self, x, wanted: Iterable[str], keep: bool = False) -> Tape:
-        return self.executor.run(self.feeds(x), list(wanted), keep=keep)
+        """fvgraph's own executor (not the engine): a Tape of values on the executor's device."""
+        feeds = {k: self.backend.to_device(v) for k, v in self.feeds(x).items()}
+        return self.executor.run(feeds, list(wanted), keep=keep)
 
     def run(self, x, outputs: list | None = None):
         """First graph output as a NumPy array; with `outputs=[...]` (value names, layer names or layer
-        indices), a dict from each reference as given to its NumPy array."""
+        indices), a dict from each reference as given to its NumPy array. Runs on the model's engine."""
         if outputs is None:
             name = self.graph.output_names()[0]
-            return self._host(self.forward(x, [name]).values[name])
+            return self.engine.run(self.graph, self.feeds(x), [name])[name]
         if isinstance(outputs, (str, int)):
             outputs = [outputs]
         names = [self.resolve(r) for r in outputs]
-        tape = self.forward(x, dict.fromkeys(names))
-        return {r: self._host(tape.values[n]) for r, n in zip(outputs, names)}
+        got = self.engine.run(self.graph, self.feeds(x), list(dict.fromkeys(names)))
+        return {r: got[n] for r, n in zip(outputs, names)}
+
+    # ----------------------------------------------------------------- lowered graphs
+    def shape_table(self, feeds: dict, measured: bool = False):
+        """Dims and dtypes of every value for the inputs' signature, batch symbolic (fvgraph.shapes)."""
+        from .shapes import complete, infer, measure, signature_dims, static_constants
+        dims = {k: signature_dims(np.shape(v)) for k, v in feeds.items()}
+        key = (tuple(sorted(dims.items())), measured)
+        if key not in self._tables:
+            constants = static_constants(self.executor, self.graph.inputs, dims)
+            table = None if measured else infer(self.graph, dims, constants)
+            if table is None or not complete(table, self.graph, self.executor.static):
+                table = measure(self.executor, self.graph.inputs, dims)
+                log.debug("shapes measured by running fvgraph's executor (shape inference was incomplete)")
+            table.constants = constants
+            self._tables[key] = table
+        return self._tables[key]
+
+    def lowered(self, key: tuple, feeds: dict, build):
+        """A lowered graph, built once per (method, options, input signature) by `build(table)`; when shape
+        inference cannot say a dim the lowering needs, the shapes are measured and it is built again."""
+        from .shapes import ShapeUnknown, signature_dims
+        full = key + (tuple(sorted((k, signature_dims(np.shape(v)), str(np.asarray(v).dtype))
+                                   for k, v in feeds.items())),)
+        if full not in self._lowered:
+            try:
+                result = build(self.shape_table(feeds))
+            except ShapeUnknown:
+                result = build(self.shape_table(feeds, measured=True))
+            log.debug("built a lowered graph for %s: %d nodes", key[0], len(result.graph.nodes))
+            self._lowered[full] = result
+            while len(self._lowered) > MAX_LOWERED:
+                self._lowered.popitem(last=False)
+        self._lowered.move_to_end(full)
+        return self._lowered[full]
 
     # ----------------------------------------------------------------- explanations
     def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), **params):
@@ -204,21 +265,31 @@ def list_layers(graph: Graph, shape_only: set[int]) -> list[Layer]:
     return layers
 
 
-def load(source: Any, device: str = "cpu") -> Model:
+def load(source: Any, engine: str = "auto", device: str = "cpu", threads: int | None = None) -> Model:
     """Load an ONNX model from a path, bytes or an onnx.ModelProto (external data is read beside the path);
-    a MatConvNet .mat path is converted on the fly."""
+    a MatConvNet .mat path is converted on the fly. engine: "auto" (= "onnxruntime"), "onnxruntime",
+    "numpy" or "cupy"; device "cuda" runs onnxruntime's CUDA provider (or CuPy); threads: all cores unless
+    set."""
     if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".mat"):
         from .convert import matconvnet
         graph = import_model(matconvnet(source))
-        return Model(graph, device=device, source=os.fspath(source))
+        return Model(graph, device=device, source=os.fspath(source), engine=engine, threads=threads)
     graph = import_model(source)
     src = source if isinstance(source, (str, os.PathLike)) else ""
     try:
-        return Model(graph, device=device, source=os.fspath(src) if src else "")
+        return Model(graph, device=device, source=os.fspath(src) if src else "", engine=engine, threads=threads)
     except FvGraphError:
         raise
     except Exception as e:  # what a corrupt but parseable file can still break
         raise ModelLoadError(f"malformed model ({type(e).__name__}: {e})") from None
+
+
+def _ort_has_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except Exception:
+        return False
 
 
 def parameter_count(graph: Graph) -> int:

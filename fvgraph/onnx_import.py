@@ -22,6 +22,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .errors import ModelLoadError, UnsupportedModelError
 from .graph import Graph, Node, ValueInfo, topological_order
+from .onnx_file import read_model
 from .onnx_types import numpy_dtype
 
 MIN_OPSET = 1
@@ -41,28 +42,29 @@ for _r in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "Re
     ATTR_TO_INPUTS[_r] = (18, [("axes", 1, np.int64)])
 
 
-def read_proto(source: Any) -> tuple[onnx.ModelProto, str]:
-    """A ModelProto and a display name from a path, bytes or a ModelProto."""
+def read_proto(source: Any) -> tuple[onnx.ModelProto, str, dict, dict]:
+    """A ModelProto, a display name, and the weights left in files ({name: array view}, {name: FileRef};
+    empty unless the source is a path) from a path, bytes or a ModelProto."""
     if isinstance(source, onnx.ModelProto):
-        return source, "<ModelProto>"
+        return source, "<ModelProto>", {}, {}
     if isinstance(source, (bytes, bytearray, memoryview)):
         try:
             proto = onnx.load_model_from_string(bytes(source))
         except Exception as e:
             raise ModelLoadError(f"the bytes are not a readable ONNX model ({type(e).__name__}: {e})") from None
-        return _nonempty(proto, "<bytes>"), "<bytes>"
+        return _nonempty(proto, "<bytes>"), "<bytes>", {}, {}
     path = os.fspath(source)
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
     try:
-        proto = onnx.load(path, load_external_data=True)
+        proto, arrays, refs = read_model(path)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(e).__name__}: {msg[:300]}). "
                              "Is the file complete, and are its external data files beside it?") from None
-    return _nonempty(proto, path), path
+    return _nonempty(proto, path), path, arrays, refs
 
 
 def _nonempty(proto, where):
@@ -143,8 +145,9 @@ def _value_info(vi, where, strict=True) -> ValueInfo:
 
 
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto, where: str, owned: bool = False):
+    def __init__(self, proto: onnx.ModelProto, where: str, owned: bool = False, mapped=None, refs=None):
         self.proto, self.where, self.owned = proto, where, owned
+        self.mapped, self.refs = mapped or {}, refs or {}
         self.initializers: dict[str, np.ndarray] = {}
         self.used_names: set[str] = set()
 
@@ -171,6 +174,9 @@ class _Importer:
         self.used_names = {v for n in g.node for v in list(n.input) + list(n.output)}
         self.used_names |= {t.name for t in g.initializer} | {v.name for v in g.input}
         for t in g.initializer:
+            if t.name in self.mapped:
+                self.initializers[t.name] = self.mapped[t.name]
+                continue
             self.initializers[t.name] = tensor_to_array(t, f"{self.where}: initializer {t.name!r}")
             if self.owned:  # a proto we read ourselves: free each tensor's bytes once converted
                 t.ClearField("raw_data")
@@ -210,6 +216,7 @@ class _Importer:
         graph = Graph(nodes, self.initializers, inputs, outputs, opset,
                       f"{self.proto.producer_name} {self.proto.producer_version}".strip(), meta)
         graph.value_info = self.inferred_shapes()
+        graph.weight_files = {k: r for k, r in self.refs.items() if k in self.initializers}
         return graph
 
     def constant_value(self, node: Node) -> np.ndarray:
@@ -278,9 +285,10 @@ class _Importer:
 
 
 def import_model(source: Any) -> Graph:
-    proto, where = read_proto(source)
+    proto, where, mapped, refs = read_proto(source)
     try:
-        return _Importer(proto, where, owned=not isinstance(source, onnx.ModelProto)).run()
+        return _Importer(proto, where, owned=not isinstance(source, onnx.ModelProto), mapped=mapped,
+                         refs=refs).run()
     except (ModelLoadError, UnsupportedModelError):
         raise
     except Exception as e:  # anything a corrupt protobuf can still trigger

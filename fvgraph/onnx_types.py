@@ -21,3 +21,9 @@ def numpy_dtype(elem_type: int, where: str = "") -> np.dtype:
     name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
     raise UnsupportedModelError(f"{where}: element type {name} is not supported "
                                 f"(fvgraph computes with float16/32/64, integers and bool)")
+
+
+def onnx_type(dtype) -> int:
+    """The ONNX element type of a NumPy dtype (for Cast's `to`)."""
+    from onnx import helper
+    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))

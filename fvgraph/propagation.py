@@ -1,5 +1,6 @@
-"""Propagation rules: what the reverse pass does at one node. Every rule is built from the op's own
-forward and VJP, so an op gets every rule by having those two.
+"""Propagation rules: what the reverse pass emits at one node. Every rule is built from the op's own forward
+and VJP builder, so an op gets every rule by having those two. Rules emit ONNX nodes (see fvgraph.builder);
+they never compute arrays.
 
 - gradient: the VJP.
 - deconvnet / guided (ReLU-like ops: Relu, Clip with min 0 such as ReLU6): relu(g), and relu(g) * forward
@@ -8,7 +9,8 @@ forward and VJP, so an op gets every rule by having those two.
 - epsilon, zplus, alphabeta, zb, w2, flat: the LRP family for ops linear in their data input (Conv,
   ConvTranspose, Gemm, MatMul, pooling by averaging, Resize, BatchNormalization):
       R_in = sum_k c_k * x'_k * vjp_{theta'_k}(R / stabilize(z')),   z' = sum_k f_{theta'_k}(x'_k)
-  with x', theta' the input and parameters after the rule's modifier (Montavon et al. 2019).
+  with x', theta' the input and parameters after the rule's modifier (Montavon et al. 2019); f is the node
+  itself emitted again with the modified operands, vjp its VJP builder on them.
 - proportional (Add, Sum, Sub): R_k = z_k / stabilize(sum z) * R.
 - gate (Mul, Div): all relevance to the data operand, none to a constant or broadcast gate (SE blocks).
 
@@ -20,9 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import xp_of
 from .errors import RuleError
-from .ops import unbroadcast
+from .ops.activation import positive
 
 LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "Resize",
               "BatchNormalization", "ReduceMean", "ReduceSum", "Pad"}
@@ -31,7 +32,7 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # the others' consta
 
 @dataclass
 class Step:
-    """One node of the reverse pass, as a rule sees it."""
+    """One node of the reverse pass, as a rule sees it (value names, not arrays)."""
     node: object
     kernel: object
     inputs: list
@@ -39,52 +40,54 @@ class Step:
     grads: list
     dynamic: list      # per input: does it depend on the model input (is relevance wanted there)?
     params: dict       # the preset's parameters (epsilon, alpha, beta, low, high)
+    b: object          # the GraphBuilder the rule emits into
 
 
-def stabilize(z, eps):
-    xp = xp_of(z)
-    return z + z.dtype.type(eps) * xp.where(z >= 0, 1, -1).astype(z.dtype)
+def stabilize(b, z, eps):
+    """z + eps * sign(z), sign(0) = +1."""
+    e = b.where(b.op("GreaterOrEqual", [z, b.scalar(0, z)], dims=b.dims(z), dtype=np.bool_),
+                b.scalar(eps, z), b.scalar(-eps, z), like=z)
+    return b.add(z, e, like=z)
 
 
 def gradient(step: Step):
-    wrt = [k for k, d in enumerate(step.dynamic) if d]
-    return step.kernel.vjp(step.inputs, step.outputs, step.grads, wrt=wrt)
+    wrt = {k for k, d in enumerate(step.dynamic) if d}
+    return step.kernel.vjp(step.b, step.inputs, step.outputs, step.grads, wrt)
 
 
 def _relu_gate(step: Step):
-    """The forward gate of a ReLU-like op, or None when the op is not ReLU-like."""
-    x = step.inputs[0]
+    """The forward gate of a ReLU-like op as a boolean value, or None when the op is not ReLU-like."""
+    b, y = step.b, step.outputs[0]
     if step.node.op_type == "Relu":
-        return (x > 0).astype(x.dtype)
+        return positive(b, y)
     if step.node.op_type == "Clip":
-        lo = step.inputs[1] if len(step.inputs) > 1 else None
-        if lo is not None and float(np.asarray(lo if isinstance(lo, np.ndarray) else lo.get())) == 0.0:
-            return step.kernel.gate(*step.inputs)
+        ins = list(step.inputs) + ["", ""]
+        lo = b.constant(ins[1]) if ins[1] else None
+        if lo is not None and float(np.asarray(lo).reshape(-1)[0]) == 0.0:
+            return step.kernel.gate_graph(b, y, ins[1], ins[2])
     return None
 
 
 def deconvnet(step: Step):
-    gate = _relu_gate(step)
-    if gate is None:
+    if _relu_gate(step) is None:
         return gradient(step)
     g = step.grads[0]
-    return [xp_of(g).maximum(g, 0)] + [None] * (len(step.inputs) - 1)
+    return [step.b.op("Relu", [g], like=g)] + [None] * (len(step.inputs) - 1)
 
 
 def guided(step: Step):
     gate = _relu_gate(step)
     if gate is None:
         return gradient(step)
-    g = step.grads[0]
-    return [xp_of(g).maximum(g, 0) * gate] + [None] * (len(step.inputs) - 1)
+    b, g = step.b, step.grads[0]
+    return [b.where(gate, b.op("Relu", [g], like=g), b.scalar(0, g), like=g)] + [None] * (len(step.inputs) - 1)
 
 
 def passthrough(step: Step):
     """Relevance through an elementwise op unchanged (to its data input)."""
     out = [None] * len(step.inputs)
     k = _data_index(step)
-    out[k] = unbroadcast(step.grads[0], step.inputs[k].shape) if step.grads[0].shape != step.inputs[k].shape \
-        else step.grads[0]
+    out[k] = step.b.sum_to(step.grads[0], step.inputs[k])
     return out
 
 
@@ -97,15 +100,13 @@ def _data_index(step: Step) -> int:
 
 
 # --------------------------------------------------------------------------- the LRP family
-def _param_indices(step: Step, data: int):
-    """Float constant operands (weights, biases) of a linear op: what the rules modify."""
-    return [k for k, (a, d) in enumerate(zip(step.inputs, step.dynamic))
-            if k != data and a is not None and not d and a.dtype.kind == "f"]
-
-
-def _bias_index(step: Step):
-    return 2 if step.node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(step.inputs) > 2 \
-        and step.inputs[2] is not None else None
+MODIFIERS = {  # name -> (on a constant array, as nodes on a computed value)
+    "ident": None,
+    "pos": (lambda w: np.maximum(w, 0), lambda b, v: b.op("Relu", [v], like=v)),
+    "neg": (lambda w: np.minimum(w, 0), lambda b, v: b.op("Min", [v, b.scalar(0, v)], like=v)),
+    "square": (lambda w: w * w, lambda b, v: b.mul(v, v)),
+    "ones": (lambda w: np.ones_like(w), lambda b, v: b.op("Add", [b.zeros(v), b.scalar(1, v)], like=v)),
+}
 
 
 class LinearTerms:
@@ -115,28 +116,43 @@ class LinearTerms:
         if step.node.op_type not in LINEAR_OPS:
             raise RuleError(f"node {step.node.name!r} ({step.node.op_type}): LRP rules apply to linear ops "
                             f"({', '.join(sorted(LINEAR_OPS))}); give it another rule in the preset")
-        self.step = step
+        b = step.b
+        self.step, self.b = step, b
         self.data = _data_index(step)
-        self.params = _param_indices(step, self.data)
-        self.bias = _bias_index(step)
+        self.params = [k for k, (v, d) in enumerate(zip(step.inputs, step.dynamic))
+                       if k != self.data and v and not d and b.constant(v) is not None and b.dtype(v).kind == "f"]
+        op = step.node.op_type
+        self.bias = 2 if op in ("Conv", "ConvTranspose", "Gemm") and len(step.inputs) > 2 and step.inputs[2] \
+            else None
         self.weights = [k for k in self.params if k != self.bias]
-        self.has_weights = bool(self.weights) and step.node.op_type in WEIGHTED_OPS
+        self.has_weights = bool(self.weights) and op in WEIGHTED_OPS
+
+    def _modified(self, v, mod):
+        if mod == "ident" or not self.has_weights:
+            return v
+        const = self.b.constant(v)
+        on_array, on_value = MODIFIERS[mod]
+        return self.b.derived(const, mod, on_array) if const is not None else on_value(self.b, v)
 
     def _args(self, x, mod, keep_bias):
         args = list(self.step.inputs)
         args[self.data] = x
         for k in self.weights:
-            args[k] = mod(args[k]) if self.has_weights else args[k]
+            args[k] = self._modified(args[k], mod)
         if self.bias is not None and not keep_bias:
-            args[self.bias] = None
+            args[self.bias] = ""
+        while args and not args[-1]:
+            args.pop()
         return args
 
     def forward(self, x, mod, keep_bias=False):
-        return self.step.kernel.forward(*self._args(x, mod, keep_bias))[0]
+        node, out = self.step.node, self.step.outputs[0]
+        return self.b.op(node.op_type, self._args(x, mod, keep_bias), like=out, **node.attrs)
 
     def vjp(self, x, mod, s):
         args = self._args(x, mod, False)
-        return self.step.kernel.vjp(args, self.step.outputs, [s], wrt=[self.data])[self.data]
+        args += [""] * (len(self.step.inputs) - len(args))
+        return self.step.kernel.vjp(self.b, args, self.step.outputs, [s], {self.data})[self.data]
 
     def result(self, r_in):
         out = [None] * len(self.step.inputs)
@@ -144,116 +160,125 @@ class LinearTerms:
         return out
 
 
-def _pos(a):
-    return xp_of(a).maximum(a, 0)
+def _pos(b, x):
+    return b.op("Relu", [x], like=x)
 
 
-def _neg(a):
-    return xp_of(a).minimum(a, 0)
+def _neg(b, x):
+    return b.op("Min", [x, b.scalar(0, x)], like=x)
 
 
-def _ident(a):
-    return a
+def _times(b, x, v):
+    return b.mul(x, v, like=x)
+
+
+def _div(b, r, z):
+    return b.op("Div", [r, z], like=r)
 
 
 def epsilon(step: Step):
-    t = LinearTerms(step)
+    t, b = LinearTerms(step), step.b
     x, R = step.inputs[t.data], step.grads[0]
-    z = step.outputs[0]  # the op's own forward on unmodified operands: what the tape already holds
-    if z is None or z.shape != R.shape:
-        z = t.forward(x, _ident, keep_bias=True)
-    return t.result(x * t.vjp(x, _ident, R / stabilize(z, step.params["epsilon"])))
+    z = step.outputs[0]  # the op's own forward on unmodified operands: already in the graph
+    return t.result(_times(b, x, t.vjp(x, "ident", _div(b, R, stabilize(b, z, step.params["epsilon"])))))
 
 
-def _signed_terms(t: LinearTerms, x, R, eps, positive: bool):
+def _signed_terms(t: LinearTerms, x, R, eps, positive_side: bool):
     """Relevance through the positive (or negative) contributions x_i w_ij: the z+ side of alpha-beta."""
-    xp_, xn = _pos(x), _neg(x)
-    wa, wb = (_pos, _neg) if positive else (_neg, _pos)
+    b = t.b
+    xp_, xn = _pos(b, x), _neg(b, x)
+    wa, wb = ("pos", "neg") if positive_side else ("neg", "pos")
     if not t.has_weights:  # a weight-free linear op (average pooling, Resize): its weights are positive,
-        xs = xp_ if positive else xn  # so positive contributions come from x+ and negative ones from x-
-        s = R / stabilize(t.forward(xs, _ident), eps)
-        return xs * t.vjp(xs, _ident, s)
-    z = t.forward(xp_, wa) + t.forward(xn, wb)
-    s = R / stabilize(z, eps)
-    return xp_ * t.vjp(xp_, wa, s) + xn * t.vjp(xn, wb, s)
+        xs = xp_ if positive_side else xn  # so positive contributions come from x+ and negative ones from x-
+        s = _div(b, R, stabilize(b, t.forward(xs, "ident"), eps))
+        return _times(b, xs, t.vjp(xs, "ident", s))
+    z = b.add(t.forward(xp_, wa), t.forward(xn, wb))
+    s = _div(b, R, stabilize(b, z, eps))
+    return b.add(_times(b, xp_, t.vjp(xp_, wa, s)), _times(b, xn, t.vjp(xn, wb, s)))
 
 
 def zplus(step: Step):
     t = LinearTerms(step)
     x, R = step.inputs[t.data], step.grads[0]
-    return t.result(_signed_terms(t, x, R, step.params["epsilon"], positive=True))
+    return t.result(_signed_terms(t, x, R, step.params["epsilon"], positive_side=True))
 
 
 def alphabeta(step: Step):
-    t = LinearTerms(step)
-    a, b = float(step.params["alpha"]), float(step.params["beta"])
-    if abs(a - b - 1) > 1e-6:
-        raise RuleError(f"alpha-beta needs alpha - beta = 1, got alpha={a}, beta={b}")
+    t, b = LinearTerms(step), step.b
+    a, be = float(step.params["alpha"]), float(step.params["beta"])
+    if abs(a - be - 1) > 1e-6:
+        raise RuleError(f"alpha-beta needs alpha - beta = 1, got alpha={a}, beta={be}")
     x, R = step.inputs[t.data], step.grads[0]
     eps = step.params["epsilon"]
-    r = _signed_terms(t, x, R, eps, positive=True) * x.dtype.type(a)
-    if b:
-        r = r - _signed_terms(t, x, R, eps, positive=False) * x.dtype.type(b)
+    r = _times(b, _signed_terms(t, x, R, eps, positive_side=True), b.scalar(a, x))
+    if be:
+        neg = _times(b, _signed_terms(t, x, R, eps, positive_side=False), b.scalar(be, x))
+        r = b.op("Sub", [r, neg], like=x)
     return t.result(r)
 
 
 def zb(step: Step):
     """The box rule for the input layer: pixels are bounded by low and high."""
-    t = LinearTerms(step)
+    t, b = LinearTerms(step), step.b
     x, R = step.inputs[t.data], step.grads[0]
     lo, hi = step.params.get("low"), step.params.get("high")
     if lo is None or hi is None:
         raise RuleError("the z^B rule needs the input bounds: pass low= and high= (per channel or scalars)")
-    xp = xp_of(x)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    lo = xp.broadcast_to(xp.asarray(np.asarray(lo, x.dtype).reshape(shape) if np.ndim(lo) else
-                                    np.asarray(lo, x.dtype)), x.shape)
-    hi = xp.broadcast_to(xp.asarray(np.asarray(hi, x.dtype).reshape(shape) if np.ndim(hi) else
-                                    np.asarray(hi, x.dtype)), x.shape)
-    z = t.forward(x, _ident) - t.forward(lo, _pos) - t.forward(hi, _neg)
-    s = R / stabilize(z, step.params["epsilon"])
-    return t.result(x * t.vjp(x, _ident, s) - lo * t.vjp(lo, _pos, s) - hi * t.vjp(hi, _neg, s))
+    shape = (1, -1) + (1,) * (b.rank(x) - 2)
+    bounds = []
+    for v in (lo, hi):
+        a = np.asarray(v, b.dtype(x))
+        a = a.reshape(shape) if a.ndim else a
+        bounds.append(b.op("Expand", [b.const(a, "bound"), b.shape_of(x)], like=x))
+    lo, hi = bounds
+    z = b.op("Sub", [b.op("Sub", [t.forward(x, "ident"), t.forward(lo, "pos")], like=R), t.forward(hi, "neg")],
+             like=R)
+    s = _div(b, R, stabilize(b, z, step.params["epsilon"]))
+    r = b.op("Sub", [_times(b, x, t.vjp(x, "ident", s)), _times(b, lo, t.vjp(lo, "pos", s))], like=x)
+    return t.result(b.op("Sub", [r, _times(b, hi, t.vjp(hi, "neg", s))], like=x))
 
 
 def _uniform_rule(mod):
     def rule(step: Step):
-        t = LinearTerms(step)
+        t, b = LinearTerms(step), step.b
         x, R = step.inputs[t.data], step.grads[0]
-        ones = xp_of(x).ones_like(x)
+        ones = MODIFIERS["ones"][1](b, x)
         z = t.forward(ones, mod)
-        return t.result(t.vjp(ones, mod, R / stabilize(z, step.params["epsilon"])))
+        return t.result(t.vjp(ones, mod, _div(b, R, stabilize(b, z, step.params["epsilon"]))))
     return rule
 
 
-w2 = _uniform_rule(lambda w: w * w)
-flat = _uniform_rule(lambda w: xp_of(w).ones_like(w))
+w2 = _uniform_rule("square")
+flat = _uniform_rule("ones")
 
 
 # --------------------------------------------------------------------------- merging ops
 def proportional(step: Step):
     """Add/Sum/Sub: each operand gets relevance in proportion to its contribution z_k."""
-    op = step.node.op_type
+    op, b = step.node.op_type, step.b
     if op not in ("Add", "Sum", "Sub"):
         return gradient(step)
     xs = step.inputs
-    zs = [xs[0], -xs[1]] if op == "Sub" else list(xs)
-    total = zs[0]
-    for z in zs[1:]:
-        total = total + z
-    s = step.grads[0] / stabilize(total, step.params["epsilon"])
-    return [unbroadcast(z * s, x.shape) if d else None for z, x, d in zip(zs, xs, step.dynamic)]
+    zs = [xs[0], b.op("Neg", [xs[1]], like=xs[1])] if op == "Sub" else list(xs)
+    total = step.outputs[0] if op != "Sub" else b.op("Add", [zs[0], zs[1]], like=step.outputs[0])
+    s = _div(b, step.grads[0], stabilize(b, total, step.params["epsilon"]))
+    return [b.sum_to(b.mul(s, z, like=s), x) if d else None for z, x, d in zip(zs, xs, step.dynamic)]
 
 
 def gate(step: Step):
     """Mul/Div: all relevance to the data operand (the larger, dynamic one), none to a gate or constant."""
+    b = step.b
     if step.node.op_type not in ("Mul", "Div"):
         return gradient(step)
     cands = [k for k, d in enumerate(step.dynamic) if d]
     if step.node.op_type == "Div":
         cands = [0] if step.dynamic[0] else cands
-    k = max(cands, key=lambda k: step.inputs[k].size) if cands else 0
+
+    def size(k):
+        return int(np.prod([d if isinstance(d, int) else 1 << 20 for d in b.dims(step.inputs[k])]))
+    k = max(cands, key=size) if cands else 0
     out = [None] * len(step.inputs)
-    out[k] = unbroadcast(step.grads[0], step.inputs[k].shape)
+    out[k] = b.sum_to(step.grads[0], step.inputs[k])
     return out
 
 

@@ -1,101 +1,218 @@
-"""The reverse-pass engine: walks a Tape backwards, applying at each node the rule its preset chooses.
+"""Lowering: (model graph, rules, target, signature) -> one graph computing the forward pass and then the
+preset's reverse pass. Any engine runs it (onnxruntime, fvgraph's executor on NumPy or CuPy), and
+`export_explainer` writes it as a standalone ONNX model.
 
-Signals (gradients or relevances) are summed where a value has several consumers. Only values that depend
-on the model's input receive a signal: weights and shape arithmetic are skipped. With `canonize`, a
-BatchNormalization right after a Conv (its only consumer) is folded into it, and the pair takes the Conv's
-rule as one linear layer.
+The walk goes backwards over the nodes that lie between what is differentiated (`wrt`: the model's input, or
+a layer for Grad-CAM) and the value the seed starts at, and emits at each node the nodes of the rule its
+preset chooses (fvgraph.propagation). Signals are summed where a value has several consumers. With
+`canonize`, a BatchNormalization right after a Conv (its only consumer) is folded into the Conv's weights at
+lowering time, and the pair takes the Conv's rule as one linear layer.
+
+The seed is an input of the lowered graph:
+- "class": `target` (int64, one per sample; -1 = the predicted class) becomes a one-hot row on the value;
+- "array": `seed`, an array of the value's shape (a unit's mask, or the caller's own seed);
+- "affine": `seed_scale` and `seed_offset`: seed = value * scale + offset (representation inversion).
+With an "output" preset (LRP) the one-hot or array seed is multiplied by the value itself.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .builder import GraphBuilder
 from .errors import ExecutionError, FvGraphError
+from .graph import Graph
+from .onnx_types import onnx_type
+from .ops.norm import fold_into_conv
 from .propagation import RULES, Step
+from .shapes import ShapeUnknown
+
+RELEVANCE = "relevance"
 
 
-def dynamic_values(model, tape) -> set[str]:
-    """Values that depend on the model's inputs."""
-    dyn = set(model.graph.input_names())
-    for i in tape.nodes:
-        if i not in model.executor.static:
-            dyn.update(o for o in model.graph.nodes[i].outputs if o)
-    return dyn
+@dataclass(frozen=True)
+class Target:
+    kind: str          # "class" | "array" | "affine"
+    value: str         # the value the seed applies to
 
 
-def canonical_pairs(model, tape) -> dict[int, int]:
-    """BatchNormalization node index -> the Conv/Gemm node it folds into."""
-    g, ex = model.graph, model.executor
-    consumers = g.consumers()
-    out = {}
-    for i in tape.nodes:
-        n = g.nodes[i]
-        if n.op_type != "BatchNormalization" or not all(v in ex.constants for v in n.inputs[1:5]):
+@dataclass
+class Lowered:
+    graph: Graph
+    output: str                                   # the target value (logits), an output of the graph
+    target: str | None = None                     # the class indices used (class targets)
+    layers: dict = field(default_factory=dict)    # value name -> output name of its signal
+    extras: dict = field(default_factory=dict)    # name -> output name (CAM weights, ...)
+    applied: dict = field(default_factory=dict)   # node name -> rule used
+    seed_inputs: tuple = ()
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.graph.output_names()
+
+
+def rules_key(rules) -> str:
+    """A stable fingerprint of a RuleSet (it holds dicts, so it is not hashable itself)."""
+    def plain(v):
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+    return json.dumps({"default": rules.default, "ops": rules.ops, "seed": rules.seed, "canonize": rules.canonize,
+                       "multiply_input": rules.multiply_input, "params": {k: plain(v) for k, v in rules.params.items()},
+                       "overrides": [o.__dict__ for o in rules.overrides]}, sort_keys=True, default=str)
+
+
+def between(graph, static: set[int], sources: set[str], sinks) -> list[int]:
+    """Indices of the (non-static) nodes on some path from a source value to a sink value, in order."""
+    ancestors, need = set(), set(sinks)
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        n = graph.nodes[i]
+        if any(o in need for o in n.outputs if o):
+            ancestors.add(i)
+            need.update(v for v in n.inputs if v)
+    reached, out = set(sources), []
+    for i, n in enumerate(graph.nodes):
+        if i in static or not any(v in reached for v in n.inputs if v):
             continue
-        j = ex.producer_index.get(n.inputs[0])
-        if j is None or g.nodes[j].op_type != "Conv" or len(consumers.get(n.inputs[0], [])) != 1 \
-                or n.inputs[0] in g.output_names() or not all(v in ex.constants for v in g.nodes[j].inputs[1:] if v):
-            continue
-        out[i] = j
+        reached.update(o for o in n.outputs if o)
+        if i in ancestors:
+            out.append(i)
     return out
 
 
-def reverse(model, tape, seeds: dict, rules, keep=(), stop_after: int | None = None):
-    """Propagate `seeds` (value name -> signal) back through the tape. Returns the signals of the values in
-    `keep` and of the model inputs, and `applied` (node name -> rule used). `stop_after`: node index below
-    which nothing is needed (Grad-CAM stops at its layer)."""
+def seed_value(b: GraphBuilder, target: Target, output_seed: bool, suffix: str = "") -> tuple[str, str | None, tuple]:
+    """(seed, class indices used or None, names of the seed inputs) emitted for a target."""
+    v = target.value
+    dtype = b.dtype(v)
+    if target.kind == "class":
+        t_in = b.input("target" + suffix, (b.dims(v)[0],), np.int64)
+        k = b.static(v, [1])[0]
+        predicted = b.op("ArgMax", [v], dims=(b.dims(v)[0],), dtype=np.int64, axis=1, keepdims=0)
+        negative = b.op("Less", [t_in, b.ints(0)], dims=b.dims(t_in), dtype=np.bool_)
+        used = b.op("Where", [negative, predicted, t_in], like=t_in)
+        column = b.op("Unsqueeze", [used, b.ints([1])], dims=(b.dims(v)[0], 1), dtype=np.int64)
+        hit = b.op("Equal", [column, b.const(np.arange(k, dtype=np.int64))], dims=b.dims(v), dtype=np.bool_)
+        seed = b.op("Cast", [hit], like=v, to=onnx_type(dtype))
+        inputs = (t_in,)
+    elif target.kind == "array":
+        seed = b.input("seed" + suffix, b.dims(v), dtype)
+        used, inputs = None, (seed,)
+    elif target.kind == "affine":
+        scale, offset = b.input("seed_scale" + suffix, None, dtype), b.input("seed_offset" + suffix, None, dtype)
+        return b.add(b.mul(v, scale, like=v), offset, like=v), None, (scale, offset)
+    else:
+        raise ValueError(f"unknown target kind {target.kind!r}")
+    if output_seed:
+        seed = b.mul(seed, v, like=v)
+    return seed, used, inputs
+
+
+def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None) -> Lowered:
+    """The explainer graph for `rules` (a fvgraph.rules.Rules) from `target` (a Target, or a tuple of them
+    seeding several values). wrt: the values whose signal is the result (default: the model's first input),
+    keep: values whose signals are returned too."""
+    g = model.graph
+    b = GraphBuilder(g, table)
+    wrt = list(wrt) if wrt is not None else [g.input_names()[0]]
+    seeds, used, seed_inputs, values = start(b, rules, target)
+    signals, applied = propagate(model, b, rules, seeds, wrt)
+    outputs, layers = [], {}
+    for k, v in enumerate(wrt):
+        rel = signals.get(v) or b.zeros(v)
+        if (rules.multiply_input if multiply_input is None else multiply_input) and v in g.input_names():
+            rel = b.mul(rel, v, like=v)
+        outputs.append(b.named(rel, RELEVANCE if k == 0 else f"{RELEVANCE}:{v}"))
+    for v in keep:
+        layers[v] = b.named(signals.get(v) or b.zeros(v), f"{RELEVANCE}:{v}")
+    outs = outputs + values + ([used] if used else []) + list(layers.values())
+    return Lowered(b.finish(list(dict.fromkeys(outs))), values[0], used, layers, {}, applied, seed_inputs)
+
+
+def start(b: GraphBuilder, rules, target):
+    """Seed every target: ({value: seed}, class indices used or None, seed input names, target values)."""
+    targets = target if isinstance(target, tuple) else (target,)
+    seeds, used, inputs = {}, None, ()
+    for k, t in enumerate(targets):
+        seed, u, ins = seed_value(b, t, rules.seed == "output" and t.kind != "affine", "" if k == 0 else f":{k}")
+        seeds[t.value] = b.add(seeds[t.value], seed, like=t.value) if t.value in seeds else seed
+        used, inputs = used or u, inputs + ins
+    return seeds, used, inputs, list(dict.fromkeys(t.value for t in targets))
+
+
+def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt) -> tuple[dict, dict]:
+    """Emit the reverse pass from `seeds` ({value: seed}) back to the `wrt` values: ({value: signal} for every
+    value reached, {node name: rule applied})."""
     g, ex = model.graph, model.executor
-    dyn = dynamic_values(model, tape)
-    order = [i for i in tape.nodes if i not in ex.static]
+    order = between(g, ex.static, set(wrt), list(seeds))
+    reached = set(wrt) | {o for i in order for o in g.nodes[i].outputs if o}
     chosen = rules.resolve(g, order)
-    merged = canonical_pairs(model, tape) if rules.canonize else {}
+    merged = _canonical_pairs(model, order) if rules.canonize else {}
     skip = set(merged.values())
     signals = dict(seeds)
-    keep = set(keep) | set(g.input_names())
     applied = {}
     for i in reversed(order):
-        if stop_after is not None and i <= stop_after:
-            break
         if i in skip:
             continue
         node = g.nodes[i]
         grads = [signals.get(o) for o in node.outputs]
         if all(s is None for s in grads):
             continue
-        grads = [s if s is not None else _zeros_like(tape.values[o]) for s, o in zip(grads, node.outputs)]
+        grads = [s if s is not None else b.zeros(o) for s, o in zip(grads, node.outputs)]
         if i in merged:
-            step, targets = _folded_step(model, tape, merged[i], node, grads, rules), g.nodes[merged[i]].inputs
+            step, targets = _folded_step(model, b, merged[i], node, grads, rules), g.nodes[merged[i]].inputs
             rule_name = chosen.get(merged[i], rules.default)
             applied[g.nodes[merged[i]].name] = f"{rule_name} (with {node.name} folded in)"
         else:
-            ins = [tape.values.get(v) if v else None for v in node.inputs]
-            step = Step(node, ex.kernels[i], ins, [tape.values.get(o) for o in node.outputs], grads,
-                        [bool(v) and v in dyn for v in node.inputs], rules.params)
+            step = Step(node, ex.kernels[i], list(node.inputs), list(node.outputs), grads,
+                        [bool(v) and v in reached for v in node.inputs], rules.params, b)
             targets, rule_name = node.inputs, chosen[i]
             applied[node.name] = rule_name
         try:
             back = RULES[rule_name](step)
-        except FvGraphError:
+        except (FvGraphError, ShapeUnknown):
             raise
         except Exception as e:
             raise ExecutionError(f"rule {rule_name!r} failed at node {node.name!r} ({node.op_type}): "
                                  f"{type(e).__name__}: {e}") from None
         for v, s in zip(targets, back):
-            if s is None or not v or v not in dyn:
+            if s is None or not v or v not in reached:
                 continue
-            signals[v] = signals[v] + s if v in signals else s
-        for o in node.outputs:
-            if o not in keep:
-                signals.pop(o, None)
-    return {k: v for k, v in signals.items() if k in keep}, applied
+            b.table.set(s, b.table.dims.get(v), b.table.dtypes.get(v))
+            signals[v] = b.add(signals[v], s, like=v) if v in signals else s
+    return signals, applied
 
 
-def _zeros_like(a):
-    from .backend import xp_of
-    return xp_of(a).zeros(a.shape, a.dtype)
+def _canonical_pairs(model, order) -> dict[int, int]:
+    """BatchNormalization node index -> the Conv node it folds into."""
+    g, ex = model.graph, model.executor
+    consumers = g.consumers()
+    out = {}
+    for i in order:
+        n = g.nodes[i]
+        if n.op_type != "BatchNormalization" or not all(v in g.initializers for v in n.inputs[1:5]):
+            continue
+        j = ex.producer_index.get(n.inputs[0])
+        if j is None or g.nodes[j].op_type != "Conv" or len(consumers.get(n.inputs[0], [])) != 1 \
+                or n.inputs[0] in g.output_names() or not all(v in g.initializers for v in g.nodes[j].inputs[1:] if v):
+            continue
+        out[i] = j
+    return out
 
 
-def _folded_step(model, tape, conv_index, bn_node, grads, rules) -> Step:
-    ex = model.executor
-    conv = model.graph.nodes[conv_index]
-    fw, fb = ex.conv_weights(conv_index, ex.node_index[id(bn_node)])
-    ins = [tape.values[conv.inputs[0]], fw, fb]
-    return Step(conv, ex.kernels[conv_index], ins, [tape.values[bn_node.outputs[0]]], grads,
-                [True, False, False], rules.params)
+def _folded_step(model, b, conv_index, bn_node, grads, rules) -> Step:
+    g, ex = model.graph, model.executor
+    conv = g.nodes[conv_index]
+    c = g.initializers
+    w = np.asarray(c[conv.inputs[1]])
+    bias = np.asarray(c[conv.inputs[2]]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+    bn_kernel = ex.kernels[ex.node_index[id(bn_node)]]
+    fw, fb = fold_into_conv(w, bias, bn_kernel, [np.asarray(c[v]) for v in bn_node.inputs[1:5]])
+    ins = [conv.inputs[0], b.const(np.asarray(fw, w.dtype), "folded_w"), b.const(np.asarray(fb, w.dtype), "folded_b")]
+    return Step(conv, ex.kernels[conv_index], ins, [bn_node.outputs[0]], grads, [True, False, False],
+                rules.params, b)

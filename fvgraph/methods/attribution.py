@@ -1,12 +1,13 @@
 """Reverse-pass attribution (the paper's deconvolutional methods): gradient, input x gradient, deconvnet,
-guided backpropagation and the LRP family, each a rules preset for the one reverse engine."""
+guided backpropagation and the LRP family, each a rules preset lowered into one graph (fvgraph.reverse) that
+the model's engine runs."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import InputError
 from ..explanation import Explanation, Unit
-from ..reverse import reverse
+from ..reverse import RELEVANCE, Target, lower, rules_key
 from ..rules import Rules
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
@@ -27,67 +28,83 @@ def logits_value(model, through_softmax=False) -> str:
     return name
 
 
-def build_seed(model, tape, target, logits: str, seed_kind: str):
-    """(value name, seed array on the device, target as reported) for a target specification."""
-    xp = model.backend.xp
-    if isinstance(target, Unit):
-        name = model.resolve(target.layer)
-        act = tape.values[name]
-        mask = np.zeros(act.shape, dtype=bool)
-        idx = [slice(None)] * act.ndim
-        for axis, v, what in ((1, target.channel, "channel"), (2, target.y, "y"), (3, target.x, "x")):
-            if v is None:
-                continue
-            if axis >= act.ndim or not 0 <= v < act.shape[axis]:
-                raise InputError(f"Unit {what}={v} is out of range for layer {target.layer!r} of shape "
-                                 f"{tuple(act.shape)}")
-            idx[axis] = v
-        mask[tuple(idx)] = True
-        seed = xp.asarray(mask.astype(act.dtype))
-        return name, (seed * act if seed_kind == "output" else seed), target
-    y = tape.values[logits]
-    if isinstance(target, np.ndarray) and target.dtype.kind == "f":
-        if target.shape != tuple(y.shape):
-            raise InputError(f"a seed array must have the output's shape {tuple(y.shape)}, got {target.shape}")
-        return logits, xp.asarray(target.astype(y.dtype)), None
-    if y.ndim != 2:
-        raise InputError(f"class targets need a (batch, classes) output; {logits!r} has shape {tuple(y.shape)}: "
-                         "use fv.Unit(layer, channel, y, x) or a seed array")
-    n, k = y.shape
+def class_indices(target, dims, n: int, value: str) -> np.ndarray:
+    """One class index per sample (-1: the predicted class), checked against a (batch, classes) value."""
+    if len(dims) != 2:
+        raise InputError(f"class targets need a (batch, classes) output; {value!r} has shape "
+                         f"{tuple(dims)}: use fv.Unit(layer, channel, y, x) or a seed array")
+    k = dims[1]
     if target is None:
-        classes = np.asarray(model.backend.to_host(y.argmax(axis=1)), dtype=np.int64)
-    else:
+        return np.full(n, -1, np.int64)
+    try:
         classes = np.asarray(target, dtype=np.int64).reshape(-1) if not isinstance(target, (int, np.integer)) \
             else np.full(n, int(target), np.int64)
-        if classes.size == 1 and n > 1:
-            classes = np.full(n, classes[0], np.int64)
-        if classes.size != n:
-            raise InputError(f"got {classes.size} targets for a batch of {n}: give one int, or one per sample")
+    except (TypeError, ValueError):
+        raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...) or a seed array; "
+                         f"got {target!r}") from None
+    if classes.size == 1 and n > 1:
+        classes = np.full(n, classes[0], np.int64)
+    if classes.size != n:
+        raise InputError(f"got {classes.size} targets for a batch of {n}: give one int, or one per sample")
+    if isinstance(k, int):
         bad = classes[(classes < 0) | (classes >= k)]
         if bad.size:
             raise InputError(f"target class {int(bad[0])} is out of range: the model has {k} classes (0..{k - 1})")
-    seed = np.zeros((n, k), dtype=y.dtype)
-    seed[np.arange(n), classes] = 1
-    seed = xp.asarray(seed)
-    return logits, (seed * y if seed_kind == "output" else seed), classes
+    return classes
+
+
+def unit_mask(model, unit: Unit, dims, n: int) -> np.ndarray:
+    """The 0/1 mask selecting a unit (channel, y, x; None = all) in a layer of the given dims."""
+    shape = [n] + [d for d in dims[1:]]
+    if not all(isinstance(d, int) for d in shape):
+        raise InputError(f"the shape of layer {unit.layer!r} is not known before running; use a seed array")
+    mask = np.zeros(shape, np.float32)
+    idx = [slice(None)] * len(shape)
+    for axis, v, what in ((1, unit.channel, "channel"), (2, unit.y, "y"), (3, unit.x, "x")):
+        if v is None:
+            continue
+        if axis >= len(shape) or not 0 <= v < shape[axis]:
+            raise InputError(f"Unit {what}={v} is out of range for layer {unit.layer!r} of shape "
+                             f"{tuple(['N'] + shape[1:])}")
+        idx[axis] = v
+    mask[tuple(idx)] = 1
+    return mask
+
+
+def seed_for(model, feeds, target, value: str):
+    """(Target, seed feeds, target as reported or None) for a target specification on `value`."""
+    n = int(np.shape(next(iter(feeds.values())))[0])
+    dims = model.shape_table(feeds).dims.get(value)
+    if isinstance(target, Unit):
+        at = model.resolve(target.layer)
+        table = model.shape_table(feeds)
+        layer_dims = table.dims.get(at)
+        if layer_dims is None or not all(isinstance(d, int) for d in layer_dims[1:]):
+            layer_dims = model.shape_table(feeds, measured=True).dims.get(at)
+        mask = unit_mask(model, target, layer_dims, n).astype(model.shape_table(feeds).dtypes.get(at, np.float32))
+        return Target("array", at), {"seed": mask}, target
+    if isinstance(target, np.ndarray) and target.dtype.kind == "f":
+        if dims is None or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], target.shape[1:])) \
+                or len(dims) != target.ndim or target.shape[0] != n:
+            shape = tuple([n] + list(dims[1:])) if dims else "?"
+            raise InputError(f"a seed array must have the output's shape {shape}, got {target.shape}")
+        return Target("array", value), {"seed": target.astype(np.float32)}, None
+    if dims is None:
+        dims = model.shape_table(feeds, measured=True).dims.get(value)
+    classes = class_indices(target, dims, n, value)
+    return Target("class", value), {"target": classes}, classes
 
 
 def attribute(model, x, rules: Rules, target=None, through_softmax=False, return_layers=(), method_name=None):
     feeds = model.feeds(x)
     logits = logits_value(model, through_softmax)
-    want = [logits] + ([model.resolve(target.layer)] if isinstance(target, Unit) else [])
-    keep_names = {model.resolve(l): l for l in return_layers}
-    tape = model.executor.run(feeds, want, keep=True)
-    seed_at, seed, reported = build_seed(model, tape, target, logits, rules.seed)
-    signals, applied = reverse(model, tape, {seed_at: seed}, rules, keep=keep_names)
-    first = model.graph.input_names()[0]
-    xin = tape.values[first]
-    rel = signals.get(first)
-    rel = model.backend.xp.zeros_like(xin) if rel is None else rel
-    if rules.multiply_input:
-        rel = rel * xin
-    host = model.backend.to_host
-    layers = {ref: np.asarray(host(signals[name])) if name in signals else
-              np.zeros(tuple(tape.values[name].shape), np.float32) for name, ref in keep_names.items()}
-    return Explanation(np.asarray(host(rel)), reported, np.asarray(host(tape.values[logits])),
-                       method_name or rules.name, applied, layers)
+    spec, seed, reported = seed_for(model, feeds, target, logits)
+    keep = {model.resolve(l): l for l in return_layers}
+    lowered = model.lowered(("explain", rules_key(rules), spec, tuple(keep)), feeds,
+                            lambda table: lower(model, rules, spec, table, keep=tuple(keep)))
+    out = model.engine.run(lowered.graph, {**feeds, **seed}, lowered.outputs)
+    if lowered.target is not None:
+        reported = out[lowered.target]
+    layers = {ref: out[lowered.layers[name]] for name, ref in keep.items()}
+    return Explanation(out[RELEVANCE], reported, out[lowered.output], method_name or rules.name, lowered.applied,
+                       layers)

@@ -1,37 +1,29 @@
-"""Class Activation Maps (Zhou et al. 2015) and Grad-CAM (Selvaraju et al. 2017).
+"""Class Activation Maps (Zhou et al. 2015) and Grad-CAM (Selvaraju et al. 2017), lowered into one graph.
 
 CAM: for a net ending in global average pooling then a linear layer, map_c = sum_k w_ck A_k over the pooled
 feature maps A. Grad-CAM: for any 4-D layer A, alpha_k = mean over space of dy_c/dA_k and
-map = relu(sum_k alpha_k A_k). Both are upsampled bilinearly with half-pixel centres (align_corners=False)
-to the input's height and width unless upsample=False.
+map = relu(sum_k alpha_k A_k), the reverse pass going only down to A. Both are upsampled bilinearly with
+half-pixel centres (align_corners=False, ONNX Resize "linear") to the input's height and width unless
+upsample=False.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..builder import GraphBuilder
 from ..errors import InputError
 from ..explanation import Explanation
-from ..graph import Node
-from ..ops import build_kernel
-from ..reverse import reverse
+from ..reverse import RELEVANCE, Lowered, Target, propagate, seed_value
 from ..rules import Rules
-from .attribution import build_seed, logits_value
+from .attribution import class_indices, logits_value
 
 PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
 
 
-def upsample(maps, size, xp):
-    """(N, h, w) -> (N, H, W), bilinear, half-pixel centres: the Resize op itself."""
-    if tuple(maps.shape[1:]) == tuple(size):
-        return maps
-    k = build_kernel(Node("upsample", "Resize", ["x", "", "", "s"], ["y"], {"mode": "linear"}))
-    sizes = np.array([maps.shape[0], 1, *size], np.int64)
-    return k.forward(maps[:, None], None, None, sizes)[0][:, 0]
-
-
 def cam_structure(model, logits: str):
     """(feature-map value, class weight matrix (classes, K)) of a GAP -> linear head, or a clear error."""
-    g, c = model.graph, model.executor.constants
+    g = model.graph
+    c = g.initializers
     prod = g.producers()
     head = prod.get(logits)
     if head is None or head.op_type not in ("Gemm", "MatMul", "Conv"):
@@ -39,7 +31,7 @@ def cam_structure(model, logits: str):
                          f"the output {logits!r} comes from {head.op_type if head else 'an input'}. Use gradcam.")
     if head.inputs[1] not in c:
         raise InputError("CAM needs constant weights in the last linear layer")
-    w = model.backend.to_host(c[head.inputs[1]])
+    w = np.asarray(c[head.inputs[1]])
     if head.op_type == "Gemm":
         w = w if head.attr("transB", 0) else w.T
     elif head.op_type == "MatMul":
@@ -58,58 +50,87 @@ def cam_structure(model, logits: str):
     return node.inputs[0], np.asarray(w, np.float32)
 
 
-def default_gradcam_layer(model, tape) -> str:
+def default_gradcam_layer(model, table) -> str:
     """The last 4-D value with spatial size above 1."""
     best = None
-    for i in tape.nodes:
+    for i, n in enumerate(model.graph.nodes):
         if i in model.executor.static:
             continue
-        for o in model.graph.nodes[i].outputs:
-            a = tape.values.get(o)
-            if a is not None and a.ndim == 4 and a.shape[2] * a.shape[3] > 1:
+        for o in n.outputs:
+            d = table.dims.get(o)
+            if d is not None and len(d) == 4 and all(isinstance(v, int) for v in d[2:]) and d[2] * d[3] > 1:
                 best = o
     if best is None:
         raise InputError("Grad-CAM found no 4-D layer with spatial size above 1; pass layer=")
     return best
 
 
-def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):
-    xp = model.backend.xp
-    feeds = model.feeds(x)
-    logits = logits_value(model, through_softmax)
-    host = model.backend.to_host
+def upsample(b: GraphBuilder, maps: str, size) -> str:
+    """(N, h, w) -> (N, H, W), bilinear with half-pixel centres: the Resize op itself."""
+    d = b.dims(maps)
+    if tuple(d[1:]) == tuple(size):
+        return maps
+    four = b.op("Unsqueeze", [maps, b.ints([1])], dims=(d[0], 1) + tuple(d[1:]), dtype=b.dtype(maps))
+    lead = b.op("Slice", [b.op("Shape", [four], dims=(4,), dtype=np.int64), b.ints([0]), b.ints([2])], dims=(2,),
+                dtype=np.int64)
+    sizes = b.op("Concat", [lead, b.ints(list(size))], axis=0, dims=(4,), dtype=np.int64)
+    up = b.op("Resize", [four, "", "", sizes], mode="linear", dims=(d[0], 1) + tuple(size), dtype=b.dtype(maps))
+    return b.op("Squeeze", [up, b.ints([1])], dims=(d[0],) + tuple(size), dtype=b.dtype(maps))
+
+
+def lower_cam(model, method: str, table, logits: str, layer, upsample_maps: bool) -> Lowered:
+    """The CAM or Grad-CAM graph: inputs the model's and `target`, outputs the map, the logits, the class
+    used and the per-channel weights (CAM's class weights, Grad-CAM's alpha)."""
+    g = model.graph
+    b = GraphBuilder(g, table)
+    first = g.input_names()[0]
+    size = tuple(b.static(first, [2, 3]))
     if method == "cam":
         fmap, w = cam_structure(model, logits)
         if layer is not None and model.resolve(layer) != fmap:
             raise InputError(f"CAM is defined on the pooled feature maps ({fmap!r}); use gradcam for other layers")
-        tape = model.executor.run(feeds, [logits, fmap], keep=True)
-        _, _, classes = build_seed(model, tape, target, logits, "one-hot")
-        if classes is None:
-            raise InputError("CAM needs class targets (ints)")
-        A = tape.values[fmap]
-        maps = xp.einsum("nk,nkhw->nhw", xp.asarray(w[classes]).astype(A.dtype), A)
-        extras = {"layer": fmap, "weights": w[classes]}
+        _, used, inputs = seed_value(b, Target("class", logits), False)
+        n = b.dims(logits)[0]
+        weights = b.op("Gather", [b.const(w.astype(b.dtype(fmap)), "cam_weights"), used], axis=0,
+                       dims=(n, w.shape[1]), dtype=b.dtype(fmap))
+        applied = {}
     else:
-        tape = model.executor.run(feeds, [logits], keep=True)
-        fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, tape)
-        A = tape.values.get(fmap)
-        if A is None or A.ndim != 4:
-            raise InputError(f"Grad-CAM needs a 4-D layer (N, C, H, W); {layer!r} has shape "
-                             f"{None if A is None else tuple(A.shape)}")
-        seed_at, seed, classes = build_seed(model, tape, target, logits, "one-hot")
-        stop = model.executor.producer_index.get(fmap, -1)
-        signals, _ = reverse(model, tape, {seed_at: seed}, Rules.load("gradient"), keep={fmap}, stop_after=stop)
-        grad = signals.get(fmap)
-        grad = xp.zeros_like(A) if grad is None else grad
-        alpha = grad.mean(axis=(2, 3))
-        maps = xp.maximum(xp.einsum("nk,nkhw->nhw", alpha, A), 0)
-        extras = {"layer": fmap, "alpha": np.asarray(host(alpha))}
+        fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, table)
+        d = table.dims.get(fmap)
+        if d is None or len(d) != 4:
+            raise InputError(f"Grad-CAM needs a 4-D layer (N, C, H, W); {layer!r} has shape {d}")
+        seed, used, inputs = seed_value(b, Target("class", logits), False)
+        signals, applied = propagate(model, b, Rules.load("gradient"), {logits: seed}, [fmap])
+        grad = signals.get(fmap) or b.zeros(fmap)
+        weights = b.op("ReduceMean", [grad, b.ints([2, 3])], keepdims=0, dims=b.dims(fmap)[:2], dtype=b.dtype(fmap))
+    d = b.dims(fmap)
+    wide = b.op("Unsqueeze", [weights, b.ints([2, 3])], dims=d[:2] + (1, 1), dtype=b.dtype(fmap))
+    maps = b.op("ReduceSum", [b.mul(fmap, wide, like=fmap), b.ints([1])], keepdims=0, dims=(d[0],) + d[2:],
+                dtype=b.dtype(fmap))
+    if method == "gradcam":
+        maps = b.op("Relu", [maps], like=maps)
     if upsample_maps:
-        maps = upsample(maps, x_spatial(feeds, model), xp)
-    return Explanation(np.asarray(host(maps)), classes, np.asarray(host(tape.values[logits])), method,
+        maps = upsample(b, maps, size)
+    rel = b.named(maps, RELEVANCE)
+    extra = b.named(weights, "weights")
+    graph = b.finish([rel, logits, used, extra])
+    return Lowered(graph, logits, used, {}, {"layer": fmap, "weights": extra}, applied, inputs)
+
+
+def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):
+    feeds = model.feeds(x)
+    logits = logits_value(model, through_softmax)
+    n = int(np.shape(next(iter(feeds.values())))[0])
+    first = model.graph.input_names()[0]
+    if np.ndim(feeds[first]) != 4:
+        raise InputError(f"{method} needs an image batch (N, C, H, W), got shape {np.shape(feeds[first])}")
+    classes = class_indices(target, model.shape_table(feeds).dims.get(logits) or
+                            model.shape_table(feeds, measured=True).dims.get(logits), n, logits)
+    ref = model.resolve(layer) if layer is not None else None
+    lowered = model.lowered((method, ref, bool(upsample_maps), logits), feeds,
+                            lambda table: lower_cam(model, method, table, logits, layer, upsample_maps))
+    out = model.engine.run(lowered.graph, {**feeds, "target": classes}, lowered.outputs)
+    weights = out[lowered.extras["weights"]]
+    extras = {"layer": lowered.extras["layer"], "weights" if method == "cam" else "alpha": weights}
+    return Explanation(out[RELEVANCE], out[lowered.target], out[lowered.output], method, lowered.applied,
                        extras=extras)
-
-
-def x_spatial(feeds, model):
-    x = feeds[model.graph.input_names()[0]]
-    return tuple(x.shape[2:4])

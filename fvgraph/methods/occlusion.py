@@ -75,30 +75,29 @@ def available_memory() -> int:
 
 def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, batch_size=None, memory=None,
               seed=0, score="logit", incremental=True, quiet=None):
-    from .attribution import build_seed, logits_value
+    from .attribution import class_indices, logits_value, unit_mask
     if score not in ("logit", "prob"):
         raise InputError(f"score must be 'logit' or 'prob', got {score!r}")
     box, stride = _pair(box, "box"), _pair(stride, "stride")
-    x = np.asarray(model.backend.to_host(model.feeds(x)[model.graph.input_names()[0]]))
+    first = model.graph.input_names()[0]
+    x = model.feeds(x)[first]
     if x.ndim != 4:
         raise InputError(f"occlusion needs an image batch (N, C, H, W), got shape {x.shape}")
     N, C, H, W = x.shape
     ys, xs = positions(H, box[0], stride[0]), positions(W, box[1], stride[1])
     boxes = [(y, xx) for y in ys for xx in xs]
     logits = logits_value(model, through_softmax=(score == "prob"))
+    value = model.resolve(target.layer) if isinstance(target, Unit) else logits
+    clean = model.run(x, outputs=[value])[value]
     if isinstance(target, Unit):
-        value = model.resolve(target.layer)
-    else:
-        value = logits
-    clean_tape = model.forward(x, [value], keep=False)
-    clean = model.backend.to_host(clean_tape.values[value])
-    if isinstance(target, Unit):
-        _, mask, _ = build_seed(model, clean_tape, target, value, "one-hot")
-        mask = np.asarray(model.backend.to_host(mask)) / max(1, int(np.asarray(model.backend.to_host(mask))[0].sum()))
+        mask = unit_mask(model, target, clean.shape, N)
+        mask = mask / max(1, int(mask[0].sum()))
         reported = target
     else:
-        _, mask, reported = build_seed(model, clean_tape, target, value, "one-hot")
-        mask = np.asarray(model.backend.to_host(mask))
+        classes = class_indices(target, clean.shape, N, value)
+        reported = np.where(classes < 0, clean.argmax(axis=1), classes)
+        mask = np.zeros(clean.shape, np.float32)
+        mask[np.arange(N), reported] = 1
 
     def score_of(values, n):
         return np.sum((values * mask[n]).reshape(len(values), -1), axis=1)
@@ -115,7 +114,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     for (y, xx) in boxes:
         counts[y:y + box[0], xx:xx + box[1]] += 1
     runner = None
-    if incremental and model.device == "cpu":  # the incremental runner works on host (NumPy) arrays
+    if incremental and model.executor.backend.device == "cpu":  # the incremental runner works on host arrays
         from .incremental import IncrementalRunner
         runner = IncrementalRunner(model, value)
     bar = Progress(N * len(boxes), "occlusion", quiet)
@@ -133,7 +132,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
                 batch = np.repeat(x[n:n + 1], len(chunk), axis=0)
                 for k, (y, xx) in enumerate(chunk):
                     batch[k, :, y:y + box[0], xx:xx + box[1]] = patches[b0 + k]
-                out = model.backend.to_host(model.forward(batch, [value]).values[value])
+                out = model.run(batch, outputs=[value])[value]
             s = score_of(np.asarray(out, np.float64), n)
             for k, (y, xx) in enumerate(chunk):
                 drops[n, y:y + box[0], xx:xx + box[1]] += base - s[k]
@@ -146,7 +145,15 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
 
 
 def _bytes_per_sample(model, x1, value) -> int:
-    """Memory of one sample's forward pass: the sum of its values (an upper bound on what is live)."""
-    tape = model.forward(x1, [value], keep=True)
-    return int(sum(getattr(v, "nbytes", 0) for v in tape.values.values() if hasattr(v, "shape")
-                   and v.ndim and v.shape[0] == 1)) + x1.nbytes
+    """Memory of one sample's forward pass: the sum of its values' sizes (an upper bound on what is live)."""
+    feeds = {model.graph.input_names()[0]: x1}
+    table = model.shape_table(feeds)
+    if any(d is None for d in table.dims.values()):
+        table = model.shape_table(feeds, measured=True)
+    total = x1.nbytes
+    for name, dims in table.dims.items():
+        if name in model.graph.initializers or not dims or dims[0] != "N":
+            continue
+        count = int(np.prod([d if isinstance(d, int) else 1 for d in dims[1:]]))
+        total += count * table.dtypes.get(name, np.dtype(np.float32)).itemsize
+    return total

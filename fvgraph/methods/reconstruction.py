@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..explanation import Unit
-from ..reverse import reverse
+from ..reverse import RELEVANCE, Target, lower
 from ..rules import Rules
 
 TV_EPS = 1e-8  # keeps the TV gradient finite where the image is flat (beta < 2)
@@ -167,7 +167,7 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
             raise InputError(f"the model's input shape {model.inputs[0].describe()} is not fixed: pass shape=")
         shape = (n,) + tuple(s[1:])
     shape = (n,) + tuple(shape[1:])
-    from .attribution import logits_value
+    from .attribution import logits_value, unit_mask
     logits = logits_value(model)
     seeds_at = []
     for t in targets:
@@ -178,34 +178,31 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
         else:
             raise InputError(f"reconstruct targets are class indices or fv.Unit(...), got {t!r}")
     wanted = list(dict.fromkeys(seeds_at))
-    gradient_rules = Rules.load("gradient")
+    probe = {model.graph.input_names()[0]: np.zeros((n,) + tuple(shape[1:]), np.float32)}
+    seeds = {}  # one seed per layer, a row per sample: the mean over each sample's selected activations
+    for at in wanted:
+        dims = model.shape_table(probe).dims.get(at)
+        if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+            dims = model.shape_table(probe, measured=True).dims.get(at)
+        seeds[at] = np.zeros([n] + list(dims[1:]), np.float32)
+    for i, (t, at) in enumerate(zip(targets, seeds_at)):
+        row = seeds[at][i:i + 1]
+        if isinstance(t, Unit):
+            mask = unit_mask(model, t, seeds[at].shape, 1)
+            row += mask / max(mask.sum(), 1)
+        else:
+            if row.ndim != 2 or not 0 <= t < row.shape[1]:
+                raise InputError(f"class {t} is out of range for an output of shape {tuple(['N'] + list(row.shape[1:]))}")
+            row[0, t] = 1.0
+    specs = tuple(Target("array", at) for at in wanted)
+    lowered = model.lowered(("reconstruct", specs), probe,
+                            lambda table: lower(model, Rules.load("gradient"), specs, table))
+    seed_feeds = dict(zip(lowered.seed_inputs, [seeds[at] for at in wanted]))
 
     def objective(x):
-        tape = model.forward(x, wanted, keep=True)
-        seeds, values = {}, np.zeros(n)
-        host = {at: model.backend.to_host(tape.values[at]) for at in wanted}
-        for i, (t, at) in enumerate(zip(targets, seeds_at)):
-            a = host[at]
-            seed = seeds.setdefault(at, np.zeros(a.shape, np.float32))  # one seed per layer, a row per sample
-            if isinstance(t, Unit):
-                idx = [i] + [slice(None)] * (a.ndim - 1)
-                for axis, v in ((1, t.channel), (2, t.y), (3, t.x)):
-                    if v is not None:
-                        if axis >= a.ndim or not 0 <= v < a.shape[axis]:
-                            raise InputError(f"{t} is out of range for a layer of shape {a.shape}")
-                        idx[axis] = v
-                idx = tuple(idx)
-                seed[idx] = 1.0 / max(seed[idx].size, 1)  # the mean over the selected activations
-                values[i] = float(np.mean(a[idx]))
-            else:
-                if a.ndim != 2 or not 0 <= t < a.shape[1]:
-                    raise InputError(f"class {t} is out of range for an output of shape {a.shape}")
-                seed[i, t] = 1.0
-                values[i] = float(a[i, t])
-        seeds = {k: model.backend.xp.asarray(v) for k, v in seeds.items()}
-        signals, _ = reverse(model, tape, seeds, gradient_rules)
-        g = signals.get(model.graph.input_names()[0])
-        return values, (np.zeros(x.shape, np.float32) if g is None else model.backend.to_host(g))
+        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: x, **seed_feeds}, lowered.outputs)
+        values = np.array([float(np.sum(out[at][i] * seeds[at][i])) for i, at in enumerate(seeds_at)])
+        return values, out[RELEVANCE]
 
     x, pic, hist = optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet,
                             "reconstruct")
@@ -217,20 +214,20 @@ def invert(model, x, layer, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitte
     """Find an input whose representation at `layer` matches that of x (normalized squared distance)."""
     value = model.resolve(layer)
     x = np.asarray(x, np.float32)
-    phi0 = model.backend.to_host(model.forward(x, [value]).values[value]).astype(np.float64)
+    phi0 = model.run(x, outputs=[value])[value].astype(np.float64)
     norm = np.sum(phi0.reshape(len(phi0), -1) ** 2, axis=1).reshape((-1,) + (1,) * (phi0.ndim - 1))
     norm = np.maximum(norm, 1e-12)
-    gradient_rules = Rules.load("gradient")
+    spec = Target("affine", value)
+    feeds = {model.graph.input_names()[0]: x}
+    lowered = model.lowered(("invert", spec), feeds, lambda table: lower(model, Rules.load("gradient"), spec, table))
+    scale, offset = (-2 / norm).astype(np.float32), (2 * phi0 / norm).astype(np.float32)  # d(-distance)/d(phi)
 
     def objective(xx):
-        tape = model.forward(xx, [value], keep=True)
-        phi = model.backend.to_host(tape.values[value]).astype(np.float64)
-        diff = phi - phi0
-        dist = np.sum((diff ** 2 / norm).reshape(len(phi), -1), axis=1)
-        seed = model.backend.xp.asarray((-2 * diff / norm).astype(np.float32))  # d(-distance)/d(phi)
-        signals, _ = reverse(model, tape, {value: seed}, gradient_rules)
-        g = signals.get(model.graph.input_names()[0])
-        return -dist, (np.zeros(xx.shape, np.float32) if g is None else model.backend.to_host(g))
+        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: xx, "seed_scale": scale,
+                                               "seed_offset": offset}, lowered.outputs)
+        phi = out[value].astype(np.float64)
+        dist = np.sum(((phi - phi0) ** 2 / norm).reshape(len(phi), -1), axis=1)
+        return -dist, out[RELEVANCE]
 
     xr, pic, hist = optimize(model, objective, x.shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet,
                              "invert")

@@ -2,12 +2,18 @@
 
 A kernel is built once per node (attributes parsed, unsupported variants refused at load time) and then
 called as `forward(*inputs) -> tuple of outputs`, with None for omitted optional inputs. Kernels are written
-against the array module of their operands (`xp_of`), so NumPy and CuPy share one code path.
+against the array module of their operands (`backend.xp_of`), so NumPy and CuPy share one code path.
+
+The VJP is not a computation but a *graph builder*: `vjp(b, inputs, outputs, grads, wrt)` takes value names
+and emits, with the GraphBuilder `b`, the ONNX nodes that compute the gradient of each input in `wrt`. The
+reverse pass is lowered into one graph this way (fvgraph.reverse) and any engine runs it.
 """
 from __future__ import annotations
 
-from ..backend import xp_of
+import numpy as np
+
 from ..errors import UnsupportedModelError
+from ..onnx_types import onnx_type
 from ..graph import Node
 
 REGISTRY: dict[str, type["Op"]] = {}
@@ -38,12 +44,13 @@ class Op:
     def forward(self, *inputs):
         raise NotImplementedError
 
-    # Reverse pass. `inputs`/`outputs` are the values of the forward run, `grads` one array per output
-    # (None where nothing flows back), `wrt` the input positions needed (None: all). Returns one gradient
-    # per input (None: not differentiable there, or not asked for).
+    # Reverse pass, as a graph builder. `inputs`/`outputs` are value names (an LRP rule may pass modified
+    # operands in place of the node's own), `grads` one name per output (None where nothing flows back),
+    # `wrt` the input positions whose gradient is wanted. Returns one name per input (None: not asked for,
+    # or nothing flows back there).
     differentiable = True
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         raise NotImplementedError(f"{self.op_type} has no VJP")
 
 
@@ -51,18 +58,53 @@ class NonDifferentiable(Op):
     """Ops whose outputs are integers, booleans or piecewise constant: nothing flows back."""
     differentiable = False
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         return [None] * len(inputs)
 
 
-def unbroadcast(g, shape):
-    """Sum a broadcast gradient back to `shape` (numpy multidirectional broadcasting)."""
-    if g.shape == tuple(shape):
-        return g
-    extra = g.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(i + extra for i, d in enumerate(shape) if d == 1 and g.shape[i + extra] != 1)
-    g = g.sum(axis=axes, keepdims=True) if axes else g
-    return g.reshape(shape) if extra else g
+def only(wrt, n, **grads):
+    """A VJP result list of length n with the gradients given by position (`g0=`, `g1=`, ...) where wanted."""
+    out = [None] * n
+    for k, v in grads.items():
+        i = int(k[1:])
+        if i in wrt:
+            out[i] = v
+    return out
+
+
+def scatter_axis(b, g, index, size: int, axis: int):
+    """Adjoint of gathering positions `index` (a 1-D list, or an int64 value holding them) along `axis` of a
+    tensor with `size` elements there: a Pad for a plain ascending run, else a product with the 0/1 matrix
+    P[i, index[i]] (duplicates add up)."""
+    rank = b.rank(g)
+    dims = list(b.dims(g))
+    dims[axis] = size
+    dims, dtype = tuple(dims), b.dtype(g)
+    if not isinstance(index, str):
+        index = [int(i) for i in index]
+        if index == list(range(index[0], index[0] + len(index))) if index else False:
+            pads = [0] * (2 * rank)
+            pads[axis], pads[rank + axis] = index[0], size - index[0] - len(index)
+            return b.op("Pad", [g, b.ints(pads)], dims=dims, dtype=dtype, mode="constant")
+        P = np.zeros((len(index), size), b.dtype(g))
+        np.add.at(P, (np.arange(len(index)), index), 1)
+        P = b.const(P, "scatter")
+    else:
+        rng = b.const(np.arange(size, dtype=np.int64))
+        col = b.op("Unsqueeze", [index, b.ints([1])], dims=(None, 1), dtype=np.int64)
+        hit = b.op("Equal", [col, rng], dims=(None, size), dtype=np.bool_)
+        P = b.op("Cast", [hit], to=onnx_type(b.dtype(g)), dims=(None, size), dtype=b.dtype(g))
+    if axis == rank - 1:
+        return b.op("MatMul", [g, P], dims=dims, dtype=dtype)
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    gd = list(b.dims(g))
+    gd[axis], gd[-1] = gd[-1], gd[axis]
+    moved = b.op("Transpose", [g], perm=perm, dims=tuple(gd), dtype=b.dtype(g))
+    gd[-1] = size
+    out = b.op("MatMul", [moved, P], dims=tuple(gd), dtype=b.dtype(g))
+    return b.op("Transpose", [out], perm=perm, dims=dims, dtype=dtype)
+
 
 
 def upcast_half(forward):

@@ -6,7 +6,8 @@ import math
 import numpy as np
 
 from ..backend import special_erf, xp_of
-from . import Op, register, unbroadcast
+from ..onnx_types import onnx_type
+from . import Op, register
 
 
 def _scalar(v, default, dtype):
@@ -41,24 +42,45 @@ UNARY = {
 }
 
 
-# d(out)/d(in) times the incoming gradient g, from input x and output y. Piecewise-constant ops (Floor,
-# Ceil, Sign, Not) are absent: nothing flows back through them.
+# The VJP of each unary op as nodes: g times d(out)/d(in), from input x and output y. Piecewise-constant ops
+# (Floor, Ceil, Sign, Not) are absent: nothing flows back through them.
+def _u(b, op, v, **attrs):
+    return b.op(op, [v], like=v, **attrs)
+
+
+def _m(b, *vs):
+    out = vs[0]
+    for v in vs[1:]:
+        out = b.op("Mul", [out, v], like=vs[0])
+    return out
+
+
 UNARY_GRAD = {
-    "Abs": lambda xp, x, y, g: g * xp.sign(x),
-    "Neg": lambda xp, x, y, g: -g,
-    "Exp": lambda xp, x, y, g: g * y,
-    "Log": lambda xp, x, y, g: g / x,
-    "Sqrt": lambda xp, x, y, g: g / (2 * y),
-    "Reciprocal": lambda xp, x, y, g: -g * y * y,
-    "Tanh": lambda xp, x, y, g: g * (1 - y * y),
-    "Sin": lambda xp, x, y, g: g * xp.cos(x),
-    "Cos": lambda xp, x, y, g: -g * xp.sin(x),
-    "Erf": lambda xp, x, y, g: g * x.dtype.type(2 / math.sqrt(math.pi)) * xp.exp(-x * x),
-    "Relu": lambda xp, x, y, g: g * (x > 0),
-    "Sigmoid": lambda xp, x, y, g: g * y * (1 - y),
-    "Softplus": lambda xp, x, y, g: g * _expit(xp)(x),
-    "Softsign": lambda xp, x, y, g: g / (1 + xp.abs(x)) ** 2,
+    "Abs": lambda b, x, y, g: _m(b, g, _u(b, "Sign", x)),
+    "Neg": lambda b, x, y, g: _u(b, "Neg", g),
+    "Exp": lambda b, x, y, g: _m(b, g, y),
+    "Log": lambda b, x, y, g: b.op("Div", [g, x], like=g),
+    "Sqrt": lambda b, x, y, g: b.op("Div", [g, _m(b, y, b.scalar(2, y))], like=g),
+    "Reciprocal": lambda b, x, y, g: _u(b, "Neg", _m(b, g, y, y)),
+    "Tanh": lambda b, x, y, g: _m(b, g, b.op("Sub", [b.scalar(1, y), _m(b, y, y)], like=y)),
+    "Sin": lambda b, x, y, g: _m(b, g, _u(b, "Cos", x)),
+    "Cos": lambda b, x, y, g: _u(b, "Neg", _m(b, g, _u(b, "Sin", x))),
+    "Erf": lambda b, x, y, g: _m(b, g, b.scalar(2 / math.sqrt(math.pi), x), _u(b, "Exp", _u(b, "Neg", _m(b, x, x)))),
+    "Relu": lambda b, x, y, g: b.where(positive(b, y), g, b.scalar(0, g), like=g),
+    "Sigmoid": lambda b, x, y, g: _m(b, g, y, b.op("Sub", [b.scalar(1, y), y], like=y)),
+    "Softplus": lambda b, x, y, g: _m(b, g, _u(b, "Sigmoid", x)),
+    "Softsign": lambda b, x, y, g: b.op("Div", [g, _square(b, b.op("Add", [b.scalar(1, x), _u(b, "Abs", x)],
+                                                                     like=x))], like=g),
 }
+
+
+def _square(b, v):
+    return _m(b, v, v)
+
+
+def positive(b, v):
+    """v > 0 as a boolean value (the ReLU gate, from the ReLU's output: y > 0 exactly where x > 0)."""
+    return b.op("Greater", [v, b.scalar(0, v)], dims=b.dims(v), dtype=np.bool_)
 
 
 def _expit(xp):
@@ -79,10 +101,10 @@ class Unary(Op):
     def forward(self, x):
         return (self.fn(xp_of(x), x),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        if self.grad is None:
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        if self.grad is None or 0 not in wrt:
             return [None]
-        return [self.grad(xp_of(grads[0]), inputs[0], outputs[0], grads[0]).astype(inputs[0].dtype, copy=False)]
+        return [self.grad(b, inputs[0], outputs[0], grads[0])]
 
 
 @register("LeakyRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Celu", "ThresholdedRelu", "Gelu")
@@ -131,35 +153,48 @@ class ParamActivation(Op):
                 y = t(0.5) * x * (1 + special_erf(xp)(x / t(math.sqrt(2))).astype(x.dtype, copy=False))
         return (y,)
 
-    def derivative(self, x):
-        xp, t, op = xp_of(x), x.dtype.type, self.op_type
-        a = None if self.alpha is None else t(self.alpha)
+    def derivative(self, b, x, y):
+        """d(out)/d(in) as nodes."""
+        op = self.op_type
+        c = lambda v: b.scalar(v, x)  # noqa: E731
+        cmp = lambda kind, v: b.op(kind, [x, c(v)], dims=b.dims(x), dtype=np.bool_)  # noqa: E731
+        one = c(1)
         if op == "LeakyRelu":
-            return xp.where(x >= 0, t(1), a)
-        if op == "Elu":
-            return xp.where(x > 0, t(1), a * xp.exp(xp.minimum(x, t(0))))
-        if op == "Celu":
-            return xp.where(x > 0, t(1), xp.exp(xp.minimum(x, t(0)) / a))
-        if op == "Selu":
-            return t(self.gamma) * xp.where(x > 0, t(1), a * xp.exp(xp.minimum(x, t(0))))
+            return b.where(cmp("Less", 0), c(self.alpha), one, like=x)
+        if op in ("Elu", "Selu", "Celu"):  # a * exp(x / s) below 0 (s = a for Celu, 1 otherwise)
+            neg = b.op("Min", [x, c(0)], like=x)
+            if op == "Celu":
+                neg = b.op("Div", [neg, c(self.alpha)], like=x)
+            slope = _m(b, _u(b, "Exp", neg), c(1.0 if op == "Celu" else self.alpha))
+            d = b.where(cmp("Greater", 0), one, slope, like=x)
+            return _m(b, d, c(self.gamma)) if op == "Selu" else d
         if op == "ThresholdedRelu":
-            return (x > a).astype(x.dtype)
+            return b.op("Cast", [cmp("Greater", self.alpha)], like=x, to=onnx_type(b.dtype(x)))
         if op in ("HardSigmoid", "HardSwish"):
-            z = a * x + t(self.beta)
-            inside = ((z > 0) & (z < 1)).astype(x.dtype)
+            z = b.op("Add", [_m(b, x, c(self.alpha)), c(self.beta)], like=x)
+            inside = b.op("And", [b.op("Greater", [z, c(0)], dims=b.dims(x), dtype=np.bool_),
+                                  b.op("Less", [z, c(1)], dims=b.dims(x), dtype=np.bool_)],
+                          dims=b.dims(x), dtype=np.bool_)
+            slope = b.where(inside, c(self.alpha), c(0), like=x)
             if op == "HardSigmoid":
-                return a * inside
-            return xp.clip(z, t(0), t(1)) + x * a * inside
+                return slope
+            return b.op("Add", [b.op("Clip", [z, c(0), c(1)], like=x), _m(b, x, slope)], like=x)
         if self.approximate == "tanh":  # Gelu, tanh form
-            k = t(math.sqrt(2 / math.pi))
-            u = k * (x + t(0.044715) * x ** 3)
-            th = xp.tanh(u)
-            return t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * k * (1 + t(3 * 0.044715) * x * x)
-        cdf = t(0.5) * (1 + special_erf(xp)(x / t(math.sqrt(2))).astype(x.dtype, copy=False))
-        return cdf + x * xp.exp(-x * x / 2) * t(1 / math.sqrt(2 * math.pi))
+            k = math.sqrt(2 / math.pi)
+            x2 = _m(b, x, x)
+            u = _m(b, c(k), b.op("Add", [x, _m(b, c(0.044715), x2, x)], like=x))
+            th = _u(b, "Tanh", u)
+            first = _m(b, c(0.5), b.op("Add", [one, th], like=x))
+            dth = b.op("Sub", [one, _m(b, th, th)], like=x)
+            return b.op("Add", [first, _m(b, c(0.5 * k), x, dth, b.op("Add", [one, _m(b, c(3 * 0.044715), x2)],
+                                                                        like=x))], like=x)
+        cdf = _m(b, c(0.5), b.op("Add", [one, _u(b, "Erf", _m(b, x, c(1 / math.sqrt(2))))], like=x))
+        pdf = _m(b, c(1 / math.sqrt(2 * math.pi)), _u(b, "Exp", _m(b, x, x, c(-0.5))))
+        return b.op("Add", [cdf, _m(b, x, pdf)], like=x)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        return [grads[0] * self.derivative(inputs[0])]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        return [_m(b, grads[0], self.derivative(b, inputs[0], outputs[0]))]
+
 
 
 @register("Clip")
@@ -179,8 +214,20 @@ class Clip(Op):
             m = (x < hi) if m is None else m & (x < hi)
         return xp_of(x).ones_like(x) if m is None else m.astype(x.dtype)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        return [grads[0] * self.gate(*inputs), None, None][:len(inputs)]
+    def gate_graph(self, b, y, lo, hi):
+        """The gate lo < x < hi as a boolean value, from the output y (y = lo or hi exactly where clipped)."""
+        m = None
+        for bound, kind in ((lo, "Greater"), (hi, "Less")):
+            if bound:
+                c = b.op(kind, [y, bound], dims=b.dims(y), dtype=np.bool_)
+                m = c if m is None else b.op("And", [m, c], dims=b.dims(y), dtype=np.bool_)
+        return m
+
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        ins = list(inputs) + ["", ""]
+        gate = self.gate_graph(b, outputs[0], ins[1], ins[2])
+        g = grads[0] if gate is None else b.where(gate, grads[0], b.scalar(0, grads[0]), like=grads[0])
+        return [g, None, None][:len(inputs)]
 
     def forward_inplace(self, y, lo=None, hi=None):
         xp = xp_of(y)
@@ -198,13 +245,16 @@ class PRelu(Op):
         xp = xp_of(x)
         return (xp.where(x >= 0, x, x * slope.astype(x.dtype, copy=False)),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        xp = xp_of(grads[0])
+    def vjp(self, b, inputs, outputs, grads, wrt):
         x, slope = inputs
         g = grads[0]
-        neg = x < 0
-        gx = xp.where(neg, g * slope.astype(x.dtype, copy=False), g)
-        return [gx, unbroadcast(xp.where(neg, g * x, 0), slope.shape).astype(slope.dtype)]
+        neg = b.op("Less", [x, b.scalar(0, x)], dims=b.dims(x), dtype=np.bool_)
+        out = [None, None]
+        if 0 in wrt:
+            out[0] = b.where(neg, _m(b, g, slope), g, like=x)
+        if 1 in wrt:
+            out[1] = b.sum_to(b.where(neg, _m(b, g, x), b.scalar(0, g), like=g), slope)
+        return out
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")
@@ -236,17 +286,17 @@ class Softmax(Op):
             y = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
         return (y.reshape(shape),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         if self.op_type == "Hardmax":
             return [None]
-        xp = xp_of(grads[0])
         x, y, g = inputs[0], outputs[0], grads[0]
-        axis = self.axis % max(x.ndim, 1)
-        if self.flatten:
-            lead = int(np.prod(x.shape[:axis], dtype=np.int64))
-            y, g, axis = y.reshape(lead, -1), g.reshape(lead, -1), 1
+        rank = b.rank(x)
+        axis = self.axis % max(rank, 1)
+        axes = list(range(axis, rank)) if self.flatten else [axis]  # the flattened block, or one axis
+        kd = tuple(1 if a in axes else d for a, d in enumerate(b.dims(x)))
+
+        def total(v):
+            return b.op("ReduceSum", [v, b.ints(axes)], keepdims=1, dims=kd, dtype=b.dtype(v))
         if self.op_type == "Softmax":
-            gx = y * (g - xp.sum(g * y, axis=axis, keepdims=True))
-        else:
-            gx = g - xp.exp(y) * xp.sum(g, axis=axis, keepdims=True)
-        return [gx.reshape(x.shape)]
+            return [_m(b, y, b.op("Sub", [g, total(_m(b, g, y))], like=g))]
+        return [b.op("Sub", [g, b.op("Mul", [_u(b, "Exp", y), total(g)], like=y)], like=g)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..backend import xp_of
 from . import Op, register, upcast_half
 from .window import Geometry, channels_last_padded, col2im, ints, to_nchw, windows
@@ -47,9 +49,7 @@ def _tap_slices(geo, tap):
 @register("Conv")
 class Conv(_ConvBase):
     def geometry(self, x, w) -> Geometry:
-        nsp = x.ndim - 2
-        k, s, d = self._params(nsp, w.shape[2:])
-        return Geometry(x.shape[2:], k, s, d, self.pads, self.auto_pad)
+        return self.geometry_of(x.shape[2:], w.shape)
 
     def weight_matrices(self, w):
         """Per group: (Mg, K*Cg) with columns ordered (kernel taps..., input channel) like the windows."""
@@ -116,68 +116,47 @@ class Conv(_ConvBase):
                         yn[gi * Mg:(gi + 1) * Mg, cols] = wm[gi] @ col.T
         return y
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        """Gradient w.r.t. the input (weights are constants here: explanations never need their gradient).
-        Stride 1: a correlation of the gradient with the flipped, transposed weights, through the same fast
-        path as the forward pass. Strided: the adjoint of im2col (col2im)."""
-        x, w = inputs[0], inputs[1]
-        g = grads[0]
-        if g.dtype == "float16":
-            g, x, w = g.astype("float32"), x.astype("float32"), w.astype("float32")
-        geo = self.geometry(x, w)
-        gx = self._input_grad(g, x, w, geo)
-        return [gx.astype(inputs[0].dtype, copy=False), None, None][:len(inputs)]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """Gradient w.r.t. the input (weights are constants: explanations never need their gradient).
 
-    def _input_grad(self, g, x, w, geo):
-        xp = xp_of(g)
-        C, g_ = x.shape[1], self.group
-        depthwise = g_ > 1 and w.shape[1] == 1
-        if all(s == 1 for s in geo.s) and not depthwise:
-            pb = [(k - 1) * d - b for k, d, b in zip(geo.k, geo.d, geo.pb)]
-            pe = [i - 1 + ke - o - p for i, ke, o, p in zip(x.shape[2:], geo.keff, geo.out, pb)]
-            if all(p >= 0 for p in pb + pe):
-                back = Geometry(g.shape[2:], geo.k, geo.s, geo.d, pb + pe, "NOTSET")
-                wt, wt_matrices = self._cached_transposed(w)
-                buf = channels_last_padded(g, back.pb, back.pe)
-                return self._gemm(buf, wt, back, matrices=wt_matrices)
-        # col2im (strided convs): per sample gcol (C*K, L) = W^T (C*K, M) @ g (M, L), added back tap by tap.
-        # NCHW here: each tap's rows are contiguous runs of the output width (channels-last would make the
-        # inner loop as short as C, which is 3 at the first layer).
-        N, M = g.shape[:2]
-        Cg, Mg = C // g_, M // g_
-        P = [i + b + e for i, b, e in zip(x.shape[2:], geo.pb, geo.pe)]
-        buf = xp.zeros((N, C, *P), g.dtype)
-        L = math.prod(geo.out)
-        if depthwise:
-            mult = M // C
-            wt = w.reshape(C, mult, -1)
-            gm = g.reshape(N, C, mult, *geo.out)
-            for t, tap in enumerate(geo.taps):
-                contrib = xp.einsum("ncm...,cm->nc...", gm, wt[:, :, t])
-                buf[(slice(None), slice(None)) + _tap_slices(geo, tap)] += contrib
-        else:
-            for n in range(N):
-                for gi in range(g_):
-                    wg = w[gi * Mg:(gi + 1) * Mg].reshape(Mg, -1)  # (Mg, Cg*K), columns (c, taps...)
-                    cols = (wg.T @ g[n, gi * Mg:(gi + 1) * Mg].reshape(Mg, L)).reshape(Cg, *geo.k, *geo.out)
-                    view = buf[n, gi * Cg:(gi + 1) * Cg]
-                    for tap in geo.taps:
-                        view[(slice(None),) + _tap_slices(geo, tap)] += cols[(slice(None),) + tuple(tap)]
-        crop = (slice(None), slice(None)) + tuple(slice(b, b + i) for b, i in zip(geo.pb, x.shape[2:]))
-        return buf[crop]
+        - stride 1, constant weights: a Conv of the gradient with the flipped, in/out-swapped weights
+          (pads k-1-p); 20% faster than ConvTranspose in onnxruntime on VGG-16's layers;
+        - strided depthwise: zeros inserted between the gradient's elements, then the same flipped depthwise
+          Conv (onnxruntime's grouped ConvTranspose is several times slower at those shapes);
+        - otherwise: ConvTranspose with the conv's own weights and the output_padding that restores x's size.
+        """
+        out = [None] * len(inputs)
+        if 0 not in wrt:
+            return out
+        x, w, g = inputs[0], inputs[1], grads[0]
+        geo = self.geometry_of(b.tail(x, 2), b.static(w))
+        wv = b.constant(w)
+        nsp = len(geo.k)
+        H = b.tail(x, 2)
+        if wv is not None:
+            strided = any(st != 1 for st in geo.s)
+            depthwise = self.group > 1 and wv.shape[1] == 1
+            if not strided or depthwise:
+                if strided:
+                    g = _insert_zeros(b, g, geo.s)
+                lg = b.tail(g, 2)
+                pad_l = [ke - 1 - pb for ke, pb in zip(geo.keff, geo.pb)]
+                pad_r = [h - n + pb for h, n, pb in zip(H, lg, geo.pb)]
+                g = _crop(b, g, [max(-p, 0) for p in pad_l], [max(-p, 0) for p in pad_r])
+                wt = b.derived(wv, "adjoint", lambda a: adjoint_weights(a, self.group))
+                out[0] = b.op("Conv", [g, wt], like=x, kernel_shape=list(geo.k), strides=[1] * nsp,
+                              dilations=list(geo.d), group=self.group,
+                              pads=[max(p, 0) for p in pad_l] + [max(p, 0) for p in pad_r])
+                return out
+        op = [(h + pb + pe - ke) % st for h, pb, pe, ke, st in zip(H, geo.pb, geo.pe, geo.keff, geo.s)]
+        out[0] = b.op("ConvTranspose", [g, w], like=x, kernel_shape=list(geo.k), strides=list(geo.s),
+                      dilations=list(geo.d), group=self.group, pads=list(geo.pb) + list(geo.pe), output_padding=op)
+        return out
 
-    def _cached_transposed(self, w):
-        """Weights of the adjoint correlation: W'[gi*Cg + c, m, t] = W[gi*Mg + m, c, flipped t]."""
-        if getattr(self, "_tcache", (None,))[0] is not w:
-            xp = xp_of(w)
-            g = self.group
-            M, Cg = w.shape[:2]
-            Mg = M // g
-            flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * (w.ndim - 2)]
-            wt = xp.ascontiguousarray(
-                flipped.reshape(g, Mg, Cg, *w.shape[2:]).swapaxes(1, 2).reshape(g * Cg, Mg, *w.shape[2:]))
-            self._tcache = (w, (wt, self.weight_matrices(wt)))
-        return self._tcache[1]
+    def geometry_of(self, in_sp, wshape) -> Geometry:
+        k, s, d = self._params(len(in_sp), wshape[2:])
+        return Geometry(in_sp, k, s, d, self.pads, self.auto_pad)
+
 
     def _depthwise(self, buf, w, geo):
         """groups == channels: y[..., c, j] = sum over taps of window[..., tap, c] * w[c*mult + j, 0, tap],
@@ -201,11 +180,14 @@ class ConvTranspose(_ConvBase):
         self.output_shape = node.attr("output_shape")
 
     def geometry(self, x, w):
+        return self.geometry_from(x.shape[2:], w.shape)
+
+    def geometry_from(self, in_sp, wshape):
         """Pads and output size of the transposed conv; the returned Geometry describes the *forward* conv
         whose adjoint this is (input = the padded output, output = x's spatial size)."""
-        nsp = x.ndim - 2
-        k, s, d = self._params(nsp, w.shape[2:])
-        in_sp = list(x.shape[2:])
+        nsp = len(in_sp)
+        k, s, d = self._params(nsp, wshape[2:])
+        in_sp = list(in_sp)
         op = ints(self.output_padding, nsp, [0] * nsp)
         keff = [(kk - 1) * dd + 1 for kk, dd in zip(k, d)]
         full = [(i - 1) * ss + ke + o for i, ss, ke, o in zip(in_sp, s, keff, op)]
@@ -256,26 +238,56 @@ class ConvTranspose(_ConvBase):
             y = y + b.astype(y.dtype, copy=False)
         return (to_nchw(y),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        """Adjoint of col2im + product: windows of the (uncropped) gradient times the weights."""
-        x, w = inputs[0], inputs[1]
-        xp = xp_of(grads[0])
-        g = grads[0].astype("float32") if grads[0].dtype == "float16" else grads[0]
-        geo, full, out = self.geometry(x, w)
-        N, C = x.shape[:2]
-        gr, Mg = self.group, w.shape[1]
-        Cg = C // gr
-        g_cl = xp.moveaxis(g, 1, -1)
-        buf = xp.zeros((N, *full, g.shape[1]), g.dtype)
-        n = [min(o - max(-b, 0), f - max(b, 0)) for b, o, f in zip(geo.pb, out, full)]
-        src = [slice(max(-b, 0), max(-b, 0) + k) for b, k in zip(geo.pb, n)]
-        dst = [slice(max(b, 0), max(b, 0) + k) for b, k in zip(geo.pb, n)]
-        buf[(slice(None), *dst, slice(None))] = g_cl[(slice(None), *src, slice(None))]
-        win = windows(buf, geo)  # (N, *in, *k, M)
-        L = math.prod(x.shape[2:])
-        gx = xp.empty((N, *x.shape[2:], C), g.dtype)
-        for gi in range(gr):
-            wg = xp.moveaxis(w[gi * Cg:(gi + 1) * Cg], 1, -1).reshape(Cg, -1)  # (Cg, K*Mg)
-            cols = xp.ascontiguousarray(win[..., gi * Mg:(gi + 1) * Mg]).reshape(N * L, -1)
-            gx[..., gi * Cg:(gi + 1) * Cg] = (cols @ wg.T).reshape(N, *x.shape[2:], Cg)
-        return [xp.ascontiguousarray(to_nchw(gx)).astype(x.dtype, copy=False), None, None][:len(inputs)]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """The adjoint of a transposed convolution is the convolution with the same weights: the gradient
+        padded (or cropped) back to the full col2im extent, then a strided Conv."""
+        out = [None] * len(inputs)
+        if 0 not in wrt:
+            return out
+        x, w, g = inputs[0], inputs[1], grads[0]
+        geo, full, size = self.geometry_from(b.tail(x, 2), b.static(w))
+        pad_b = list(geo.pb)
+        pad_e = [f - pb - o for f, pb, o in zip(full, geo.pb, size)]
+        g = _crop(b, g, [max(-p, 0) for p in pad_b], [max(-p, 0) for p in pad_e])
+        out[0] = b.op("Conv", [g, w], like=x, kernel_shape=list(geo.k), strides=list(geo.s),
+                      dilations=list(geo.d), group=self.group,
+                      pads=[max(p, 0) for p in pad_b] + [max(p, 0) for p in pad_e])
+        return out
+
+
+def adjoint_weights(w, group):
+    """Weights of the adjoint correlation: W'[gi*Cg + c, m, t] = W[gi*Mg + m, c, flipped t]."""
+    M, Cg = w.shape[:2]
+    Mg = M // group
+    flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * (w.ndim - 2)]
+    return np.ascontiguousarray(
+        flipped.reshape(group, Mg, Cg, *w.shape[2:]).swapaxes(1, 2).reshape(group * Cg, Mg, *w.shape[2:]))
+
+
+def _insert_zeros(b, g, strides):
+    """(N, C, h, w) -> (N, C, h*s, w*s) with g at every s-th position and zeros between."""
+    d = b.tail(g, 1)
+    nsp = len(strides)
+    rank = 2 + nsp
+    axes = [2 + 2 * i + 1 for i in range(nsp)]  # a new axis after each spatial one
+    spread = b.op("Unsqueeze", [g, b.ints(axes)], dtype=b.dtype(g),
+                  dims=(b.dims(g)[0], d[0]) + tuple(v for n in d[1:] for v in (n, 1)))
+    pads = [0] * (2 * (rank + nsp))
+    for a, st in zip(axes, strides):
+        pads[rank + nsp + a] = st - 1
+    dims = (b.dims(g)[0], d[0]) + tuple(v for n, st in zip(d[1:], strides) for v in (n, st))
+    padded = b.op("Pad", [spread, b.ints(pads)], dims=dims, dtype=b.dtype(g), mode="constant")
+    full = [n * st for n, st in zip(d[1:], strides)]
+    return b.op("Reshape", [padded, b.ints([-1, d[0]] + full)], dims=(b.dims(g)[0], d[0], *full), dtype=b.dtype(g))
+
+
+def _crop(b, g, begin, end):
+    """g without `begin`/`end` elements at the start/end of each spatial axis."""
+    if not any(begin) and not any(end):
+        return g
+    d = b.tail(g, 2)
+    nsp = len(d)
+    stops = [n - e for n, e in zip(d, end)]
+    dims = b.dims(g)[:2] + tuple(s_ - a for s_, a in zip(stops, begin))
+    return b.op("Slice", [g, b.ints(begin), b.ints(stops), b.ints(list(range(2, 2 + nsp)))], dims=dims,
+                dtype=b.dtype(g))

@@ -6,7 +6,8 @@ from functools import reduce
 import numpy as np
 
 from ..backend import xp_of
-from . import NonDifferentiable, Op, register, unbroadcast
+from ..onnx_types import onnx_type
+from . import NonDifferentiable, Op, register
 
 
 def _div(xp, a, b):
@@ -47,20 +48,26 @@ BINARY = {
     "Xor": lambda xp, a, b: xp.logical_xor(a, b),
 }
 
-def _pow_grads(xp, a, b, y, g):
-    ga = g * b * xp.power(a, b - 1)
-    gb = g * y * xp.log(xp.where(a > 0, a, 1))
-    return ga, gb
+def _pow_grads(b, x, e, y, g):
+    e_ = e if b.dtype(e) == b.dtype(x) else b.cast(e, b.dtype(x))
+    base = b.op("Pow", [x, b.op("Sub", [e_, b.scalar(1, e_)], like=e_)], like=g)
+    gx = b.mul(b.mul(g, e_, like=g), base, like=g)
+    safe = b.where(b.op("Greater", [x, b.scalar(0, x)], dims=b.dims(x), dtype=np.bool_), x, b.scalar(1, x), like=x)
+    ge = b.mul(b.mul(g, y, like=g), b.op("Log", [safe], like=x), like=g)
+    return gx, ge
 
 
-# gradients (d/da, d/db) of the differentiable binary ops
+# gradients (d/da, d/db) of the differentiable binary ops, as nodes
 BINARY_GRAD = {
-    "Add": lambda xp, a, b, y, g: (g, g),
-    "Sub": lambda xp, a, b, y, g: (g, -g),
-    "Mul": lambda xp, a, b, y, g: (g * b, g * a),
-    "Div": lambda xp, a, b, y, g: (g / b, -g * y / b),
+    "Add": lambda b, x, e, y, g: (g, g),
+    "Sub": lambda b, x, e, y, g: (g, b.op("Neg", [g], like=g)),
+    "Mul": lambda b, x, e, y, g: (b.mul(g, e, like=g), b.mul(g, x, like=g)),
+    "Div": lambda b, x, e, y, g: (b.op("Div", [g, e], like=g),
+                                  b.op("Neg", [b.op("Div", [b.mul(g, y, like=g), e], like=g)], like=g)),
     "Pow": _pow_grads,
 }
+
+
 
 VARIADIC = {
     "Sum": lambda xp, a, b: a + b,
@@ -83,13 +90,13 @@ class Binary(Op):
     def forward(self, a, b):
         return (self.fn(xp_of(a, b), a, b),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        a, b = inputs
-        if self.grad is None or a.dtype.kind != "f":
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        x, e = inputs
+        if self.grad is None or b.dtype(x).kind != "f":
             return [None, None]
-        ga, gb = self.grad(xp_of(grads[0]), a, b, outputs[0], grads[0])
-        return [unbroadcast(ga, a.shape).astype(a.dtype, copy=False),
-                unbroadcast(gb, b.shape).astype(b.dtype, copy=False)]
+        gx, ge = self.grad(b, x, e, outputs[0], grads[0])
+        return [b.sum_to(gx, x) if 0 in wrt else None,
+                b.sum_to(ge, e) if 1 in wrt and b.dtype(e).kind == "f" else None]
 
 
 @register("Mod")
@@ -115,15 +122,21 @@ class Variadic(Op):
             y = y / y.dtype.type(len(xs))
         return (y,)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         g, y = grads[0], outputs[0]
         if self.op_type in ("Sum", "Mean"):
-            g = g / g.dtype.type(len(inputs)) if self.op_type == "Mean" else g
-            return [unbroadcast(g, x.shape) for x in inputs]
+            if self.op_type == "Mean":
+                g = b.op("Div", [g, b.scalar(len(inputs), g)], like=g)
+            return [b.sum_to(g, x) if k in wrt else None for k, x in enumerate(inputs)]
         # Max/Min: to the inputs that attain the result, split evenly among ties
-        hits = [(x == y) for x in inputs]
-        count = sum(h.astype(g.dtype) for h in hits)
-        return [unbroadcast(g * h / count, x.shape) for x, h in zip(inputs, hits)]
+        hits = [b.op("Cast", [b.op("Equal", [x, y], dims=b.dims(y), dtype=np.bool_)], like=y,
+                     to=onnx_type(b.dtype(y))) for x in inputs]
+        count = hits[0]
+        for h in hits[1:]:
+            count = b.add(count, h, like=y)
+        share = b.op("Div", [g, count], like=g)
+        return [b.sum_to(b.mul(share, h, like=g), x) if k in wrt else None
+                for k, (x, h) in enumerate(zip(inputs, hits))]
 
 
 @register("Where")
@@ -132,8 +145,9 @@ class Where(Op):
         xp = xp_of(a, b)
         return (xp.where(xp.asarray(cond), a, b),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        cond, a, b = inputs
-        xp, g = xp_of(grads[0]), grads[0]
-        c = xp.asarray(cond)
-        return [None, unbroadcast(xp.where(c, g, 0), a.shape), unbroadcast(xp.where(c, 0, g), b.shape)]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        cond, x, e = inputs
+        g = grads[0]
+        zero = b.scalar(0, g)
+        return [None, b.sum_to(b.where(cond, g, zero, like=g), x) if 1 in wrt else None,
+                b.sum_to(b.where(cond, zero, g, like=g), e) if 2 in wrt else None]

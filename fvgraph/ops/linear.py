@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..backend import xp_of
-from . import Op, register, unbroadcast, upcast_half
+from . import Op, register, upcast_half
 
 
 @register("Gemm")
@@ -27,21 +27,26 @@ class Gemm(Op):
             y += c if self.beta == 1.0 else y.dtype.type(self.beta) * c
         return (y,)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        a, b = inputs[:2]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """d/dA = alpha g B'^T and d/dB = alpha A'^T g, each as one Gemm on the operands as they are (the
+        transposes are Gemm's flags: no transposed copy of a weight matrix is made)."""
+        a, w = inputs[:2]
         g = grads[0]
-        t = g.dtype.type
-        if self.alpha != 1.0:
-            g = g * t(self.alpha)
-        b2 = b.T if self.trans_b else b
-        a2 = a.T if self.trans_a else a
-        want = set(range(len(inputs))) if wrt is None else set(wrt)
-        ga = g @ b2.T if 0 in want else None
-        gb = a2.T @ g if 1 in want else None  # a weight-sized product: skipped unless asked for
-        out = [None if ga is None else ga.T if self.trans_a else ga,
-               None if gb is None else gb.T if self.trans_b else gb]
-        if len(inputs) > 2 and inputs[2] is not None and 2 in want:
-            out.append(unbroadcast(grads[0] * t(self.beta), inputs[2].shape))
+        out = [None] * len(inputs)
+        alpha = self.alpha
+        if 0 in wrt:  # g (M, N) against B' (K, N): A' = g B'^T; A = A'^T when transA
+            if not self.trans_a:
+                out[0] = b.op("Gemm", [g, w], like=a, alpha=alpha, transB=int(not self.trans_b))
+            else:
+                out[0] = b.op("Gemm", [w, g], like=a, alpha=alpha, transA=int(self.trans_b), transB=1)
+        if 1 in wrt:
+            if not self.trans_b:
+                out[1] = b.op("Gemm", [a, g], like=w, alpha=alpha, transA=int(not self.trans_a))
+            else:
+                out[1] = b.op("Gemm", [g, a], like=w, alpha=alpha, transA=1, transB=int(self.trans_a))
+        if len(inputs) > 2 and inputs[2] and 2 in wrt:
+            gc = g if self.beta == 1.0 else b.mul(g, b.scalar(self.beta, g), like=g)
+            out[2] = b.sum_to(gc, inputs[2])
         return out
 
 
@@ -51,18 +56,47 @@ class MatMul(Op):
     def forward(self, a, b):
         return (xp_of(a, b).matmul(a, b),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        xp = xp_of(grads[0])
-        a, b = inputs
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """d/da = g b^T, d/db = a^T g (batched, broadcast dims summed back). A constant 2-D b (a dense
+        layer's weight) goes through Gemm with transB, so no transposed copy of the weight is made."""
+        a, w = inputs
         g = grads[0]
-        a2 = a[None] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        g2 = g
-        if a.ndim == 1:
-            g2 = xp.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = xp.expand_dims(g2, -1)
-        want = {0, 1} if wrt is None else set(wrt)
-        ga = unbroadcast(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape) if 0 in want else None
-        gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape) if 1 in want else None
-        return [ga, gb]
+        out = [None, None]
+        ra, rw = b.rank(a), b.rank(w)
+        a2 = a if ra > 1 else b.op("Unsqueeze", [a, b.ints([0])], dims=(1,) + b.dims(a), dtype=b.dtype(a))
+        w2 = w if rw > 1 else b.op("Unsqueeze", [w, b.ints([1])], dims=b.dims(w) + (1,), dtype=b.dtype(w))
+        gd = list(b.dims(g))
+        if ra == 1:
+            gd.insert(len(gd) - (0 if rw == 1 else 1), 1)
+        if rw == 1:
+            gd.append(1)
+        g2 = g if (ra > 1 and rw > 1) else b.op("Reshape", [g, b.ints([0 if isinstance(d, str) else d
+                                                                        for d in gd])],
+                                                 dims=tuple(gd), dtype=b.dtype(g))
+        if 0 in wrt:
+            if rw == 2 and ra > 1 and b.constant(w) is not None:
+                flat = b.op("Reshape", [g2, b.ints([-1, b.static(w, [1])[0]])], dims=(None, b.dims(w)[1]),
+                            dtype=b.dtype(g))
+                prod = b.op("Gemm", [flat, w], transB=1, dims=(None, b.dims(w)[0]), dtype=b.dtype(g))
+                out[0] = b.reshape_like(prod, a)
+            else:
+                wt = _swap_last(b, w2)
+                dims = tuple(gd[:-1]) + (b.dims(w2)[-2],)
+                out[0] = b.sum_to(b.op("MatMul", [g2, wt], dims=dims, dtype=b.dtype(g)), a2)
+                if ra == 1:
+                    out[0] = b.reshape_like(out[0], a)
+        if 1 in wrt:
+            at = _swap_last(b, a2)
+            dims = tuple(gd[:-2]) + (b.dims(a2)[-1], gd[-1])
+            out[1] = b.sum_to(b.op("MatMul", [at, g2], dims=dims, dtype=b.dtype(g)), w2)
+            if rw == 1:
+                out[1] = b.reshape_like(out[1], w)
+        return out
+
+
+def _swap_last(b, v):
+    r = b.rank(v)
+    perm = list(range(r - 2)) + [r - 1, r - 2]
+    d = list(b.dims(v))
+    d[-1], d[-2] = d[-2], d[-1]
+    return b.op("Transpose", [v], perm=perm, dims=tuple(d), dtype=b.dtype(v))

@@ -1,6 +1,8 @@
 """Normalizations (inference): BatchNormalization, InstanceNormalization, LRN."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import xp_of
 from . import Op, register
 
@@ -33,10 +35,19 @@ class BatchNormalization(Op):
         s = channel_shape(x)
         return (x * a.astype(x.dtype, copy=False).reshape(s) + b.astype(x.dtype, copy=False).reshape(s),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """g times the per-channel scale/sqrt(var + eps): one Mul by a constant when the statistics are."""
         x, scale, bias, mean, var = inputs
-        a, _ = self.affine(scale, bias, mean, var)
-        return [grads[0] * a.astype(x.dtype, copy=False).reshape(channel_shape(x)), None, None, None, None]
+        params = [b.constant(v) for v in (scale, bias, mean, var)]
+        shape = (-1,) + (1,) * (b.rank(x) - 2)
+        if all(p is not None for p in params):
+            a, _ = self.affine(*params)
+            a = b.const(np.asarray(a, b.dtype(x)).reshape(shape), "bn_scale")
+        else:
+            root = b.op("Sqrt", [b.op("Add", [var, b.scalar(self.eps, var)], like=var)], like=var)
+            a = b.op("Reshape", [b.op("Div", [scale, root], like=scale), b.ints(list(shape))],
+                     dims=(b.dims(scale)[0],) + (1,) * (b.rank(x) - 2), dtype=b.dtype(x))
+        return [b.mul(grads[0], a, like=x), None, None, None, None]
 
 
 def fold_into_conv(w, b, bn: "BatchNormalization", bn_params):
@@ -63,17 +74,31 @@ class InstanceNormalization(Op):
         y = (x - mean) / xp.sqrt(var + x.dtype.type(self.eps)) * scale.reshape(s) + bias.reshape(s)
         return (y.astype(x.dtype, copy=False),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         x, scale, bias = inputs
-        axes = tuple(range(2, x.ndim))
-        s = channel_shape(x)
-        mean = x.mean(axis=axes, keepdims=True)
-        inv = 1 / xp_of(x).sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + x.dtype.type(self.eps))
-        xhat = (x - mean) * inv
-        gh = grads[0] * scale.reshape(s)
-        gx = inv * (gh - gh.mean(axis=axes, keepdims=True) - xhat * (gh * xhat).mean(axis=axes, keepdims=True))
-        gscale = (grads[0] * xhat).sum(axis=(0,) + axes)
-        return [gx.astype(x.dtype, copy=False), gscale, grads[0].sum(axis=(0,) + axes)]
+        g = grads[0]
+        r = b.rank(x)
+        axes = b.ints(list(range(2, r)))
+        kd = tuple(b.dims(x)[:2]) + (1,) * (r - 2)
+
+        def mean(v):
+            return b.op("ReduceMean", [v, axes], keepdims=1, dims=kd, dtype=b.dtype(x))
+        centred = b.op("Sub", [x, mean(x)], like=x)
+        inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [mean(b.mul(centred, centred)), b.scalar(self.eps, x)],
+                                                     dims=kd, dtype=b.dtype(x))], dims=kd, dtype=b.dtype(x))],
+                   dims=kd, dtype=b.dtype(x))
+        xhat = b.mul(centred, inv, like=x)
+        s = b.op("Reshape", [scale, b.ints([-1] + [1] * (r - 2))], dims=(b.dims(x)[1],) + (1,) * (r - 2),
+                 dtype=b.dtype(x))
+        gh = b.mul(g, s, like=g)
+        inner = b.op("Sub", [b.op("Sub", [gh, mean(gh)], like=g), b.mul(xhat, mean(b.mul(gh, xhat)), like=x)], like=g)
+        out = [b.mul(inner, inv, like=x) if 0 in wrt else None, None, None]
+        every = b.ints([0] + list(range(2, r)))
+        if 1 in wrt:
+            out[1] = b.op("ReduceSum", [b.mul(g, xhat), every], keepdims=0, like=scale)
+        if 2 in wrt:
+            out[2] = b.op("ReduceSum", [g, every], keepdims=0, like=bias)
+        return out
 
 
 @register("LRN")
@@ -105,24 +130,29 @@ class LRN(Op):
     def forward(self, x):
         return (x / self.denominator(x) ** x.dtype.type(self.beta),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """y_c = x_c d_c^-beta with d_c = bias + alpha/size * (window sum of x^2)_c, so
+        dx_j = g_j d_j^-beta - 2 beta alpha/size x_j * (adjoint window sum of g x d^(-beta-1))_j.
+        Window sums over channels run as a Conv with a kernel of ones along the channel axis."""
         x, g = inputs[0], grads[0]
-        t = x.dtype.type
-        d = self.denominator(x)
-        # y_c = x_c d_c^-b;  dy_c/dx_j = d_c^-b [c == j] - 2 b alpha/size x_c x_j d_c^(-b-1) [j in window(c)]
-        u = g * x * d ** t(-self.beta - 1)
-        # the window is symmetric up to its split; the adjoint sums over channels c whose window holds j
-        back = self.transposed_window_sum(u)
-        return [g * d ** t(-self.beta) - t(2 * self.beta * self.alpha / self.size) * x * back]
+        c = lambda v: b.scalar(v, x)  # noqa: E731
+        d = b.op("Add", [c(self.bias), b.mul(c(self.alpha / self.size), self.window_graph(b, b.mul(x, x), False),
+                                             like=x)], like=x)
+        u = b.mul(b.mul(g, x, like=g), b.op("Pow", [d, c(-self.beta - 1)], like=x), like=g)
+        back = self.window_graph(b, u, True)
+        first = b.mul(g, b.op("Pow", [d, c(-self.beta)], like=x), like=g)
+        second = b.mul(b.mul(c(2 * self.beta * self.alpha / self.size), x, like=x), back, like=x)
+        return [b.op("Sub", [first, second], like=x)]
 
-    def transposed_window_sum(self, u):
-        """Adjoint of window_sum: channel j collects from channels c with j in window(c)."""
+    def window_graph(self, b, v, adjoint: bool):
+        """Sum over channels c - lo .. c + hi (adjoint: c - hi .. c + lo), zero outside."""
         lo, hi = (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
-        C = u.shape[1]
-        acc = u.copy()
-        for off in range(1, max(lo, hi) + 1):
-            if off <= lo and off < C:  # c got c - off: j = c - off collects from c = j + off
-                acc[:, :C - off] += u[:, off:]
-            if off <= hi and off < C:  # c got c + off: j = c + off collects from c = j - off
-                acc[:, off:] += u[:, :C - off]
-        return acc
+        if adjoint:
+            lo, hi = hi, lo
+        d = b.tail(v, 1)
+        rest = int(np.prod(d[1:]))
+        flat = b.op("Reshape", [v, b.ints([-1, 1, d[0], rest])], dims=(None, 1, d[0], rest), dtype=b.dtype(v))
+        ones = b.const(np.ones((1, 1, self.size, 1), b.dtype(v)), "ones")
+        summed = b.op("Conv", [flat, ones], dims=(None, 1, d[0], rest), dtype=b.dtype(v), kernel_shape=[self.size, 1],
+                      pads=[lo, 0, hi, 0])
+        return b.reshape_like(summed, v)

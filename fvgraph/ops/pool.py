@@ -8,21 +8,6 @@ from . import Op, register
 from .window import Geometry, channels_last_padded, ints, tap_view, to_nchw
 
 
-def spread_to_taps(g, x_shape, geo: Geometry, weight_of_tap):
-    """Adjoint of a windowed reduction: out[tap windows] += weight_of_tap(t) * g, in a zero channels-last
-    buffer covering the padded input; returns the gradient cropped to the input, NCHW."""
-    xp = xp_of(g)
-    g_cl = xp.moveaxis(g, 1, -1)
-    P = [i + b + e + x for i, b, e, x in zip(x_shape[2:], geo.pb, geo.pe, geo.extra)]
-    buf = xp.zeros((x_shape[0], *P, x_shape[1]), g.dtype)
-    for t, tap in enumerate(geo.taps):
-        contribution = weight_of_tap(t, g_cl)
-        if contribution is not None:
-            tap_view(buf, geo, tap)[...] += contribution
-    crop = (slice(None), *[slice(b, b + i) for b, i in zip(geo.pb, x_shape[2:])], slice(None))
-    return xp.ascontiguousarray(to_nchw(buf[crop]))
-
-
 class _PoolBase(Op):
     def setup(self, node):
         self.k = node.attr("kernel_shape")
@@ -36,9 +21,12 @@ class _PoolBase(Op):
         self.ceil_mode = bool(node.attr("ceil_mode", 0))
 
     def geometry(self, x) -> Geometry:
-        if x.ndim - 2 != len(self.k):
-            raise ValueError(f"kernel_shape {self.k} needs a rank-{len(self.k) + 2} input, got shape {x.shape}")
-        return Geometry(x.shape[2:], self.k, self.s, self.d, self.pads, self.auto_pad, self.ceil_mode)
+        return self.geometry_of(x.shape)
+
+    def geometry_of(self, shape) -> Geometry:
+        if len(shape) - 2 != len(self.k):
+            raise ValueError(f"kernel_shape {self.k} needs a rank-{len(self.k) + 2} input, got shape {tuple(shape)}")
+        return Geometry(shape[2:], self.k, self.s, self.d, self.pads, self.auto_pad, self.ceil_mode)
 
 
 @register("MaxPool")
@@ -75,14 +63,19 @@ class MaxPool(_PoolBase):
             return (y,), best
         return (y, self.flat_indices(x.shape, geo, best)), best
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        """Route each output's gradient to the input that won the max (the forward switches)."""
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """Route each output's gradient to the input that won the max (the forward switches): the pool's own
+        Indices output (flat positions in x) and ScatterElements with reduction="add" (windows may overlap)."""
         x, g = inputs[0], grads[0]
-        if g is None:
-            return [None]
-        _, best = self.pool(x, with_argmax=True)
-        geo = self.geometry(x)
-        return [spread_to_taps(g, x.shape, geo, lambda t, g_cl: g_cl * (best == t))]
+        indices = b.extra_output(self.node, 1, dims=b.dims(outputs[0]), dtype=np.int64)
+        flat = b.ints([-1])
+        size = b.op("Reshape", [b.op("Size", [x], dims=(), dtype=np.int64), flat], dims=(None,), dtype=np.int64)
+        zeros = b.op("ConstantOfShape", [size], dims=(None,), dtype=b.dtype(g),
+                     value=np.zeros(1, dtype=b.dtype(g)))
+        spread = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat], dims=(None,), dtype=np.int64),
+                                          b.op("Reshape", [g, flat], dims=(None,), dtype=b.dtype(g))],
+                      dims=(None,), dtype=b.dtype(g), axis=0, reduction="add")
+        return [b.reshape_like(spread, x)]
 
     def flat_indices(self, shape, geo, best):
         """ONNX Indices: flat position of each maximum in the unpadded input (row- or column-major)."""
@@ -135,11 +128,24 @@ class AveragePool(_PoolBase):
         acc /= self.divisor(xp, x.shape[2:], geo, x.dtype)
         return (to_nchw(acc),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """Each output's gradient, divided by its window's count, spread back over the window: one
+        single-channel ConvTranspose with a kernel of ones, on (N*C, 1, *out)."""
         x, g = inputs[0], grads[0]
-        geo = self.geometry(x)
-        share = xp_of(g).moveaxis(g, 1, -1) / self.divisor(xp_of(g), x.shape[2:], geo, g.dtype)
-        return [spread_to_taps(g, x.shape, geo, lambda t, g_cl: share)]
+        xd = b.tail(x, 1)
+        geo = self.geometry_of((1,) + tuple(xd))
+        nsp = len(geo.k)
+        div = self.divisor(np, xd[1:], geo, b.dtype(g))
+        if np.ndim(div):
+            div = np.asarray(div).reshape(geo.out)
+        share = b.op("Div", [g, b.const(np.asarray(div, b.dtype(g)))], like=g)
+        flat = b.op("Reshape", [share, b.ints([-1, 1] + geo.out)], dims=(None, 1, *geo.out), dtype=b.dtype(g))
+        ends = [(o - 1) * st + ke - pb - h for o, st, ke, pb, h in zip(geo.out, geo.s, geo.keff, geo.pb, xd[1:])]
+        ones = b.const(np.ones((1, 1, *geo.k), b.dtype(g)), "ones")
+        spread = b.op("ConvTranspose", [flat, ones], dims=(None, 1, *xd[1:]), dtype=b.dtype(g),
+                      kernel_shape=list(geo.k), strides=list(geo.s), dilations=list(geo.d),
+                      pads=list(geo.pb) + [max(e, 0) for e in ends], output_padding=[max(-e, 0) for e in ends])
+        return [b.reshape_like(spread, x)] if nsp else [None]
 
 
 @register("GlobalAveragePool", "GlobalMaxPool")
@@ -150,10 +156,13 @@ class GlobalPool(Op):
         f = xp.mean if self.op_type == "GlobalAveragePool" else xp.max
         return (f(x, axis=axes, keepdims=True).astype(x.dtype, copy=False),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         x, y, g = inputs[0], outputs[0], grads[0]
-        xp = xp_of(g)
         if self.op_type == "GlobalAveragePool":
-            return [xp.broadcast_to(g / g.dtype.type(np.prod(x.shape[2:])), x.shape).copy()]
-        hit = (x == y).astype(x.dtype)  # to the maxima, split evenly among ties
-        return [g * hit / hit.sum(axis=tuple(range(2, x.ndim)), keepdims=True)]
+            count = int(np.prod(b.tail(x, 2)))
+            share = b.op("Div", [g, b.scalar(count, g)], like=g)
+            return [b.op("Expand", [share, b.shape_of(x)], like=x)]
+        # to the maxima, split evenly among ties
+        hit = b.cast(b.op("Equal", [x, y], dims=b.dims(x), dtype=np.bool_), b.dtype(x))
+        total = b.op("ReduceSum", [hit, b.ints(list(range(2, b.rank(x))))], keepdims=1, like=y)
+        return [b.mul(hit, b.op("Div", [g, total], like=g), like=x)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import host_ints, xp_of
+from ..shapes import ShapeUnknown
+from ..onnx_types import onnx_type
 from . import NonDifferentiable, Op, register
 
 REDUCE = {
@@ -60,38 +62,52 @@ class Reduce(Op):
             return (xp.full(shape, fill, dtype=x.dtype),)
         return (self.fn(xp, x, ax, self.keepdims).astype(x.dtype, copy=False),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        x = inputs[0]
-        if x.dtype.kind != "f":
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        x, y, g = inputs[0], outputs[0], grads[0]
+        if b.dtype(x).kind != "f":
             return [None] * len(inputs)
-        xp = xp_of(grads[0])
-        ax = self.axes(x, inputs[1] if len(inputs) > 1 else None)
-        if ax is None:
-            return [grads[0]] + [None] * (len(inputs) - 1)
-        kshape = [1 if a in ax else d for a, d in enumerate(x.shape)]
-        g, y = grads[0].reshape(kshape), outputs[0].reshape(kshape)
+        rank = b.rank(x)
+        axes_v = b.constant(inputs[1]) if len(inputs) > 1 and inputs[1] else None
+        if axes_v is None and len(inputs) > 1 and inputs[1]:
+            raise ShapeUnknown(inputs[1])
+        if axes_v is None or np.asarray(axes_v).size == 0:
+            if self.noop_empty:
+                return [g] + [None] * (len(inputs) - 1)
+            ax = list(range(rank))
+        else:
+            ax = sorted({a % rank for a in host_ints(axes_v)})
+        kd = tuple(1 if a in ax else d for a, d in enumerate(b.dims(x)))
         op = self.op_type
-        count = x.dtype.type(np.prod([x.shape[a] for a in ax]))
+        if not self.keepdims:
+            g = b.op("Unsqueeze", [g, b.ints(ax)], dims=kd, dtype=b.dtype(g))
+            if op not in ("ReduceSum", "ReduceMean", "ReduceL1", "ReduceSumSquare"):
+                y = b.op("Unsqueeze", [y, b.ints(ax)], dims=kd, dtype=b.dtype(y))
+        c = lambda v: b.scalar(v, x)  # noqa: E731
+        full = lambda v: b.op("Expand", [v, b.shape_of(x)], like=x)  # noqa: E731
         if op == "ReduceSum":
-            gx = xp.broadcast_to(g, x.shape)
+            gx = full(g)
         elif op == "ReduceMean":
-            gx = xp.broadcast_to(g / count, x.shape)
+            gx = full(b.op("Div", [g, c(int(np.prod(b.static(x, ax))))], like=g))
         elif op in ("ReduceMax", "ReduceMin"):  # to the extremes, split evenly among ties
-            hit = (x == y).astype(x.dtype)
-            gx = g * hit / hit.sum(axis=ax, keepdims=True)
+            hit = b.op("Cast", [b.op("Equal", [x, y], dims=b.dims(x), dtype=np.bool_)], like=x,
+                       to=onnx_type(b.dtype(x)))
+            count = b.op("ReduceSum", [hit, b.ints(ax)], keepdims=1, dims=kd, dtype=b.dtype(x))
+            gx = b.mul(hit, b.op("Div", [g, count], like=g), like=x)
         elif op == "ReduceProd":
-            gx = g * y / x
+            gx = b.op("Div", [b.mul(g, y, like=g), x], like=x)
         elif op == "ReduceL1":
-            gx = g * xp.sign(x)
+            gx = b.mul(g, b.op("Sign", [x], like=x), like=x)
         elif op == "ReduceL2":
-            gx = g * x / xp.where(y == 0, 1, y)
+            zero = b.op("Equal", [y, c(0)], dims=kd, dtype=np.bool_)
+            gx = b.op("Div", [b.mul(g, x, like=x), b.where(zero, c(1), y, like=y)], like=x)
         elif op == "ReduceSumSquare":
-            gx = g * 2 * x
+            gx = b.mul(b.mul(g, c(2), like=g), x, like=x)
         elif op == "ReduceLogSum":
-            gx = xp.broadcast_to(g / xp.exp(y), x.shape)
+            gx = full(b.op("Div", [g, b.op("Exp", [y], like=y)], like=g))
         else:  # ReduceLogSumExp
-            gx = g * xp.exp(x - y)
-        return [xp.ascontiguousarray(gx).astype(x.dtype, copy=False)] + [None] * (len(inputs) - 1)
+            gx = b.mul(g, b.op("Exp", [b.op("Sub", [x, y], like=x)], like=x), like=x)
+        return [gx] + [None] * (len(inputs) - 1)
+
 
 
 @register("ArgMax", "ArgMin")

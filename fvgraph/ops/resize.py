@@ -154,26 +154,60 @@ class Resize(Op):
             y = acc.astype(x.dtype) if acc.dtype != x.dtype else acc
         return (y if y is not x else x.copy(),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        """Adjoint of the separable sampling: scatter each axis's weighted taps back, last axis first."""
-        from .shape import scatter_add
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """Separable sampling is one matrix per resized axis, A (n_out, n_in); the adjoint contracts the
+        gradient with each A along its axis, last axis first."""
         x = inputs[0]
-        xp = xp_of(grads[0])
-        plans = self.axis_plans(x, *(list(inputs[1:]) + [None] * (4 - len(inputs))))
+        args = [b.constant(v) if v else None for v in inputs[1:]] + [None] * (4 - len(inputs))
+        resized = self.plan_axes(b, x, *args[:3])
+        shape = list(b.dims(x))
+        for a, idx, _, _ in resized:
+            shape[a] = idx.shape[0]
         g = grads[0]
-        shapes = [list(x.shape)]
-        for a, idx, _, _ in plans:
-            shapes.append(list(shapes[-1]))
-            shapes[-1][a] = idx.shape[0]
-        for (a, idx, w, outside), in_shape in zip(reversed(plans), reversed(shapes[:-1])):
-            if outside is not None:
-                bshape = [1] * g.ndim
-                bshape[a] = idx.shape[0]
-                g = xp.where(xp.asarray(outside).reshape(bshape), 0, g)
-            gm = xp.moveaxis(g, a, 0)
-            acc = xp.zeros((in_shape[a],) + gm.shape[1:], g.dtype)
+        dtype = b.dtype(g)
+        for a, idx, w, outside in reversed(resized):
+            n_in = b.static(x, [a])[0]
+            A = np.zeros((idx.shape[0], n_in))
             for t in range(idx.shape[1]):
-                wt = xp.asarray(w[:, t].astype(g.dtype)).reshape((-1,) + (1,) * (gm.ndim - 1))
-                scatter_add(xp, acc, xp.asarray(idx[:, t]), gm * wt)
-            g = xp.moveaxis(acc, 0, a)
+                np.add.at(A, (np.arange(idx.shape[0]), idx[:, t]), w[:, t])
+            if outside is not None:
+                A[outside] = 0
+            shape[a] = n_in
+            rank = len(shape)
+            if a == rank - 1:
+                g = b.op("MatMul", [g, b.const(A.astype(dtype), "resize_adjoint")], dims=tuple(shape), dtype=dtype)
+            elif a == rank - 2:
+                g = b.op("MatMul", [b.const(A.T.astype(dtype), "resize_adjoint"), g], dims=tuple(shape), dtype=dtype)
+            else:
+                g = _contract(b, g, A.astype(dtype), a, tuple(shape))
         return [g] + [None] * (len(inputs) - 1)
+
+    def plan_axes(self, b, x, roi, scales, sizes):
+        """axis_plans from x's dims alone (the resized axes must be static)."""
+        dims = b.dims(x)
+        probe = _Dims([d if isinstance(d, int) else 1 for d in dims])
+        out, scale, start, end = self.plan(probe.shape, roi, scales, sizes)
+        touched = [a for a in range(len(dims)) if not (out[a] == probe.shape[a] and scale[a] == 1.0
+                                                       and self.coord != "tf_crop_and_resize")]
+        b.static(x, touched)
+        return self.axis_plans(probe, roi, scales, sizes)
+
+
+class _Dims:
+    """Something with the .shape and .ndim that Resize's planning reads."""
+
+    def __init__(self, shape):
+        self.shape, self.ndim = tuple(shape), len(shape)
+
+
+def _contract(b, g, A, axis, dims):
+    """Contract axis `axis` of g with A (n_out, n_in) as a MatMul on the axis moved last."""
+    rank = len(dims)
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    gd = list(b.dims(g))
+    gd[axis], gd[-1] = gd[-1], gd[axis]
+    moved = b.op("Transpose", [g], perm=perm, dims=tuple(gd), dtype=b.dtype(g))
+    gd[-1] = A.shape[1]
+    prod = b.op("MatMul", [moved, b.const(A, "resize_adjoint")], dims=tuple(gd), dtype=b.dtype(g))
+    return b.op("Transpose", [prod], perm=perm, dims=dims, dtype=b.dtype(g))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import host_ints, to_host, xp_of
-from ..onnx_types import numpy_dtype
-from . import NonDifferentiable, Op, register, unbroadcast
+from ..onnx_types import numpy_dtype, onnx_type
+from . import NonDifferentiable, Op, register, scatter_axis
 
 
 def _axis(a: int, rank: int) -> int:
@@ -23,7 +23,7 @@ class Identity(Op):
     def forward(self, x):
         return (x,)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         return [grads[0]]
 
 
@@ -36,15 +36,15 @@ class Dropout(Op):
             raise ValueError("Dropout in training mode is not supported (fvgraph runs inference)")
         return (x, np.ones(x.shape, dtype=bool))
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         return [grads[0]] + [None] * (len(inputs) - 1)
 
 
 class _SameData(Op):
     """Ops that only change the shape: the gradient is reshaped back."""
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        return [grads[0].reshape(inputs[0].shape)] + [None] * (len(inputs) - 1)
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        return [b.reshape_like(grads[0], inputs[0])] + [None] * (len(inputs) - 1)
 
 
 @register("Reshape")
@@ -83,8 +83,9 @@ class Transpose(Op):
     def _perm(self, x):
         return self.perm if self.perm is not None else list(range(x.ndim))[::-1]
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        return [grads[0].transpose(np.argsort(self._perm(inputs[0])))]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        perm = self.perm if self.perm is not None else list(range(b.rank(inputs[0])))[::-1]
+        return [b.op("Transpose", [grads[0]], like=inputs[0], perm=[int(p) for p in np.argsort(perm)])]
 
 
 @register("Squeeze")
@@ -119,15 +120,14 @@ class Concat(Op):
         xp = xp_of(*xs)
         return (xp.concatenate([xp.asarray(x) for x in xs], axis=_axis(self.axis, xs[0].ndim)),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        axis = _axis(self.axis, inputs[0].ndim)
-        bounds = np.cumsum([0] + [x.shape[axis] for x in inputs])
-        idx = [slice(None)] * inputs[0].ndim
-        out = []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            idx[axis] = slice(int(a), int(b))
-            out.append(grads[0][tuple(idx)])
-        return out
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        axis = _axis(self.axis, b.rank(inputs[0]))
+        sizes = [b.static(x, [axis])[0] for x in inputs]
+        parts = b.op("Split", [grads[0], b.ints(sizes)], n_out=len(inputs), axis=axis)
+        parts = [parts] if isinstance(parts, str) else parts
+        for p, x in zip(parts, inputs):
+            b.table.set(p, b.dims(x), b.dtype(grads[0]))
+        return [p if k in wrt else None for k, p in enumerate(parts)]
 
 
 @register("Split")
@@ -154,10 +154,10 @@ class Split(Op):
             outs.append(x[tuple(idx)])
         return tuple(outs)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        xp = xp_of(*[g for g in grads if g is not None])
-        parts = [g if g is not None else xp.zeros(o.shape, o.dtype) for g, o in zip(grads, outputs)]
-        return [xp.concatenate(parts, axis=_axis(self.axis, inputs[0].ndim))] + [None] * (len(inputs) - 1)
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        parts = [g if g is not None else b.zeros(o) for g, o in zip(grads, outputs)]
+        axis = _axis(self.axis, b.rank(inputs[0]))
+        return [b.op("Concat", parts, like=inputs[0], axis=axis)] + [None] * (len(inputs) - 1)
 
 
 def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
@@ -177,11 +177,20 @@ def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
 
 @register("Slice")
 class Slice(Op):
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """Per sliced axis, the adjoint of taking those positions (a Pad for steps of 1)."""
         x = inputs[0]
-        gx = xp_of(grads[0]).zeros(x.shape, grads[0].dtype)
-        gx[self.index(*inputs)] = grads[0]
-        return [gx] + [None] * (len(inputs) - 1)
+        args = [b.constant(v) if v else None for v in inputs[1:]]
+        rank = b.rank(x)
+        axes = host_ints(args[2]) if len(args) > 2 and args[2] is not None else list(range(len(host_ints(args[0]))))
+        axes = [_axis(a, rank) for a in axes]
+        sizes = dict(zip(axes, b.static(x, axes)))
+        shape = [sizes.get(a, 1) for a in range(rank)]
+        g = grads[0]
+        for a, sl in enumerate(self.index(np.empty(shape, np.bool_), *args)):
+            if a in sizes:
+                g = scatter_axis(b, g, list(range(sizes[a]))[sl], sizes[a], a)
+        return [g] + [None] * (len(inputs) - 1)
 
     def forward(self, x, starts, ends, axes=None, steps=None):
         return (x[self.index(x, starts, ends, axes, steps)],)
@@ -212,26 +221,26 @@ class Gather(Op):
         ind = xp.where(ind < 0, ind + dim, ind)
         return (xp.take(data, ind, axis=axis),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """The gradient's index axes merged into one, then the adjoint of gathering those positions."""
         data, indices = inputs
-        axis = _axis(self.axis, data.ndim)
-        xp = xp_of(grads[0])
-        ind = xp.asarray(indices).astype(np.int64)
-        ind = xp.where(ind < 0, ind + data.shape[axis], ind).reshape(-1)
-        g = xp.moveaxis(grads[0], list(range(axis, axis + indices.ndim)), list(range(indices.ndim)))
-        g = g.reshape((-1,) + g.shape[indices.ndim:])
-        gx = xp.zeros((data.shape[axis],) + tuple(d for i, d in enumerate(data.shape) if i != axis), g.dtype)
-        scatter_add(xp, gx, ind, g)
-        return [xp.moveaxis(gx, 0, axis), None]
-
-
-def scatter_add(xp, target, index, values):
-    """target[index[i]] += values[i] along the first axis, duplicates accumulated."""
-    if xp is np:
-        np.add.at(target, index, values)
-    else:
-        import cupyx  # type: ignore
-        cupyx.scatter_add(target, index, values)
+        axis = _axis(self.axis, b.rank(data))
+        size = b.static(data, [axis])[0]
+        const = b.constant(indices)
+        g = grads[0]
+        lead, rest = b.dims(data)[:axis], b.dims(data)[axis + 1:]
+        if const is not None:
+            index = [int(i) % size for i in np.asarray(const).reshape(-1)]
+            count = len(index)
+        else:
+            flat = b.op("Reshape", [indices, b.ints([-1])], dims=(None,), dtype=np.int64)
+            negative = b.op("Less", [flat, b.ints(0)], dims=(None,), dtype=np.bool_)
+            index = b.op("Where", [negative, b.op("Add", [flat, b.ints(size)], like=flat), flat], like=flat)
+            count = None
+        rest_dims = b.static(data, list(range(axis + 1, b.rank(data))))
+        merged = b.op("Reshape", [g, b.ints([0] * axis + [-1] + rest_dims)],
+                      dims=tuple(lead) + (count,) + tuple(rest), dtype=b.dtype(g))
+        return [scatter_axis(b, merged, index, size, axis), None]
 
 
 @register("Shape")
@@ -267,9 +276,11 @@ class Cast(Op):
     def forward(self, x):
         return (x.astype(self.dtype),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         x = inputs[0]
-        return [grads[0].astype(x.dtype) if x.dtype.kind == "f" and self.dtype.kind == "f" else None]
+        if b.dtype(x).kind != "f" or self.dtype.kind != "f":
+            return [None]
+        return [b.op("Cast", [grads[0]], like=x, to=onnx_type(b.dtype(x)))]
 
 
 @register("CastLike")
@@ -277,9 +288,11 @@ class CastLike(Op):
     def forward(self, x, like):
         return (x.astype(like.dtype),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
+    def vjp(self, b, inputs, outputs, grads, wrt):
         x = inputs[0]
-        return [grads[0].astype(x.dtype) if x.dtype.kind == "f" and outputs[0].dtype.kind == "f" else None, None]
+        if b.dtype(x).kind != "f" or b.dtype(outputs[0]).kind != "f":
+            return [None, None]
+        return [b.op("Cast", [grads[0]], like=x, to=onnx_type(b.dtype(x))), None]
 
 
 @register("Expand")
@@ -289,8 +302,8 @@ class Expand(Op):
         out = np.broadcast_shapes(x.shape, tuple(host_ints(shape)))
         return (xp.broadcast_to(x, out).copy(),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        return [unbroadcast(grads[0], inputs[0].shape), None]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        return [b.sum_to(grads[0], inputs[0]), None]
 
 
 @register("Tile")
@@ -298,10 +311,12 @@ class Tile(Op):
     def forward(self, x, repeats):
         return (xp_of(x).tile(x, host_ints(repeats)),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        x, reps = inputs[0], host_ints(inputs[1])
-        split = [v for r, d in zip(reps, x.shape) for v in (r, d)]
-        return [grads[0].reshape(split).sum(axis=tuple(range(0, 2 * x.ndim, 2))), None]
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        x, reps = inputs[0], host_ints(b.constant(inputs[1]))
+        dims = b.static(x)
+        split = [v for r, d in zip(reps, dims) for v in (r, d)]
+        g = b.op("Reshape", [grads[0], b.ints(split)], dims=tuple(split), dtype=b.dtype(x))
+        return [b.op("ReduceSum", [g, b.ints(list(range(0, 2 * len(dims), 2)))], keepdims=0, like=x), None]
 
 
 @register("Range")
@@ -346,24 +361,88 @@ class Pad(Op):
             return (y,)
         return (xp.pad(x, width, mode=self.MODES[self.mode]),)
 
-    def vjp(self, inputs, outputs, grads, wrt=None):
-        x, pads = inputs[0], inputs[1]
-        axes = inputs[3] if len(inputs) > 3 else None
-        xp = xp_of(grads[0])
-        crop, width = self.plan(x, pads, axes)
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        """Per padded axis, the adjoint of reading positions `src` of the (cropped) input: a crop for constant
+        padding, a 0/1 product for reflect, edge and wrap (which read some positions twice); axes that
+        negative pads cropped get zeros back."""
+        x = inputs[0]
+        pads = b.constant(inputs[1])
+        axes = b.constant(inputs[3]) if len(inputs) > 3 and inputs[3] else None
+        dims = b.dims(x)
+        rank = len(dims)
+        p = host_ints(pads)
+        ax = [_axis(a, rank) for a in host_ints(axes)] if axes is not None else list(range(rank))
+        touched = sorted({a for k, a in enumerate(ax) if p[k] or p[k + len(ax)]})
+        sizes = dict(zip(touched, b.static(x, touched)))
+        shape = [sizes.get(a, 1) for a in range(rank)]
+        crop, width = self.plan(np.empty(shape, np.bool_), pads, axes)
         g = grads[0]
-        cropped = x[crop].shape
-        for a, (b, e) in enumerate(width):  # adjoint of the padding, one axis at a time
-            if not b and not e:
-                continue
-            n = cropped[a]
-            src = np.pad(np.arange(n), (b, e), mode=self.MODES[self.mode], **(
-                {"constant_values": -1} if self.mode == "constant" else {}))
-            keep = src >= 0
-            gm = xp.moveaxis(g, a, 0)[xp.asarray(np.nonzero(keep)[0])]
-            acc = xp.zeros((n,) + gm.shape[1:], g.dtype)
-            scatter_add(xp, acc, xp.asarray(src[keep]), gm)
-            g = xp.moveaxis(acc, 0, a)
-        gx = xp.zeros(x.shape, g.dtype)
-        gx[crop] = g
-        return [gx] + [None] * (len(inputs) - 1)
+        for a in touched:
+            before, after = width[a]
+            kept = crop[a].stop - crop[a].start
+            if before or after:
+                src = np.arange(kept) if self.mode == "constant" else \
+                    np.pad(np.arange(kept), (before, after), mode=self.MODES[self.mode])
+                if self.mode == "constant":
+                    g = b.op("Slice", [g, b.ints([before]), b.ints([before + kept]), b.ints([a])],
+                             dims=_with(b.dims(g), a, kept), dtype=b.dtype(g))
+                else:
+                    g = _gather_adjoint(b, g, src, kept, a)
+            if kept != sizes[a]:
+                pad = [0] * (2 * rank)
+                pad[a], pad[rank + a] = crop[a].start, sizes[a] - crop[a].stop
+                g = b.op("Pad", [g, b.ints(pad)], dims=_with(b.dims(g), a, sizes[a]), dtype=b.dtype(g))
+        return [g] + [None] * (len(inputs) - 1)
+
+
+def _with(dims, axis, size):
+    d = list(dims)
+    d[axis] = size
+    return tuple(d)
+
+
+def _gather_adjoint(b, g, src, size, axis):
+    """Adjoint of y = x[src] along axis (src may repeat positions)."""
+    from . import scatter_axis
+    return scatter_axis(b, g, [int(i) for i in src], size, axis)
+
+
+@register("ScatterElements")
+class ScatterElements(NonDifferentiable):
+    """data with updates written (or added, multiplied, maxed, minned) at indices along an axis. fvgraph emits
+    it for the max-pooling VJP; as a model op it is refused by the reverse pass (its gradient is not written)."""
+    REDUCTIONS = ("none", "add", "mul", "max", "min")
+
+    def setup(self, node):
+        self.axis = int(node.attr("axis", 0))
+        self.reduction = node.attr("reduction", "none")
+        if self.reduction not in self.REDUCTIONS:
+            self.unsupported(f"reduction={self.reduction!r}")
+
+    def forward(self, data, indices, updates):
+        xp = xp_of(data)
+        axis = _axis(self.axis, data.ndim)
+        idx = xp.asarray(indices).astype(np.int64)
+        idx = xp.where(idx < 0, idx + data.shape[axis], idx)
+        out = data.copy()
+        grid = list(xp.meshgrid(*[xp.arange(n) for n in idx.shape], indexing="ij")) if idx.ndim > 1 else \
+            [xp.arange(idx.shape[0])]
+        grid[axis] = idx
+        where = tuple(grid)
+        if self.reduction == "none":
+            out[where] = updates
+        elif self.reduction == "add" and data.ndim == 1 and xp is np:  # the max-pool VJP's case: one pass
+            out += np.bincount(idx, weights=updates, minlength=data.shape[0]).astype(data.dtype)
+        else:
+            ufunc = {"add": "add", "mul": "multiply", "max": "maximum", "min": "minimum"}[self.reduction]
+            _at(xp, ufunc, out, where, updates)
+        return (out,)
+
+
+def _at(xp, ufunc, out, where, values):
+    if xp is np:
+        getattr(np, ufunc).at(out, where, values)
+    else:  # pragma: no cover - GPU only
+        import cupyx  # type: ignore
+        getattr(cupyx, f"scatter_{ufunc.replace('imum', '')}")(out, where, values)
+
