@@ -7,6 +7,7 @@
 from .errors import (DeviceError, ExecutionError, FvGraphError, InputError, ModelLoadError, RuleError,
                      UnsupportedModelError)
 from .explanation import Explanation, Unit
+from .explainer import export_explainer
 from .methods.reconstruction import Reconstruction
 from .graph import Graph, Layer, Node
 from .model import Model, load
@@ -16,5 +17,5 @@ from .ops import supported_op_types
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Model", "Graph", "Node", "Layer", "Explanation", "Unit", "Reconstruction", "Rules", "supported_op_types", "FvGraphError", "ModelLoadError",
+__all__ = ["load", "export_explainer", "Model", "Graph", "Node", "Layer", "Explanation", "Unit", "Reconstruction", "Rules", "supported_op_types", "FvGraphError", "ModelLoadError",
            "UnsupportedModelError", "InputError", "ExecutionError", "DeviceError", "RuleError", "__version__"]

@@ -86,7 +86,8 @@ class OrtEngine(Engine):
         if key not in self._sessions:
             from .onnx_export import to_onnx
             types = {o: (None, graph.value_info[o].dtype) for o in outputs if o in graph.value_info}
-            proto, base = to_onnx(graph, outputs, types=types)
+            memory = {}
+            proto, base = to_onnx(graph, outputs, types=types, memory=memory)
             so = self.ort.SessionOptions()
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
@@ -94,6 +95,9 @@ class OrtEngine(Engine):
             so.add_session_config_entry("session.disable_prepacking", "1")
             if base is not None:
                 so.add_session_config_entry("session.model_external_initializers_file_folder_path", base)
+            if memory:  # onnxruntime copies these once; they are not serialized into the model
+                so.add_external_initializers(list(memory), [self.ort.OrtValue.ortvalue_from_numpy(a)
+                                                            for a in memory.values()])
             log.debug("onnxruntime session: %d nodes, outputs %s", len(proto.graph.node), list(outputs)[:4])
             try:
                 sess = self.ort.InferenceSession(proto.SerializeToString(), so, providers=self.providers)

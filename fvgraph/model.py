@@ -198,17 +198,28 @@ class Model:
                                  "(options: layer=, upsample=)")
             return explain_cam(self, x, method, target, layer=params.get("layer"),
                                upsample_maps=params.get("upsample", True), through_softmax=through_softmax)
-        rules = Rules.load(method)
-        uses_zb = any(r == "zb" for r in list(rules.ops.values()) + [o.rule for o in rules.overrides] + [rules.default])
-        if uses_zb and (rules.params.get("low") is None or rules.params.get("high") is None):
-            lo, hi = self.input_bounds()  # the preset did not say: the bounds of the model's preprocessing
-            params = {"low": lo, "high": hi, **params}
-        rules = rules.with_params(**params)
+        rules = self.rules_for(method, params)
         if target is not None and not isinstance(target, (Unit, int, np.integer, list, tuple, np.ndarray)):
             raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...) or a seed array; "
                              f"got {type(target).__name__}")
         return attribute(self, x, rules, target, through_softmax=through_softmax, return_layers=return_layers,
                          method_name=method if isinstance(method, str) else rules.name)
+
+    def rules_for(self, method, params: dict):
+        """The preset (name, .toml path or fv.Rules) with the caller's parameters; z^B bounds default to the
+        model's preprocessing range."""
+        from .rules import Rules
+        rules = Rules.load(method)
+        uses_zb = any(r == "zb" for r in list(rules.ops.values()) + [o.rule for o in rules.overrides] + [rules.default])
+        if uses_zb and (rules.params.get("low") is None or rules.params.get("high") is None):
+            lo, hi = self.input_bounds()  # the preset did not say: the bounds of the model's preprocessing
+            params = {"low": lo, "high": hi, **params}
+        return rules.with_params(**params)
+
+    def export_explainer(self, method="gradient", **options):
+        """A standalone ONNX explainer (see fvgraph.explainer.export_explainer)."""
+        from .explainer import export_explainer
+        return export_explainer(self, method, **options)
 
     def occlusion(self, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, **options):
         """Occlusion maps (see fvgraph.methods.occlusion.occlusion): relevance (N, H, W)."""

@@ -80,7 +80,7 @@ def guided(step: Step):
     if gate is None:
         return gradient(step)
     b, g = step.b, step.grads[0]
-    return [b.where(gate, b.op("Relu", [g], like=g), b.scalar(0, g), like=g)] + [None] * (len(step.inputs) - 1)
+    return [b.gate(gate, b.op("Relu", [g], like=g))] + [None] * (len(step.inputs) - 1)
 
 
 def passthrough(step: Step):
@@ -184,17 +184,61 @@ def epsilon(step: Step):
 
 
 def _signed_terms(t: LinearTerms, x, R, eps, positive_side: bool):
-    """Relevance through the positive (or negative) contributions x_i w_ij: the z+ side of alpha-beta."""
+    """Relevance through the positive (or negative) contributions x_i w_ij: the z+ side of alpha-beta.
+    Where x is non-negative by construction (after a ReLU, a max pool of ReLUs, ...) the x- terms vanish and
+    are not emitted: half the work of z+ and alpha-beta in ReLU networks."""
     b = t.b
-    xp_, xn = _pos(b, x), _neg(b, x)
+    signed = not nonnegative(b, x)
+    xp_ = _pos(b, x) if signed else x
+    xn = _neg(b, x) if signed else None
     wa, wb = ("pos", "neg") if positive_side else ("neg", "pos")
     if not t.has_weights:  # a weight-free linear op (average pooling, Resize): its weights are positive,
         xs = xp_ if positive_side else xn  # so positive contributions come from x+ and negative ones from x-
+        if xs is None:
+            return b.zeros(x)
         s = _div(b, R, stabilize(b, t.forward(xs, "ident"), eps))
         return _times(b, xs, t.vjp(xs, "ident", s))
-    z = b.add(t.forward(xp_, wa), t.forward(xn, wb))
+    z = t.forward(xp_, wa)
+    if xn is not None:
+        z = b.add(z, t.forward(xn, wb))
     s = _div(b, R, stabilize(b, z, eps))
-    return b.add(_times(b, xp_, t.vjp(xp_, wa, s)), _times(b, xn, t.vjp(xn, wb, s)))
+    r = _times(b, xp_, t.vjp(xp_, wa, s))
+    return b.add(r, _times(b, xn, t.vjp(xn, wb, s))) if xn is not None else r
+
+
+NONNEGATIVE_OPS = {"Relu", "Sigmoid", "Softmax", "Exp", "Abs", "Sqrt", "HardSigmoid", "Softplus"}
+KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten", "Squeeze",
+              "Unsqueeze", "Transpose", "Identity", "Dropout", "Concat", "Split", "Slice", "Cast", "Mul", "Add",
+              "Sum", "Max", "Min", "Expand", "Tile", "Gather", "ReduceMax", "ReduceSum", "ReduceMean"}
+
+
+def nonnegative(b, v, depth: int = 0) -> bool:
+    """Whether value v is >= 0 by construction (ReLU outputs and what pooling, reshaping or concatenating
+    them keeps non-negative); False when unsure."""
+    const = b.constant(v)
+    if const is not None:
+        return bool(np.all(np.asarray(const) >= 0))
+    node = b.producer(v)
+    if node is None or depth > 64:
+        return False
+    op = node.op_type
+    if op in NONNEGATIVE_OPS:
+        return True
+    if op == "Clip":
+        lo = b.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+        return lo is not None and float(np.asarray(lo).reshape(-1)[0]) >= 0
+    if op == "Pad":
+        value = b.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        return nonnegative(b, node.inputs[0], depth + 1) and (value is None or float(np.asarray(value).reshape(-1)[0]) >= 0)
+    if op == "Resize":
+        return node.attr("mode", "nearest") in ("nearest", "linear") and nonnegative(b, node.inputs[0], depth + 1)
+    if op in KEEPS_SIGN:
+        data = [i for i in node.inputs[:len(node.inputs) if op in ("Concat", "Mul", "Add", "Sum", "Max", "Min")
+                                         else 1] if i]
+        if op == "Max":
+            return any(nonnegative(b, i, depth + 1) for i in data)
+        return all(nonnegative(b, i, depth + 1) for i in data)
+    return False
 
 
 def zplus(step: Step):

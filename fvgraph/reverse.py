@@ -23,7 +23,8 @@ import numpy as np
 
 from .builder import GraphBuilder
 from .errors import ExecutionError, FvGraphError
-from .graph import Graph
+from .graph import Graph, Node
+from .ops import build_kernel
 from .onnx_types import onnx_type
 from .ops.norm import fold_into_conv
 from .propagation import RULES, Step
@@ -47,6 +48,7 @@ class Lowered:
     extras: dict = field(default_factory=dict)    # name -> output name (CAM weights, ...)
     applied: dict = field(default_factory=dict)   # node name -> rule used
     seed_inputs: tuple = ()
+    table: object = None                          # dims and dtypes of every value of `graph`
 
     @property
     def outputs(self) -> list[str]:
@@ -131,7 +133,7 @@ def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None) -
     for v in keep:
         layers[v] = b.named(signals.get(v) or b.zeros(v), f"{RELEVANCE}:{v}")
     outs = outputs + values + ([used] if used else []) + list(layers.values())
-    return Lowered(b.finish(list(dict.fromkeys(outs))), values[0], used, layers, {}, applied, seed_inputs)
+    return Lowered(b.finish(list(dict.fromkeys(outs))), values[0], used, layers, {}, applied, seed_inputs, b.table)
 
 
 def start(b: GraphBuilder, rules, target):
@@ -153,7 +155,8 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt) -> tuple[dict, di
     reached = set(wrt) | {o for i in order for o in g.nodes[i].outputs if o}
     chosen = rules.resolve(g, order)
     merged = _canonical_pairs(model, order) if rules.canonize else {}
-    skip = set(merged.values())
+    padded = _padded_convs(model, order)
+    skip = set(merged.values()) | set(padded.values())
     signals = dict(seeds)
     applied = {}
     for i in reversed(order):
@@ -165,9 +168,16 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt) -> tuple[dict, di
             continue
         grads = [s if s is not None else b.zeros(o) for s, o in zip(grads, node.outputs)]
         if i in merged:
-            step, targets = _folded_step(model, b, merged[i], node, grads, rules), g.nodes[merged[i]].inputs
+            conv, kernel = _conv_with_pad(model, merged[i], padded.get(merged[i]))
+            step, targets = _folded_step(model, b, merged[i], conv, kernel, node, grads, rules), conv.inputs
             rule_name = chosen.get(merged[i], rules.default)
-            applied[g.nodes[merged[i]].name] = f"{rule_name} (with {node.name} folded in)"
+            applied[conv.name] = f"{rule_name} (with {node.name} folded in)"
+        elif i in padded:
+            conv, kernel = _conv_with_pad(model, i, padded[i])
+            step = Step(conv, kernel, list(conv.inputs), list(node.outputs), grads,
+                        [bool(v) and v in reached for v in conv.inputs], rules.params, b)
+            targets, rule_name = conv.inputs, chosen[i]
+            applied[node.name] = rule_name
         else:
             step = Step(node, ex.kernels[i], list(node.inputs), list(node.outputs), grads,
                         [bool(v) and v in reached for v in node.inputs], rules.params, b)
@@ -205,14 +215,61 @@ def _canonical_pairs(model, order) -> dict[int, int]:
     return out
 
 
-def _folded_step(model, b, conv_index, bn_node, grads, rules) -> Step:
+def _padded_convs(model, order) -> dict[int, int]:
+    """Conv node index -> the zero Pad before it (its only consumer) whose padding the reverse pass merges into
+    the Conv's own: the adjoint conv then yields the unpadded gradient directly, with no crop (EfficientNet's
+    exporters pad every strided conv this way)."""
     g, ex = model.graph, model.executor
-    conv = g.nodes[conv_index]
+    consumers = g.consumers()
+    out = {}
+    for i in order:
+        n = g.nodes[i]
+        j = ex.producer_index.get(n.inputs[0]) if n.op_type == "Conv" else None
+        if j is None or n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or g.nodes[j].op_type != "Pad":
+            continue
+        pad = g.nodes[j]
+        if pad.attr("mode", "constant") != "constant" or len(consumers.get(pad.outputs[0], [])) != 1 \
+                or pad.outputs[0] in g.output_names() or _spatial_pads(model, pad) is None:
+            continue
+        out[i] = j
+    return out
+
+
+def _spatial_pads(model, pad):
+    """(begins, ends) of a zero Pad that pads only the spatial axes of a 4-D or 5-D value, else None."""
+    c = model.graph.initializers
+    ins = list(pad.inputs) + ["", ""]
+    pads = c.get(ins[1])
+    if pads is None or (ins[2] and (ins[2] not in c or np.any(np.asarray(c[ins[2]]) != 0))) or (ins[3] if len(ins) > 3 else ""):
+        return None
+    p = [int(v) for v in np.asarray(pads).reshape(-1)]
+    rank = len(p) // 2
+    if rank < 3 or any(v < 0 for v in p) or any(p[a] or p[rank + a] for a in (0, 1)):
+        return None
+    return p[2:rank], p[rank + 2:]
+
+
+def _conv_with_pad(model, conv_index, pad_index):
+    """The Conv node (and its kernel) with a folded Pad's padding merged into its pads."""
+    ex = model.executor
+    conv = model.graph.nodes[conv_index]
+    if pad_index is None:
+        return conv, ex.kernels[conv_index]
+    pad = model.graph.nodes[pad_index]
+    begins, ends = _spatial_pads(model, pad)
+    nsp = len(begins)
+    own = conv.attr("pads") or [0] * (2 * nsp)
+    attrs = dict(conv.attrs, pads=[a + b for a, b in zip(own, begins + ends)], auto_pad="NOTSET")
+    node = Node(conv.name, "Conv", [pad.inputs[0]] + list(conv.inputs[1:]), list(conv.outputs), attrs)
+    return node, build_kernel(node)
+
+
+def _folded_step(model, b, conv_index, conv, kernel, bn_node, grads, rules) -> Step:
+    g, ex = model.graph, model.executor
     c = g.initializers
     w = np.asarray(c[conv.inputs[1]])
     bias = np.asarray(c[conv.inputs[2]]) if len(conv.inputs) > 2 and conv.inputs[2] else None
     bn_kernel = ex.kernels[ex.node_index[id(bn_node)]]
     fw, fb = fold_into_conv(w, bias, bn_kernel, [np.asarray(c[v]) for v in bn_node.inputs[1:5]])
     ins = [conv.inputs[0], b.const(np.asarray(fw, w.dtype), "folded_w"), b.const(np.asarray(fb, w.dtype), "folded_b")]
-    return Step(conv, ex.kernels[conv_index], ins, [bn_node.outputs[0]], grads, [True, False, False],
-                rules.params, b)
+    return Step(conv, kernel, ins, [bn_node.outputs[0]], grads, [True, False, False], rules.params, b)

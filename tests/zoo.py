@@ -189,6 +189,9 @@ def misc_ops(opset=13, size=20, classes=10):
     x = b.op("Selu", [b.conv(x, 8, 8, 2, stride=2, auto_pad="SAME_LOWER")])
     if opset >= 11:
         x = b.op("Pad", [x, b.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)], mode="edge")
+        # TF-style "same" padding of a strided conv: a zero Pad (bottom/right heavy) before an unpadded Conv
+        x = b.op("Pad", [x, b.const([0, 0, 0, 1, 0, 0, 1, 2], dtype=np.int64)], mode="constant")
+        x = b.relu(b.conv(x, 8, 8, 3, stride=2, pad=[0, 0, 0, 0]))
     x = b.op("Tanh", [b.conv(x, 8, 8, 3, auto_pad="VALID")])
     x = b.op("GlobalMaxPool", [x])
     return b.model(b.gemm(b.flatten(x), 8, classes))
@@ -275,3 +278,69 @@ def vgg16(size=224, classes=1000, seed=0):
     x = b.relu(b.gemm(x, 512 * (size // 32) ** 2, 4096))
     x = b.relu(b.gemm(x, 4096, 4096))
     return b.model(b.gemm(x, 4096, classes))
+
+
+def yolo_like(size=320, classes=80, seed=0, widths=(16, 32, 64, 128, 256), depth=(1, 2, 2, 1), opset=13):
+    """A YOLOv8n-shaped detector: Conv + Sigmoid + Mul (SiLU) blocks, C2f (Split, bottlenecks, Concat), SPPF
+    (chained 5x5 max pools), nearest upsampling, a three-level head with distribution focal loss box decoding
+    (Softmax over 16 bins), anchors and strides as constants; output (batch, 4 + classes, anchors), boxes
+    as (cx, cy, w, h) in pixels and class scores after a sigmoid, as ultralytics exports it."""
+    b = NetBuilder((1, 3, size, size), opset, seed=seed, name="yolo_like")
+
+    def silu_conv(x, cin, cout, k, stride=1):
+        y = b.conv(x, cin, cout, k, stride=stride)
+        return b.op("Mul", [y, b.op("Sigmoid", [y])])
+
+    def c2f(x, cin, cout, n, shortcut=True):
+        c = cout // 2
+        y = silu_conv(x, cin, 2 * c, 1)
+        parts = list(b.op("Split", [y, b.const([c, c], dtype=np.int64)], n_out=2, axis=1))
+        for _ in range(n):
+            h = silu_conv(silu_conv(parts[-1], c, c, 3), c, c, 3)
+            parts.append(b.op("Add", [parts[-1], h]) if shortcut else h)
+        return silu_conv(b.op("Concat", parts, axis=1), (2 + n) * c, cout, 1)
+
+    def sppf(x, c):
+        y = silu_conv(x, c, c // 2, 1)
+        pools = [y]
+        for _ in range(3):
+            pools.append(b.op("MaxPool", [pools[-1]], kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2]))
+        return silu_conv(b.op("Concat", pools, axis=1), 2 * c, c, 1)
+
+    def up(x):
+        return b.op("Resize", [x, "", b.const([1, 1, 2, 2])], mode="nearest")
+
+    w0, w1, w2, w3, w4 = widths
+    x = silu_conv("input", 3, w0, 3, 2)
+    x = c2f(silu_conv(x, w0, w1, 3, 2), w1, w1, depth[0])
+    p3 = c2f(silu_conv(x, w1, w2, 3, 2), w2, w2, depth[1])
+    p4 = c2f(silu_conv(p3, w2, w3, 3, 2), w3, w3, depth[2])
+    p5 = sppf(c2f(silu_conv(p4, w3, w4, 3, 2), w4, w4, depth[3]), w4)
+    n4 = c2f(b.op("Concat", [up(p5), p4], axis=1), w4 + w3, w3, 1, shortcut=False)
+    o3 = c2f(b.op("Concat", [up(n4), p3], axis=1), w3 + w2, w2, 1, shortcut=False)
+    o4 = c2f(b.op("Concat", [silu_conv(o3, w2, w2, 3, 2), n4], axis=1), w2 + w3, w3, 1, shortcut=False)
+    o5 = c2f(b.op("Concat", [silu_conv(o4, w3, w3, 3, 2), p5], axis=1), w3 + w4, w4, 1, shortcut=False)
+    reg, levels, anchors, strides = 16, [], [], []
+    for feat, c, stride in ((o3, w2, 8), (o4, w3, 16), (o5, w4, 32)):
+        box = b.conv(silu_conv(silu_conv(feat, c, 64, 3), 64, 64, 3), 64, 4 * reg, 1)
+        cls = b.conv(silu_conv(silu_conv(feat, c, 80, 3), 80, 80, 3), 80, classes, 1)
+        h = size // stride
+        levels.append(b.op("Reshape", [b.op("Concat", [box, cls], axis=1),
+                                       b.const([0, 4 * reg + classes, -1], dtype=np.int64)]))
+        gy, gx = np.meshgrid(np.arange(h) + 0.5, np.arange(h) + 0.5, indexing="ij")
+        anchors.append(np.stack([gx.reshape(-1), gy.reshape(-1)]))
+        strides.append(np.full(h * h, stride))
+    out = b.op("Concat", levels, axis=2)
+    box, cls = b.op("Split", [out, b.const([4 * reg, classes], dtype=np.int64)], n_out=2, axis=1)
+    dist = b.op("Softmax", [b.op("Reshape", [box, b.const([0, 4, reg, -1], dtype=np.int64)])], axis=2)
+    bins = b.const(np.arange(reg, dtype=np.float32).reshape(1, 1, reg, 1))
+    dist = b.op("ReduceSum", [b.op("Mul", [dist, bins]), b.const([2], dtype=np.int64)], keepdims=0)
+    lt, rb = b.op("Split", [dist, b.const([2, 2], dtype=np.int64)], n_out=2, axis=1)
+    anchor = b.const(np.concatenate(anchors, axis=1)[None])
+    x1y1, x2y2 = b.op("Sub", [anchor, lt]), b.op("Add", [anchor, rb])
+    centre = b.op("Div", [b.op("Add", [x1y1, x2y2]), b.const(2.0)])
+    wh = b.op("Sub", [x2y2, x1y1])
+    boxes = b.op("Mul", [b.op("Concat", [centre, wh], axis=1), b.const(np.concatenate(strides)[None, None])])
+    return b.model(b.op("Concat", [boxes, b.op("Sigmoid", [cls])], axis=1),
+                   metadata={"imgsz": f"[{size}, {size}]", "stride": "32",
+                             "names": str({k: f"class{k}" for k in range(classes)})})

@@ -114,7 +114,7 @@ def lower_cam(model, method: str, table, logits: str, layer, upsample_maps: bool
     rel = b.named(maps, RELEVANCE)
     extra = b.named(weights, "weights")
     graph = b.finish([rel, logits, used, extra])
-    return Lowered(graph, logits, used, {}, {"layer": fmap, "weights": extra}, applied, inputs)
+    return Lowered(graph, logits, used, {}, {"layer": fmap, "weights": extra}, applied, inputs, b.table)
 
 
 def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):

@@ -66,7 +66,7 @@ UNARY_GRAD = {
     "Sin": lambda b, x, y, g: _m(b, g, _u(b, "Cos", x)),
     "Cos": lambda b, x, y, g: _u(b, "Neg", _m(b, g, _u(b, "Sin", x))),
     "Erf": lambda b, x, y, g: _m(b, g, b.scalar(2 / math.sqrt(math.pi), x), _u(b, "Exp", _u(b, "Neg", _m(b, x, x)))),
-    "Relu": lambda b, x, y, g: b.where(positive(b, y), g, b.scalar(0, g), like=g),
+    "Relu": lambda b, x, y, g: b.gate(positive(b, y), g),
     "Sigmoid": lambda b, x, y, g: _m(b, g, y, b.op("Sub", [b.scalar(1, y), y], like=y)),
     "Softplus": lambda b, x, y, g: _m(b, g, _u(b, "Sigmoid", x)),
     "Softsign": lambda b, x, y, g: b.op("Div", [g, _square(b, b.op("Add", [b.scalar(1, x), _u(b, "Abs", x)],
@@ -226,7 +226,7 @@ class Clip(Op):
     def vjp(self, b, inputs, outputs, grads, wrt):
         ins = list(inputs) + ["", ""]
         gate = self.gate_graph(b, outputs[0], ins[1], ins[2])
-        g = grads[0] if gate is None else b.where(gate, grads[0], b.scalar(0, grads[0]), like=grads[0])
+        g = grads[0] if gate is None else b.gate(gate, grads[0])
         return [g, None, None][:len(inputs)]
 
     def forward_inplace(self, y, lo=None, hi=None):

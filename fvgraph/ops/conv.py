@@ -121,9 +121,11 @@ class Conv(_ConvBase):
 
         - stride 1, constant weights: a Conv of the gradient with the flipped, in/out-swapped weights
           (pads k-1-p); 20% faster than ConvTranspose in onnxruntime on VGG-16's layers;
-        - strided depthwise: zeros inserted between the gradient's elements, then the same flipped depthwise
-          Conv (onnxruntime's grouped ConvTranspose is several times slower at those shapes);
         - otherwise: ConvTranspose with the conv's own weights and the output_padding that restores x's size.
+          Measured against it in onnxruntime and dropped: zeros inserted between the gradient's elements and
+          a stride-1 Conv (1.1-5x slower on EfficientNet's strided depthwise layers), and the polyphase form
+          (one Conv per phase of the stride, then DepthToSpace: faster on ResNet's stem, 1.5x slower on its
+          deeper layers and up to 5x slower for depthwise).
         """
         out = [None] * len(inputs)
         if 0 not in wrt:
@@ -133,21 +135,15 @@ class Conv(_ConvBase):
         wv = b.constant(w)
         nsp = len(geo.k)
         H = b.tail(x, 2)
-        if wv is not None:
-            strided = any(st != 1 for st in geo.s)
-            depthwise = self.group > 1 and wv.shape[1] == 1
-            if not strided or depthwise:
-                if strided:
-                    g = _insert_zeros(b, g, geo.s)
-                lg = b.tail(g, 2)
-                pad_l = [ke - 1 - pb for ke, pb in zip(geo.keff, geo.pb)]
-                pad_r = [h - n + pb for h, n, pb in zip(H, lg, geo.pb)]
-                g = _crop(b, g, [max(-p, 0) for p in pad_l], [max(-p, 0) for p in pad_r])
-                wt = b.derived(wv, "adjoint", lambda a: adjoint_weights(a, self.group))
-                out[0] = b.op("Conv", [g, wt], like=x, kernel_shape=list(geo.k), strides=[1] * nsp,
-                              dilations=list(geo.d), group=self.group,
-                              pads=[max(p, 0) for p in pad_l] + [max(p, 0) for p in pad_r])
-                return out
+        if wv is not None and all(st == 1 for st in geo.s):
+            pad_l = [ke - 1 - pb for ke, pb in zip(geo.keff, geo.pb)]
+            pad_r = [ke - 1 - pe for ke, pe in zip(geo.keff, geo.pe)]
+            g = _crop(b, g, [max(-p, 0) for p in pad_l], [max(-p, 0) for p in pad_r])
+            wt = b.derived(wv, "adjoint", lambda a: adjoint_weights(a, self.group))
+            out[0] = b.op("Conv", [g, wt], like=x, kernel_shape=list(geo.k), strides=[1] * nsp,
+                          dilations=list(geo.d), group=self.group,
+                          pads=[max(p, 0) for p in pad_l] + [max(p, 0) for p in pad_r])
+            return out
         op = [(h + pb + pe - ke) % st for h, pb, pe, ke, st in zip(H, geo.pb, geo.pe, geo.keff, geo.s)]
         out[0] = b.op("ConvTranspose", [g, w], like=x, kernel_shape=list(geo.k), strides=list(geo.s),
                       dilations=list(geo.d), group=self.group, pads=list(geo.pb) + list(geo.pe), output_padding=op)
@@ -262,23 +258,6 @@ def adjoint_weights(w, group):
     flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * (w.ndim - 2)]
     return np.ascontiguousarray(
         flipped.reshape(group, Mg, Cg, *w.shape[2:]).swapaxes(1, 2).reshape(group * Cg, Mg, *w.shape[2:]))
-
-
-def _insert_zeros(b, g, strides):
-    """(N, C, h, w) -> (N, C, h*s, w*s) with g at every s-th position and zeros between."""
-    d = b.tail(g, 1)
-    nsp = len(strides)
-    rank = 2 + nsp
-    axes = [2 + 2 * i + 1 for i in range(nsp)]  # a new axis after each spatial one
-    spread = b.op("Unsqueeze", [g, b.ints(axes)], dtype=b.dtype(g),
-                  dims=(b.dims(g)[0], d[0]) + tuple(v for n in d[1:] for v in (n, 1)))
-    pads = [0] * (2 * (rank + nsp))
-    for a, st in zip(axes, strides):
-        pads[rank + nsp + a] = st - 1
-    dims = (b.dims(g)[0], d[0]) + tuple(v for n, st in zip(d[1:], strides) for v in (n, st))
-    padded = b.op("Pad", [spread, b.ints(pads)], dims=dims, dtype=b.dtype(g), mode="constant")
-    full = [n * st for n, st in zip(d[1:], strides)]
-    return b.op("Reshape", [padded, b.ints([-1, d[0]] + full)], dims=(b.dims(g)[0], d[0], *full), dtype=b.dtype(g))
 
 
 def _crop(b, g, begin, end):
