@@ -92,9 +92,9 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
 _WORKER = {}
 
 
-def _worker_init(model_path):
+def _worker_init(model_path, options=None):
     from .model import load
-    _WORKER["model"] = load(model_path)
+    _WORKER["model"] = load(model_path, **(options or {}))
 
 
 def _worker_run(job):
@@ -104,8 +104,9 @@ def _worker_run(job):
 
 
 def explain_folder(model_path, inputs, methods, out, target=None, params=None, workers=1, ray_address=None,
-                   overwrite=False, quiet=None):
-    """Explain every image under `inputs`; returns (explained, skipped)."""
+                   overwrite=False, quiet=None, load_options=None):
+    """Explain every image under `inputs`; returns (explained, skipped). load_options: fv.load's engine,
+    device and threads for every worker."""
     from .methods.reconstruction import Progress
     images = image_files(inputs)
     if not images:
@@ -118,21 +119,22 @@ def explain_folder(model_path, inputs, methods, out, target=None, params=None, w
     jobs = [(f, n, list(methods), str(out), target, params or {}) for f, n in todo]
     bar = Progress(len(jobs), "explain", quiet)
     if ray_address:
-        _run_on_ray(model_path, jobs, ray_address, bar)
+        _run_on_ray(model_path, jobs, ray_address, bar, load_options)
     elif workers == 1:
-        _worker_init(model_path)
+        _worker_init(model_path, load_options)
         for k, job in enumerate(jobs, 1):
             _worker_run(job)
             bar.update(k)
     else:
         import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(str(model_path),)) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_worker_init,
+                                          initargs=(str(model_path), load_options)) as pool:
             for k, _ in enumerate(pool.imap_unordered(_worker_run, jobs), 1):
                 bar.update(k)
     return len(jobs), skipped
 
 
-def _run_on_ray(model_path, jobs, address, bar):
+def _run_on_ray(model_path, jobs, address, bar, load_options=None):
     try:
         import ray
     except ImportError:
@@ -144,7 +146,7 @@ def _run_on_ray(model_path, jobs, address, bar):
     @ray.remote
     def run_chunk(model_path, chunk):
         if "model" not in _WORKER:
-            _worker_init(model_path)
+            _worker_init(model_path, load_options)
         return [_worker_run(job) for job in chunk]
 
     size = max(1, len(jobs) // (4 * max(1, int(ray.available_resources().get("CPU", 1)))))

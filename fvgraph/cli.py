@@ -84,9 +84,15 @@ def _target(text):
         raise InputError(f"--target takes a class index, got {text!r} (use --layer/--channel for units)") from None
 
 
-def _load(path):
+def _load_options(args) -> dict:
+    return {"engine": getattr(args, "engine", "auto"), "device": getattr(args, "device", "cpu"),
+            "threads": getattr(args, "threads", None)}
+
+
+def _load(path, args):
+    """A model on the engine, device and threads the command line asks for."""
     from .model import load
-    return load(path)
+    return load(path, **_load_options(args))
 
 
 def cmd_convert(args) -> int:
@@ -140,11 +146,11 @@ def cmd_explain(args) -> int:
         target = Unit(args.layer, args.channel) if args.layer else _target(args.target)
         done, skipped = explain_folder(args.model, args.images, methods, args.out, target,
                                        _parse_params(args.param), args.workers, args.ray, args.overwrite,
-                                       args.quiet or None)
+                                       args.quiet or None, _load_options(args))
         if not args.quiet:
             print(f"explained {done} image(s), skipped {skipped} already done; maps in {args.out}/")
         return 0
-    model = _load(args.model)
+    model = _load(args.model, args)
     rows, preds = explain_images(model, args.images, methods, args.out, _target(args.target), args.layer,
                                  args.channel, _parse_params(args.param), args.overwrite, args.quiet)
     if len(methods) > 1 or len(args.images) > 1:
@@ -161,7 +167,7 @@ def cmd_demo(args) -> int:
     from .image import demo_images
     from .methods import DEMO_METHODS
     from .render import grid, save_png
-    model = _load(DEMO_MODEL)
+    model = _load(DEMO_MODEL, args)
     methods = list(DEMO_METHODS)
     out = Path(args.out)
     if not args.quiet:
@@ -222,7 +228,7 @@ def _optimizer_kwargs(args) -> dict:
 
 def cmd_reconstruct(args) -> int:
     from .explanation import Unit
-    model = _load(args.model)
+    model = _load(args.model, args)
     options = _optimizer_kwargs(args)
     if args.layer is not None:
         chans = _channels(args.channel) or [None]
@@ -243,7 +249,7 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_invert(args) -> int:
     from .image import load_image
-    model = _load(args.model)
+    model = _load(args.model, args)
     options = _optimizer_kwargs(args)
     x = np.concatenate([load_image(p, model.preprocessing()) for p in args.images])
     r = model.invert(x, args.layer, **options)
@@ -275,14 +281,15 @@ def cmd_occlude(args) -> int:
     from .explanation import Unit
     from .image import load_image, read_rgb, resize_crop
     from .render import picture, save_npy, save_png
-    model = _load(args.model)
+    model = _load(args.model, args)
     spec = model.preprocessing()
     target = Unit(args.layer, args.channel) if args.layer else _target(args.target)
     for path in args.images:
         x = load_image(path, spec)
         e = model.occlusion(x, box=_box(args.box, "box"), stride=_box(args.stride, "stride"), fill=_fill(args.fill),
                             target=target, seed=args.seed, batch_size=args.batch_size, score=args.score,
-                            incremental=not args.no_incremental, quiet=args.quiet)
+                            incremental={"auto": "auto", "yes": True, "no": False}[args.incremental],
+                            quiet=args.quiet)
         stem = Path(path).stem
         shown = resize_crop(read_rgb(path), spec)
         save_png(Path(args.out) / f"{stem}_occlusion.png", picture(e.relevance[0], "signed"), args.overwrite)
@@ -333,24 +340,24 @@ def _report(rows, args, info=None) -> int:
 def cmd_check(args) -> int:
     from . import compare
     if args.action == "record":
-        model = _load(args.model)
+        model = _load(args.model, args)
         meta = compare.record(model, args.model, args.images, _methods(args.methods), args.out, args.overwrite)
         print(f"wrote {args.out}: {len(meta['methods'])} method(s) on {len(args.images)} image(s)")
         return 0
     if args.action == "compare":
-        model = _load(args.model)
+        model = _load(args.model, args)
         rows, info = compare.compare(model, args.model, args.reference, args.rtol, args.atol)
         if info["model_sha256"] != info["reference_model_sha256"]:
             print("note: the model file differs from the one the reference was recorded with")
         return _report(rows, args, info)
     if args.action == "diff":
-        a, b = _load(args.model), _load(args.other)
+        a, b = _load(args.model, args), _load(args.other, args)
         rows = compare.diff(a, b, args.images, _methods(args.methods), args.rtol, args.atol)
         return _report(rows, args, {"model_a": args.model, "model_b": args.other})
     # parity
     import onnx
     from .image import load_image
-    model = _load(args.model)
+    model = _load(args.model, args)
     proto = onnx.load(args.model) if not str(args.model).endswith(".mat") else _source(args.model)
     if args.image:
         x = load_image(args.image, model.preprocessing())
@@ -368,13 +375,53 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_export_explainer(args) -> int:
+    """A method lowered into one standalone ONNX model, written atomically; never over an existing file."""
+    import os
+    import tempfile
+
+    import onnx
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
+    model = _load(args.model, args)
+    shape = _shape(args.shape) if args.shape else None
+    options = _parse_params(args.param)
+    if args.layer is not None:
+        options["layer"] = args.layer
+    proto = model.export_explainer(args.method, shape=shape, **options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".onnx.part")
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if not args.quiet:
+        print(f"wrote {out}: inputs {', '.join(i.name for i in proto.graph.input)} -> outputs "
+              f"{', '.join(o.name for o in proto.graph.output)} ({len(proto.graph.node)} nodes)")
+    return 0
+
+
+def _shape(text):
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--shape takes dims like 1x3x224x224, got {text!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise InputError(f"--shape takes positive dims like 1x3x224x224, got {text!r}")
+    return dims
+
+
 def cmd_figure(args) -> int:
     from .figures import methods_figure, networks_figure
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
     if args.kind == "methods":
-        model = _load(args.model[0])
+        model = _load(args.model[0], args)
         images = args.model[1:] + (args.image or [])
         if not images:
             raise InputError("figure methods needs MODEL IMAGE...")
@@ -382,7 +429,7 @@ def cmd_figure(args) -> int:
     else:
         if not args.image:
             raise InputError("figure networks needs --image IMAGE...")
-        models = {Path(m).stem: _load(m) for m in args.model}
+        models = {Path(m).stem: _load(m, args) for m in args.model}
         img, arrays = networks_figure(models, args.image, args.method, args.percentile, args.colours, args.alpha)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
@@ -413,11 +460,30 @@ def _fill_shapes(graph, layers):
             l.shape = (batch,) + tuple(a.shape[1:])
 
 
+class _Subcommands:
+    """add_parser with the options every command takes (engine, threads, debug)."""
+
+    def __init__(self, sub, common):
+        self.sub, self.common = sub, common
+
+    def add_parser(self, name, **kw):
+        return self.sub.add_parser(name, parents=[self.common], **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).")
+    common = argparse.ArgumentParser(add_help=False)  # defaults suppressed: given before or after the command
+    common.add_argument("--engine", default=argparse.SUPPRESS, choices=["auto", "onnxruntime", "numpy", "cupy"],
+                        help="what runs the graphs: onnxruntime (the default, auto), or fvgraph's own executor on "
+                             "numpy / cupy")
+    common.add_argument("--device", default=argparse.SUPPRESS, choices=["cpu", "cuda"],
+                        help="cuda: onnxruntime's CUDA provider (onnxruntime-gpu), else CuPy")
+    common.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="CPU threads (default: all cores)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="log what is built (lowered graphs, sessions) and show tracebacks on errors")
+    p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).",
+                                parents=[common])
     p.add_argument("--version", action="version", version=f"fvgraph {__version__}")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = _Subcommands(p.add_subparsers(dest="command", metavar="COMMAND"), common)
     s = sub.add_parser("info", help="inputs, outputs, opset and the layer table of a model")
     s.add_argument("model", help="an .onnx file")
     s.set_defaults(func=cmd_info)
@@ -457,7 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channel", type=int)
     s.add_argument("--score", default="logit", choices=["logit", "prob"])
     s.add_argument("--batch-size", type=int, help="occluded copies per batch (default: from free memory)")
-    s.add_argument("--no-incremental", action="store_true", help="recompute every layer in full (for checking)")
+    s.add_argument("--incremental", default="auto", choices=["auto", "yes", "no"],
+                   help="recompute only the windows each box changes (fvgraph's executor), or every copy in full "
+                        "(the engine); auto: whichever the cost estimate says is faster")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", "-o", default="fvgraph-out")
     s.add_argument("--overwrite", action="store_true")
@@ -480,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_invert)
 
     s = sub.add_parser("check", help="numeric comparisons for CI: record, compare, diff, parity")
-    csub = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    csub = _Subcommands(s.add_subparsers(dest="action", metavar="ACTION", required=True), common)
     c = csub.add_parser("record", help="store outputs and explanations of images as a reference .npz")
     c.add_argument("model")
     c.add_argument("images", nargs="+")
@@ -496,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         cc.add_argument("--atol", type=float, default=1e-6)
         cc.add_argument("--json", help="write a JSON report")
         cc.add_argument("--junit", help="write a JUnit XML report")
-    d = csub.choices["diff"]
+    d = csub.sub.choices["diff"]
     d.add_argument("model")
     d.add_argument("other")
     d.add_argument("images", nargs="+")
@@ -522,6 +590,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_figure)
 
+    s = sub.add_parser("export-explainer", help="write a method as a standalone ONNX model (runs without fvgraph)")
+    s.add_argument("model", help="an .onnx file")
+    s.add_argument("--method", "-m", default="gradient", help="a preset, a rules .toml file, cam or gradcam")
+    s.add_argument("--param", "-p", nargs="*", help="method parameters, e.g. epsilon=0.01")
+    s.add_argument("--layer", help="the Grad-CAM layer")
+    s.add_argument("--shape", help="input shape NxCxHxW where the model's is not fixed (the batch stays dynamic)")
+    s.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_export_explainer)
+
     s = sub.add_parser("demo", help="every method on the embedded EfficientNet-Lite0 and photos, with a grid")
     s.add_argument("--out", "-o", default="fvgraph-demo", help="output folder (default: fvgraph-demo)")
     s.add_argument("--overwrite", action="store_true", help="replace files that already exist")
@@ -536,6 +615,11 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.debug = getattr(args, "debug", False)
+    if args.debug:
+        import logging
+        logging.basicConfig(format="fvgraph: %(message)s")
+        logging.getLogger("fvgraph").setLevel(logging.DEBUG)
     try:
         return int(args.func(args) or 0)
     except FvGraphError as e:

@@ -190,7 +190,6 @@ class Model:
         from .explanation import Unit
         from .methods.attribution import attribute
         from .methods.cam import explain_cam
-        from .rules import Rules
         if isinstance(method, str) and method in ("cam", "gradcam"):
             unknown = set(params) - {"layer", "upsample"}
             if unknown or return_layers:

@@ -68,6 +68,45 @@ class IncrementalRunner:
             pad = [(0, 0), (0, 0)] + [(b, e) for b, e in zip(geo.pb, pe)]
             self.padded[i] = (np.pad(np.asarray(x), pad, constant_values=fill), geo)
 
+    # ------------------------------------------------------------------ the cost model
+    def work(self, box) -> tuple[float, float]:
+        """(Conv/Gemm multiply-adds of one box's incremental pass, of a full forward), following the windows
+        `run` computes for a box in the image's interior: how occlusion chooses between the two (after
+        set_image)."""
+        g = self.model.graph
+        state = {g.input_names()[0]: tuple(box)}
+        inc = full = 0.0
+        for i in self.steps:
+            if i in self.ex.static:
+                continue
+            n = g.nodes[i]
+            cost = self._macs(n)
+            full += cost
+            ins = [state.get(v) for v in n.inputs if v]
+            if all(s is None for s in ins):
+                continue
+            out, share = "full", 1.0
+            if i in self.valid and isinstance(ins[0], tuple) and all(s is None for s in ins[1:]):
+                geo = self.padded[i][1]
+                h = min(geo.out[0], (ins[0][0] + geo.keff[0] - 2) // geo.s[0] + 1)
+                w = min(geo.out[1], (ins[0][1] + geo.keff[1] - 2) // geo.s[1] + 1)
+                if h * w <= FULL_FRACTION * geo.out[0] * geo.out[1]:
+                    out, share = (h, w), h * w / (geo.out[0] * geo.out[1])
+            elif n.op_type in POINTWISE and all(isinstance(s, tuple) or s is None for s in ins):
+                out = (max(s[0] for s in ins if s), max(s[1] for s in ins if s))
+            inc += cost * share
+            for o in n.outputs:
+                if o:
+                    state[o] = out
+        return inc, full
+
+    def _macs(self, n) -> float:
+        y = self.clean.get(n.outputs[0])
+        if y is None or n.op_type not in ("Conv", "Gemm", "MatMul"):
+            return 0.0
+        w = self.clean.get(n.inputs[1])
+        return float(np.prod(np.shape(y)) * (np.prod(np.shape(w)[1:]) if n.op_type == "Conv" else np.shape(w)[0]))
+
     # ------------------------------------------------------------------ states
     def full(self, name, state, B):
         """A value's per-box tensors (B, ...)."""
