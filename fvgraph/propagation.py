@@ -154,6 +154,21 @@ class LinearTerms:
         args += [""] * (len(self.step.inputs) - len(args))
         return self.step.kernel.vjp(self.b, args, self.step.outputs, [s], {self.data})[self.data]
 
+    def without_bias(self, z):
+        """The op's output z minus its bias term (Conv/ConvTranspose b per channel, Gemm beta*C)."""
+        if self.bias is None:
+            return z
+        b, bias = self.b, self.step.inputs[self.bias]
+        op = self.step.node.op_type
+        if op == "Gemm":
+            beta = float(self.step.node.attr("beta", 1.0))
+            term = bias if beta == 1.0 else b.mul(bias, b.scalar(beta, bias))
+        else:
+            rank = b.rank(z)
+            term = b.op("Reshape", [bias, b.ints([-1] + [1] * (rank - 2))],
+                        dims=(b.dims(bias)[0],) + (1,) * (rank - 2), dtype=b.dtype(z))
+        return b.op("Sub", [z, term], like=z)
+
     def result(self, r_in):
         out = [None] * len(self.step.inputs)
         out[self.data] = r_in
@@ -254,11 +269,24 @@ def alphabeta(step: Step):
         raise RuleError(f"alpha-beta needs alpha - beta = 1, got alpha={a}, beta={be}")
     x, R = step.inputs[t.data], step.grads[0]
     eps = step.params["epsilon"]
+    if be and t.has_weights and nonnegative(b, x):
+        return t.result(_alphabeta_nonnegative(t, x, R, a, be, eps))
     r = _times(b, _signed_terms(t, x, R, eps, positive_side=True), b.scalar(a, x))
     if be:
         neg = _times(b, _signed_terms(t, x, R, eps, positive_side=False), b.scalar(be, x))
         r = b.op("Sub", [r, neg], like=x)
     return t.result(r)
+
+
+def _alphabeta_nonnegative(t: LinearTerms, x, R, a, be, eps):
+    """alpha-beta where x >= 0: z- = (z - bias) - z+, from the forward output the graph already has, instead of
+    another product with W-."""
+    b = t.b
+    zp = t.forward(x, "pos")
+    zn = b.op("Sub", [t.without_bias(t.step.outputs[0]), zp], like=zp)
+    sp = _div(b, _times(b, R, b.scalar(a, R)), stabilize(b, zp, eps))
+    sn = _div(b, _times(b, R, b.scalar(be, R)), stabilize(b, zn, eps))
+    return _times(b, x, b.op("Sub", [t.vjp(x, "pos", sp), t.vjp(x, "neg", sn)], like=x))
 
 
 def zb(step: Step):
