@@ -155,7 +155,7 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt) -> tuple[dict, di
     reached = set(wrt) | {o for i in order for o in g.nodes[i].outputs if o}
     chosen = rules.resolve(g, order)
     merged = _canonical_pairs(model, order) if rules.canonize else {}
-    padded = _padded_convs(model, order)
+    padded = _padded_convs(model, b, order)
     skip = set(merged.values()) | set(padded.values())
     signals = dict(seeds)
     applied = {}
@@ -168,12 +168,12 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt) -> tuple[dict, di
             continue
         grads = [s if s is not None else b.zeros(o) for s, o in zip(grads, node.outputs)]
         if i in merged:
-            conv, kernel = _conv_with_pad(model, merged[i], padded.get(merged[i]))
+            conv, kernel = _conv_with_pad(model, b, merged[i], padded.get(merged[i]))
             step, targets = _folded_step(model, b, merged[i], conv, kernel, node, grads, rules), conv.inputs
             rule_name = chosen.get(merged[i], rules.default)
             applied[conv.name] = f"{rule_name} (with {node.name} folded in)"
         elif i in padded:
-            conv, kernel = _conv_with_pad(model, i, padded[i])
+            conv, kernel = _conv_with_pad(model, b, i, padded[i])
             step = Step(conv, kernel, list(conv.inputs), list(node.outputs), grads,
                         [bool(v) and v in reached for v in conv.inputs], rules.params, b)
             targets, rule_name = conv.inputs, chosen[i]
@@ -215,7 +215,7 @@ def _canonical_pairs(model, order) -> dict[int, int]:
     return out
 
 
-def _padded_convs(model, order) -> dict[int, int]:
+def _padded_convs(model, b, order) -> dict[int, int]:
     """Conv node index -> the zero Pad before it (its only consumer) whose padding the reverse pass merges into
     the Conv's own: the adjoint conv then yields the unpadded gradient directly, with no crop (EfficientNet's
     exporters pad every strided conv this way)."""
@@ -229,18 +229,18 @@ def _padded_convs(model, order) -> dict[int, int]:
             continue
         pad = g.nodes[j]
         if pad.attr("mode", "constant") != "constant" or len(consumers.get(pad.outputs[0], [])) != 1 \
-                or pad.outputs[0] in g.output_names() or _spatial_pads(model, pad) is None:
+                or pad.outputs[0] in g.output_names() or _spatial_pads(b, pad) is None:
             continue
         out[i] = j
     return out
 
 
-def _spatial_pads(model, pad):
+def _spatial_pads(b, pad):
     """(begins, ends) of a zero Pad that pads only the spatial axes of a 4-D or 5-D value, else None."""
-    c = model.graph.initializers
-    ins = list(pad.inputs) + ["", ""]
-    pads = c.get(ins[1])
-    if pads is None or (ins[2] and (ins[2] not in c or np.any(np.asarray(c[ins[2]]) != 0))) or (ins[3] if len(ins) > 3 else ""):
+    ins = list(pad.inputs) + ["", "", ""]
+    pads = b.constant(ins[1]) if ins[1] else None
+    value = b.constant(ins[2]) if ins[2] else 0
+    if pads is None or value is None or np.any(np.asarray(value) != 0) or ins[3]:
         return None
     p = [int(v) for v in np.asarray(pads).reshape(-1)]
     rank = len(p) // 2
@@ -249,14 +249,14 @@ def _spatial_pads(model, pad):
     return p[2:rank], p[rank + 2:]
 
 
-def _conv_with_pad(model, conv_index, pad_index):
+def _conv_with_pad(model, b, conv_index, pad_index):
     """The Conv node (and its kernel) with a folded Pad's padding merged into its pads."""
     ex = model.executor
     conv = model.graph.nodes[conv_index]
     if pad_index is None:
         return conv, ex.kernels[conv_index]
     pad = model.graph.nodes[pad_index]
-    begins, ends = _spatial_pads(model, pad)
+    begins, ends = _spatial_pads(b, pad)
     nsp = len(begins)
     own = conv.attr("pads") or [0] * (2 * nsp)
     attrs = dict(conv.attrs, pads=[a + b for a, b in zip(own, begins + ends)], auto_pad="NOTSET")

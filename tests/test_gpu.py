@@ -1,4 +1,5 @@
-"""The CuPy path: the same kernels on a GPU, against the CPU. Runs only where CuPy and a GPU are present."""
+"""The GPU paths: fvgraph's executor on CuPy and onnxruntime's CUDA provider, against the CPU. Each runs only
+where its library and a GPU are present."""
 import numpy as np
 import pytest
 
@@ -6,7 +7,7 @@ import fvgraph as fv
 from tests.zoo import ZOO
 
 
-def _gpu_available():
+def _cupy_gpu():
     try:
         import cupy
         return cupy.cuda.runtime.getDeviceCount() > 0
@@ -14,15 +15,26 @@ def _gpu_available():
         return False
 
 
-pytestmark = pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a CUDA GPU (none on this machine)")
+def _ort_cuda():
+    try:
+        import onnxruntime as ort
+        return "CUDAExecutionProvider" in ort.get_available_providers() and _cupy_gpu()
+    except Exception:
+        return False
 
 
+ENGINES = [pytest.param("cupy", marks=pytest.mark.skipif(not _cupy_gpu(), reason="needs CuPy and a CUDA GPU")),
+           pytest.param("onnxruntime", marks=pytest.mark.skipif(not _ort_cuda(),
+                                                                reason="needs onnxruntime-gpu and a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_gpu_forward_and_explain_match_cpu(name):
+def test_gpu_forward_and_explain_match_cpu(name, engine):
     proto = ZOO[name](opset=13)
-    cpu, gpu = fv.load(proto), fv.load(proto, device="cuda")
+    cpu, gpu = fv.load(proto, engine="numpy"), fv.load(proto, engine=engine, device="cuda")
     x = np.random.default_rng(0).standard_normal([2] + list(cpu.inputs[0].shape[1:])).astype(np.float32)
     np.testing.assert_allclose(gpu.run(x), cpu.run(x), rtol=1e-4, atol=1e-5)
-    for method in ("gradient", "guided", "lrp-epsilon"):
+    for method in ("gradient", "guided", "lrp-epsilon", "gradcam"):
         a, b = cpu.explain(x, method, target=1), gpu.explain(x, method, target=1)
         assert np.linalg.norm(a.relevance - b.relevance) <= 1e-3 * np.linalg.norm(a.relevance), method

@@ -5,7 +5,6 @@ import pytest
 from onnx import helper, numpy_helper
 
 import fvgraph as fv
-from fvgraph.engines import OrtEngine
 from fvgraph.ops import REGISTRY
 from fvgraph.reverse import RELEVANCE, Target, lower
 from fvgraph.rules import Rules

@@ -204,16 +204,6 @@ class Clip(Op):
     def forward(self, x, lo=None, hi=None):
         return (self.forward_inplace(x.copy(), lo, hi),)
 
-    def gate(self, x, lo=None, hi=None):
-        """1 where x passes unclipped (lo < x < hi, strict as PyTorch's ReLU6/hardtanh), else 0."""
-        lo, hi = _scalar(lo, None, x.dtype), _scalar(hi, None, x.dtype)
-        m = None
-        if lo is not None:
-            m = x > lo
-        if hi is not None:
-            m = (x < hi) if m is None else m & (x < hi)
-        return xp_of(x).ones_like(x) if m is None else m.astype(x.dtype)
-
     def gate_graph(self, b, y, lo, hi):
         """The gate lo < x < hi as a boolean value, from the output y (y = lo or hi exactly where clipped)."""
         m = None

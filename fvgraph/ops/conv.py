@@ -41,11 +41,6 @@ class _ConvBase(Op):
         return self._wcache[1]
 
 
-def _tap_slices(geo, tap):
-    """Spatial slices of the padded input that one kernel tap reads at every output position."""
-    return tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, s, d, o in zip(tap, geo.s, geo.d, geo.out))
-
-
 @register("Conv")
 class Conv(_ConvBase):
     def geometry(self, x, w) -> Geometry:
@@ -76,7 +71,7 @@ class Conv(_ConvBase):
             y += b.astype(y.dtype, copy=False).reshape((1, -1) + (1,) * (y.ndim - 2))
         return (y,)
 
-    def _gemm(self, buf, w, geo, matrices=None):
+    def _gemm(self, buf, w, geo):
         """y[n] (M, L) = W (M, K*C) @ col[n]^T, col[n] (L, K*C) gathered channels-last. This orientation
         (output rows = channels, so y comes out NCHW) ran 1.2-1.7x faster than col @ W^T in OpenBLAS on the
         ResNet-18 layer shapes (benchmarks/forward.py)."""
@@ -85,7 +80,7 @@ class Conv(_ConvBase):
         M, g = w.shape[0], self.group
         Cg, Mg = C // g, M // g
         L = math.prod(geo.out)
-        wm = self._cached(w, self.weight_matrices) if matrices is None else matrices
+        wm = self._cached(w, self.weight_matrices)
         pointwise = geo.ktotal == 1 and all(s == 1 for s in geo.s)
         win = buf if pointwise else windows(buf, geo)
         y = xp.empty((N, M, *geo.out), dtype=buf.dtype)
