@@ -55,12 +55,8 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
     spec = model.preprocessing()
     x = load_image(path, spec)
     shown = resize_crop(read_rgb(path), spec)
-    logits = model.run(x)[0]
-    k = int(np.argmax(logits))
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    names = model.class_names()
-    label = names[k] if names and k < len(names) else str(k)
+    from .methods.attribution import prediction
+    k, label, prob = prediction(model, model.run(x)[0])
     row = [shown]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +81,7 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
         for f, pic_ in files.items():
             _atomic_save(f, lambda t, pic_=pic_: Image.fromarray(pic_).save(t, format="PNG"))
         _atomic_save(out / f"{stem}.npy", lambda t, a=e.relevance[0]: np.save(open(t, "wb"), a))
-    return row, (Path(path).name, k, label, float(p[k]))
+    return row, (Path(path).name, k, label, prob)
 
 
 # --------------------------------------------------------------------------- many images

@@ -31,9 +31,9 @@ def cmd_info(args) -> int:
     from .model import Model
 
     graph = import_model(_source(args.model))
-    problem = None
+    problem, model = None, None
     try:
-        Model(graph)
+        model = Model(graph, engine="numpy")
     except UnsupportedModelError as e:
         problem = str(e)
     out = sys.stdout.write
@@ -49,8 +49,12 @@ def cmd_info(args) -> int:
             out(f"metadata  {k} = {v[:80]}\n")
     out(f"params    {parameter_count(graph):,}\n\n")
     layers = list_layers(graph, shape_only_nodes(graph))
-    if problem is None:
-        _fill_shapes(graph, layers)
+    at = None
+    if model is not None:
+        at = _fill_shapes(model, layers, _shape(args.shape) if args.shape else None)
+    if at:
+        out(f"shapes at input {'x'.join(str(d) for d in at)}"
+            f"{'' if args.shape else ' (the size the model or its preprocessing implies; --shape to choose)'}\n\n")
     rows = [("#", "name", "op", "output shape", "params")]
     rows += [(str(l.index), l.name, l.op_type, ValueInfo(l.output, l.shape, None).describe(),
               f"{l.params:,}" if l.params else "") for l in layers]
@@ -73,6 +77,56 @@ def _parse_params(items) -> dict:
         k, v = item.split("=", 1)
         out[k] = parse_value(v)
     return out
+
+
+def _output_target(args, model):
+    """fv.OutputTarget from --target-index / --target-mask (with --target-output, --target-channel), or None."""
+    index, mask_file = getattr(args, "target_index", None), getattr(args, "target_mask", None)
+    if index is None and mask_file is None:
+        if getattr(args, "target_output", None) or getattr(args, "target_channel", None) is not None:
+            raise InputError("--target-output and --target-channel go with --target-index or --target-mask")
+        return None
+    from .explanation import OutputTarget
+    if index is not None and mask_file is not None:
+        raise InputError("give --target-index or --target-mask, not both")
+    if index is not None:
+        try:
+            idx = tuple(int(v) for v in index.split(","))
+        except ValueError:
+            raise InputError(f"--target-index takes integers separated by commas (no batch axis), got {index!r}") \
+                from None
+        return OutputTarget(index=idx, output=args.target_output)
+    from .methods.attribution import output_mask
+    return OutputTarget(mask=output_mask(model, mask_file, args.target_output, args.target_channel),
+                        output=args.target_output)
+
+
+def _output_target_asked(args) -> bool:
+    return getattr(args, "target_index", None) is not None or getattr(args, "target_mask", None) is not None
+
+
+def _any_target(args, model):
+    """The target the options name: a unit (--layer/--channel), an output element or region, or a class."""
+    from .explanation import Unit
+    out = _output_target(args, model)
+    if out is not None:
+        if getattr(args, "layer", None) or getattr(args, "target", None) is not None:
+            raise InputError("--target-index/--target-mask replace --target and --layer; give one of them")
+        return out
+    if getattr(args, "layer", None):
+        return Unit(args.layer, getattr(args, "channel", None))
+    return _target(args.target)
+
+
+def _target_options(s):
+    s.add_argument("--target-index", metavar="I,J,...",
+                   help="score one element of an output, e.g. 9,2049 = class 5 of anchor 2049 in a YOLO "
+                        "(batch, 4+classes, anchors) output (no batch axis)")
+    s.add_argument("--target-mask", metavar="FILE",
+                   help="score an output region: a .npy weight array (broadcast to one sample's output) or a "
+                        "grayscale image (resized to the output's height and width)")
+    s.add_argument("--target-channel", type=int, help="with --target-mask: only this channel (class) of the output")
+    s.add_argument("--target-output", metavar="NAME", help="the output the target reads (default: the first)")
 
 
 def _target(text):
@@ -121,20 +175,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def explain_images(model, images, methods, out, target=None, layer=None, channel=None, params=None,
-                   overwrite=False, quiet=False, write=True):
+def explain_images(model, images, methods, out, target=None, params=None, overwrite=False, quiet=False):
     """Explain each image with each method and write the maps; returns picture rows and predictions."""
     from .batch import write_explanations
-    from .explanation import Unit
     rows, preds = [], []
     for path in images:
-        tgt = Unit(layer, channel) if layer is not None else target
         kw = dict(params or {})
-        row, pred = write_explanations(model, path, Path(path).stem, methods, out, tgt, kw, overwrite)
+        row, pred = write_explanations(model, path, Path(path).stem, methods, out, target, kw, overwrite)
         rows.append(row)
         preds.append(pred)
         if not quiet:
-            print(f"{pred[0]}: {pred[2]} (class {pred[1]}, p={pred[3]:.2f})")
+            print(f"{pred[0]}: {pred[2]}" + (f" (class {pred[1]}, p={pred[3]:.2f})" if pred[1] is not None else ""))
     return rows, preds
 
 
@@ -142,8 +193,7 @@ def cmd_explain(args) -> int:
     methods = _methods(args.method)
     if any(Path(p).is_dir() for p in args.images) or args.workers > 1 or args.ray:
         from .batch import explain_folder
-        from .explanation import Unit
-        target = Unit(args.layer, args.channel) if args.layer else _target(args.target)
+        target = _any_target(args, _load(args.model, args) if _output_target_asked(args) else None)
         done, skipped = explain_folder(args.model, args.images, methods, args.out, target,
                                        _parse_params(args.param), args.workers, args.ray, args.overwrite,
                                        args.quiet or None, _load_options(args))
@@ -151,11 +201,12 @@ def cmd_explain(args) -> int:
             print(f"explained {done} image(s), skipped {skipped} already done; maps in {args.out}/")
         return 0
     model = _load(args.model, args)
-    rows, preds = explain_images(model, args.images, methods, args.out, _target(args.target), args.layer,
-                                 args.channel, _parse_params(args.param), args.overwrite, args.quiet)
+    target = _any_target(args, model)
+    rows, preds = explain_images(model, args.images, methods, args.out, target, _parse_params(args.param),
+                                 args.overwrite, args.quiet)
     if len(methods) > 1 or len(args.images) > 1:
         from .render import grid, save_png
-        labels = [f"{p[2]} {p[3]:.2f}" for p in preds]
+        labels = [f"{p[2]} {p[3]:.2f}" if p[1] is not None else p[2] for p in preds]
         save_png(Path(args.out) / "grid.png", grid(rows, ["input"] + methods, labels), args.overwrite)
     if not args.quiet:
         print(f"wrote {len(args.images) * len(methods)} explanation(s) to {args.out}/")
@@ -230,7 +281,10 @@ def cmd_reconstruct(args) -> int:
     from .explanation import Unit
     model = _load(args.model, args)
     options = _optimizer_kwargs(args)
-    if args.layer is not None:
+    out_target = _output_target(args, model)
+    if out_target is not None:
+        targets, labels = [out_target], ["output_target"]
+    elif args.layer is not None:
         chans = _channels(args.channel) or [None]
         targets = [Unit(args.layer, c) for c in chans]
         labels = [f"{args.layer}_c{c}" if c is not None else args.layer for c in chans]
@@ -278,12 +332,11 @@ def _fill(text):
 
 
 def cmd_occlude(args) -> int:
-    from .explanation import Unit
     from .image import load_image, read_rgb, resize_crop
     from .render import picture, save_npy, save_png
     model = _load(args.model, args)
     spec = model.preprocessing()
-    target = Unit(args.layer, args.channel) if args.layer else _target(args.target)
+    target = _any_target(args, model)
     for path in args.images:
         x = load_image(path, spec)
         e = model.occlusion(x, box=_box(args.box, "box"), stride=_box(args.stride, "stride"), fill=_fill(args.fill),
@@ -341,7 +394,8 @@ def cmd_check(args) -> int:
     from . import compare
     if args.action == "record":
         model = _load(args.model, args)
-        meta = compare.record(model, args.model, args.images, _methods(args.methods), args.out, args.overwrite)
+        meta = compare.record(model, args.model, args.images, _methods(args.methods), args.out, args.overwrite,
+                              _any_target(args, model))
         print(f"wrote {args.out}: {len(meta['methods'])} method(s) on {len(args.images)} image(s)")
         return 0
     if args.action == "compare":
@@ -438,26 +492,36 @@ def cmd_figure(args) -> int:
     return 0
 
 
-def _fill_shapes(graph, layers):
-    """Shapes that ONNX shape inference left symbolic, from one run on zeros (batch 1) when the input's
-    other dimensions are fixed; the batch dimension keeps its symbol."""
-    if all(l.shape is not None and all(isinstance(d, int) for d in l.shape[1:]) for l in layers):
-        return
-    from .model import Model
-    feeds = {}
-    for v in graph.inputs:
-        if v.shape is None or v.dtype is None or not all(isinstance(d, int) and d > 0 for d in v.shape[1:]):
-            return
-        feeds[v.name] = np.zeros((1,) + tuple(v.shape[1:]), v.dtype)
+def _fill_shapes(model, layers, shape=None):
+    """Concrete layer shapes at one input size (--shape, else the size the model or its preprocessing
+    implies), the batch axis keeping its symbol; never the nested floor() expressions ONNX shape inference
+    writes for symbolic sizes. Returns the input shape used, or None (several inputs without --shape)."""
+    from .image import input_shape
+    from .shapes import BATCH
+    graph = model.graph
+    if len(graph.inputs) != 1:
+        if shape is not None:
+            raise InputError("--shape is for single-input models")
+        return None
+    v = graph.inputs[0]
+    shape = tuple(shape) if shape is not None else input_shape(model) if v.shape and len(v.shape) == 4 else \
+        (1,) + tuple(v.shape[1:]) if v.shape and all(isinstance(d, int) for d in v.shape[1:]) else None
+    if shape is None:
+        return None
+    feeds = {v.name: np.zeros(shape, v.dtype or np.float32)}
     try:
-        tape = Model(graph).forward(feeds, [l.output for l in layers], keep=True)
-    except FvGraphError:
-        return
-    batch = graph.inputs[0].shape[0] if graph.inputs[0].shape else "N"
+        model.feeds(feeds)
+        table = model.shape_table(feeds)
+        if any(isinstance(d, str) and d != BATCH for l in layers for d in (table.dims.get(l.output) or ())[1:]):
+            table = model.shape_table(feeds, measured=True)
+    except FvGraphError as e:
+        raise InputError(f"cannot compute the layer shapes at input {'x'.join(map(str, shape))}: {e}") from None
+    batch = v.shape[0] if v.shape and isinstance(v.shape[0], str) else "N"
     for l in layers:
-        a = tape.values.get(l.output)
-        if a is not None and getattr(a, "ndim", 0) >= 1:
-            l.shape = (batch,) + tuple(a.shape[1:])
+        d = table.dims.get(l.output)
+        if d is not None:
+            l.shape = tuple(batch if x == BATCH or (k == 0 and isinstance(x, str)) else x for k, x in enumerate(d))
+    return shape
 
 
 class _Subcommands:
@@ -486,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _Subcommands(p.add_subparsers(dest="command", metavar="COMMAND"), common)
     s = sub.add_parser("info", help="inputs, outputs, opset and the layer table of a model")
     s.add_argument("model", help="an .onnx file")
+    s.add_argument("--shape", help="the input shape to compute layer shapes at, e.g. 1x3x320x320")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("convert", help="convert a MatConvNet network (.mat) to ONNX")
@@ -510,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="processes for folders of images (default 1)")
     s.add_argument("--ray", metavar="ADDRESS", help="run a folder on a Ray cluster ('local' starts one here)")
     s.add_argument("--quiet", "-q", action="store_true")
+    _target_options(s)
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("occlude", help="occlusion maps: the drop in the score when a box covers each region")
@@ -530,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", "-o", default="fvgraph-out")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", "-q", action="store_true")
+    _target_options(s)
     s.set_defaults(func=cmd_occlude)
 
     s = sub.add_parser("reconstruct", help="activation maximization: pictures that drive classes or units")
@@ -538,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", help="maximize a channel of this layer instead")
     s.add_argument("--channel", help="channel index or list (e.g. 0-15); one picture each")
     _optimizer_options(s)
+    _target_options(s)
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("invert", help="reconstruct images from their representation at a layer")
@@ -556,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated; parameters as method:key=value,key=value")
     c.add_argument("--out", "-o", required=True)
     c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--target", "-t", help="class index (default: the predicted class)")
+    _target_options(c)
     c = csub.add_parser("compare", help="recompute a reference and compare: exit 0 agree, 1 differ, 2 bad input")
     c.add_argument("model")
     c.add_argument("reference")
@@ -616,6 +686,13 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     args.debug = getattr(args, "debug", False)
+    import warnings
+    from .errors import FvGraphWarning
+
+    def one_line(message, category, *rest, **kw):
+        if issubclass(category, FvGraphWarning):
+            print(f"fvgraph: warning: {message}", file=sys.stderr)
+    warnings.showwarning = one_line
     if args.debug:
         import logging
         logging.basicConfig(format="fvgraph: %(message)s")

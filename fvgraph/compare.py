@@ -104,7 +104,34 @@ def run_method(model, x, method: str, params: dict):
 
 
 # --------------------------------------------------------------------------- record / compare
-def record(model, model_path, images, methods, out, overwrite=False):
+def _with_target(params, target):
+    return {**params, "target": target} if target is not None else params
+
+
+def _target_record(target, arrays) -> dict | None:
+    """How a target is stored in a reference: a class (ints), or an OutputTarget (index, output; the mask as
+    an array in the file)."""
+    from .explanation import OutputTarget
+    if target is None:
+        return None
+    if isinstance(target, OutputTarget):
+        if target.mask is not None:
+            arrays["target/mask"] = np.asarray(target.mask, np.float32)
+        return {"kind": "output", "output": target.output,
+                "index": None if target.index is None else [int(i) for i in np.asarray(target.index).reshape(-1)]}
+    return {"kind": "class", "value": np.asarray(target).tolist()}
+
+
+def _target_from(record, data):
+    from .explanation import OutputTarget
+    if not record:
+        return None
+    if record["kind"] == "output":
+        return OutputTarget(index=record["index"], output=record["output"], mask=data.get("target/mask"))
+    return record["value"]
+
+
+def record(model, model_path, images, methods, out, overwrite=False, target=None):
     from .image import load_image
     out = Path(out)
     if out.exists() and not overwrite:
@@ -114,10 +141,11 @@ def record(model, model_path, images, methods, out, overwrite=False):
     arrays = {"input": x, "output": model.run(x)}
     for m in methods:
         name, params = parse_method(m)
-        arrays[f"method/{m}"] = run_method(model, x, name, params).relevance
+        arrays[f"method/{m}"] = run_method(model, x, name, _with_target(params, target)).relevance
     meta = {"schema": SCHEMA, "fvgraph": __version__, "model_sha256": file_sha256(model_path),
             "model": str(model_path), "images": [str(p) for p in images], "methods": list(methods),
-            "preprocess": spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "preprocess": spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "target": _target_record(target, arrays)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:
         np.savez_compressed(f, __meta__=np.array(json.dumps(meta)), **arrays)
@@ -140,10 +168,12 @@ def compare(model, model_path, ref_path, rtol=1e-4, atol=1e-6):
     """Recompute what a reference file holds (same inputs, methods, parameters) and compare."""
     meta, data = load_reference(ref_path)
     x = data["input"]
+    target = _target_from(meta.get("target"), data)
     rows = [metrics("output", model.run(x), data["output"], rtol, atol)]
     for m in meta["methods"]:
         name, params = parse_method(m)
-        rows.append(metrics(m, run_method(model, x, name, params).relevance, data[f"method/{m}"], rtol, atol))
+        rows.append(metrics(m, run_method(model, x, name, _with_target(params, target)).relevance,
+                            data[f"method/{m}"], rtol, atol))
     info = {"reference": str(ref_path), "model": str(model_path), "model_sha256": file_sha256(model_path),
             "reference_model_sha256": meta["model_sha256"], "fvgraph": __version__,
             "reference_fvgraph": meta["fvgraph"]}

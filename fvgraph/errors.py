@@ -30,3 +30,7 @@ class DeviceError(FvGraphError):
 
 class RuleError(FvGraphError):
     """A propagation rule or rule preset is unknown or malformed."""
+
+
+class FvGraphWarning(UserWarning):
+    """Something worth knowing that is not an error (a unit that stayed dead); the CLI prints it on one line."""

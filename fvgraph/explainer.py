@@ -35,8 +35,9 @@ def export_explainer(model, method="gradient", *, layer=None, upsample: bool = T
         if params:
             raise InputError(f"unknown option(s) {sorted(params)} for {method} (options: layer=, upsample=)")
         ref = model.resolve(layer) if layer is not None else None
-        lowered = model.lowered((method, ref, bool(upsample), logits), probe,
-                                lambda table: lower_cam(model, method, table, logits, layer, upsample))
+        spec = Target("class", logits)
+        lowered = model.lowered((method, ref, bool(upsample), spec), probe,
+                                lambda table: lower_cam(model, method, table, spec, layer, upsample))
     else:
         if layer is not None:
             raise InputError(f"layer= is for cam and gradcam; {method!r} explains the input")

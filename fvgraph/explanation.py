@@ -17,6 +17,22 @@ class Unit:
     x: int | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class OutputTarget:
+    """A score read from any output, for detectors and segmenters: one element per sample (`index`, without
+    the batch axis, e.g. (4 + k, a) for class k of anchor a in a YOLO (batch, 4 + classes, anchors) output),
+    or the sum of the output times `mask` (broadcast to one sample's output, or with a batch axis: class c
+    over a region of a segmentation map). `output`: an output's name or index (default: the first)."""
+    index: Any = None
+    output: Any = None
+    mask: Any = None
+
+    def __repr__(self):
+        what = f"index={tuple(self.index)}" if self.index is not None else \
+            f"mask of shape {np.shape(self.mask)}" if self.mask is not None else "nothing"
+        return f"OutputTarget({what}{f', output={self.output!r}' if self.output is not None else ''})"
+
+
 @dataclass
 class Explanation:
     relevance: np.ndarray          # shape of the input for reverse-pass methods; (N, H, W) for maps

@@ -47,6 +47,7 @@ class Model:
         self._layers: list[Layer] | None = None
         self._tables: dict = {}
         self._lowered: OrderedDict = OrderedDict()
+        self.choices: dict = {}  # decisions made once per model (occlusion: windows or full passes)
 
     # ----------------------------------------------------------------- description
     @property
@@ -187,7 +188,7 @@ class Model:
     # ----------------------------------------------------------------- explanations
     def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), **params):
         """Explain the model's decision on x (a batch): see fvgraph.methods. Returns an Explanation."""
-        from .explanation import Unit
+        from .explanation import OutputTarget, Unit
         from .methods.attribution import attribute
         from .methods.cam import explain_cam
         if isinstance(method, str) and method in ("cam", "gradcam"):
@@ -198,9 +199,10 @@ class Model:
             return explain_cam(self, x, method, target, layer=params.get("layer"),
                                upsample_maps=params.get("upsample", True), through_softmax=through_softmax)
         rules = self.rules_for(method, params)
-        if target is not None and not isinstance(target, (Unit, int, np.integer, list, tuple, np.ndarray)):
-            raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...) or a seed array; "
-                             f"got {type(target).__name__}")
+        if target is not None and not isinstance(target, (Unit, OutputTarget, int, np.integer, list, tuple,
+                                                          np.ndarray)):
+            raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...), fv.OutputTarget(...) "
+                             f"or a seed array; got {type(target).__name__}")
         return attribute(self, x, rules, target, through_softmax=through_softmax, return_layers=return_layers,
                          method_name=method if isinstance(method, str) else rules.name)
 
@@ -245,11 +247,20 @@ class Model:
         return input_range(self.preprocessing())
 
     def class_names(self) -> list[str] | None:
+        """From fvgraph's metadata key, or an ultralytics export's `names` ({0: 'person', ...})."""
+        import ast
         import json
         try:
-            return json.loads(self.metadata["fvgraph.classes"]) if "fvgraph.classes" in self.metadata else None
-        except ValueError:
+            if "fvgraph.classes" in self.metadata:
+                return json.loads(self.metadata["fvgraph.classes"])
+            if "names" in self.metadata:
+                names = ast.literal_eval(self.metadata["names"])
+                if isinstance(names, dict):
+                    return [str(names[k]) for k in sorted(names)]
+                return [str(n) for n in names]
+        except (ValueError, SyntaxError, TypeError, KeyError):
             return None
+        return None
 
     def _host(self, a):
         a = np.asarray(self.backend.to_host(a))

@@ -95,12 +95,15 @@ def seed_value(b: GraphBuilder, target: Target, output_seed: bool, suffix: str =
     if target.kind == "class":
         t_in = b.input("target" + suffix, (b.dims(v)[0],), np.int64)
         k = b.static(v, [1])[0]
-        predicted = b.op("ArgMax", [v], dims=(b.dims(v)[0],), dtype=np.int64, axis=1, keepdims=0)
+        scores = v if b.rank(v) == 2 else b.op("Reshape", [v, b.ints([0, k])], dims=(b.dims(v)[0], k), dtype=dtype)
+        predicted = b.op("ArgMax", [scores], dims=(b.dims(v)[0],), dtype=np.int64, axis=1, keepdims=0)
         negative = b.op("Less", [t_in, b.ints(0)], dims=b.dims(t_in), dtype=np.bool_)
         used = b.op("Where", [negative, predicted, t_in], like=t_in)
         column = b.op("Unsqueeze", [used, b.ints([1])], dims=(b.dims(v)[0], 1), dtype=np.int64)
-        hit = b.op("Equal", [column, b.const(np.arange(k, dtype=np.int64))], dims=b.dims(v), dtype=np.bool_)
-        seed = b.op("Cast", [hit], like=v, to=onnx_type(dtype))
+        hit = b.op("Equal", [column, b.const(np.arange(k, dtype=np.int64))], like=scores, dtype=np.bool_)
+        seed = b.op("Cast", [hit], like=scores, to=onnx_type(dtype))
+        if scores != v:  # (batch, classes, 1, 1): the one-hot in the value's own shape
+            seed = b.reshape_like(seed, v)
         inputs = (t_in,)
     elif target.kind == "array":
         seed = b.input("seed" + suffix, b.dims(v), dtype)

@@ -344,3 +344,15 @@ def yolo_like(size=320, classes=80, seed=0, widths=(16, 32, 64, 128, 256), depth
     return b.model(b.op("Concat", [boxes, b.op("Sigmoid", [cls])], axis=1),
                    metadata={"imgsz": f"[{size}, {size}]", "stride": "32",
                              "names": str({k: f"class{k}" for k in range(classes)})})
+
+
+def seg_like(size=32, classes=4, seed=0, opset=13):
+    """A small segmentation net: a strided encoder, nearest upsampling back to the input size, per-pixel class
+    logits (batch, classes, H, W)."""
+    b = NetBuilder((1, 3, size, size), opset, seed=seed, name="seg_like")
+    x = b.relu(b.conv("input", 3, 8, 3, stride=2))
+    x = b.relu(b.conv(x, 8, 16, 3, stride=2))
+    for cin, cout in ((16, 8), (8, 8)):
+        x = b.op("Resize", [x, "", b.const([1, 1, 2, 2])], mode="nearest")
+        x = b.relu(b.conv(x, cin, cout, 3))
+    return b.model(b.conv(x, 8, classes, 1))

@@ -10,9 +10,17 @@ MatConvNet's conventions, converted exactly:
 - normalize (LRN) param = [N kappa alpha beta]: y = x (kappa + alpha sum_window x^2)^-beta, the same window
   as ONNX, whose LRN divides alpha by N: ONNX alpha = alpha * N;
 - bnorm: multipliers, biases, moments = [mean sigma] (sigma includes epsilon): variance = sigma^2 - eps;
-- loss layers are dropped (inference), dropout becomes Identity;
-- meta.normalization (averageImage, imageSize) becomes the model's preprocessing metadata (pixels 0..255
-  minus the average colour, RGB) and meta.classes the class names.
+- loss layers are dropped (inference), dropout becomes Identity; noffset: y = x - param(1) * |x|_c ^ param(2)
+  (the L2 norm across channels); sigmoid; DagNN Crop (the first input cropped at `crop` to the second's
+  size), Scale (per-channel multiplier and bias), Sum, Concat;
+- the input: channels and size from meta.inputSize, else normalization.imageSize, else the first conv's
+  filters (size then left free); grayscale nets take one channel and get grayscale preprocessing;
+- normalization: a per-channel averageImage (1x1xC or C values) is subtracted by the preprocessing; a full mean
+  image (H x W or H x W x C, as cnn_train saves it) is subtracted inside the graph as a constant, so the
+  converted model takes the raw image (pixels 0..255 after resizing and cropping), as vl_simplenn's users feed
+  it after bsxfun(@minus, im, averageImage); keepAspect, border, cropSize and interpolation go into the
+  preprocessing; meta.classes (or, in the pre-2015 layout, net.classes and net.normalization at the top
+  level) gives the class names.
 """
 from __future__ import annotations
 
@@ -234,8 +242,22 @@ def _layer(b: _Builder, kind, name, x, out, params, opts):
         return b.node("Identity", [x], out, name)
     if kind in ("softmax",):
         return b.node("Softmax", [x], out, name, axis=1)
-    if kind in ("softmaxloss", "loss", "pdist", "error"):
+    if kind in ("sigmoid",):
+        return b.node("Sigmoid", [x], out, name)
+    if kind in ("noffset",):
+        p = np.asarray(opts.get("param", [1, 0.5]), np.float64).reshape(-1)
+        norm = b.node("ReduceL2", [x], b.unique(f"{name}_norm"), f"{name}_norm", axes=[1], keepdims=1)
+        powered = b.node("Pow", [norm, b.const(f"{name}_p2", np.array(p[1], np.float32))], b.unique(f"{name}_pow"),
+                         f"{name}_pow")
+        offset = b.node("Mul", [powered, b.const(f"{name}_p1", np.array(p[0], np.float32))],
+                        b.unique(f"{name}_offset"), f"{name}_offset")
+        return b.node("Sub", [x, offset], out, name)
+    if kind in ("softmaxloss", "loss", "error"):
         return None
+    if kind in ("pdist", "custom"):
+        raise UnsupportedModelError(f"layer {name!r}: MatConvNet {kind} layers are not supported (a {kind} layer "
+                                    f"{'computes a training loss' if kind == 'pdist' else 'runs MATLAB code'}; "
+                                    "remove it from net.layers before converting)")
     raise UnsupportedModelError(f"layer {name!r}: MatConvNet layer type {kind!r} is not supported")
 
 
@@ -293,6 +315,10 @@ def _dagnn(net, b: _Builder):
                 y = _layer(b, "convt", name, ins[0], outs[0], ps, opts)
             elif short in ("batchnorm",):
                 y = _layer(b, "bnorm", name, ins[0], outs[0], ps, opts)
+            elif short == "crop":
+                y = _crop(b, name, ins, outs[0], opts)
+            elif short == "scale":
+                y = _scale(b, name, ins[0], outs[0], ps, opts)
             else:
                 y = _layer(b, short, name, ins[0] if ins else "", outs[0] if outs else b.unique(name), ps, opts)
         except UnsupportedModelError as e:
@@ -307,23 +333,84 @@ def _dagnn(net, b: _Builder):
     return inputs[:1], outputs
 
 
+def _crop(b: _Builder, name, ins, out, opts):
+    """dagnn.Crop: input 1 cropped to input 2's height and width, starting at crop = [top left]."""
+    top, left = (list(np.asarray(opts.get("crop", [0, 0]), np.float64).reshape(-1)) + [0, 0])[:2]
+    starts = b.const(f"{name}_starts", np.array([int(top), int(left)], np.int64))
+    shape = b.node("Shape", [ins[1]], b.unique(f"{name}_shape"), f"{name}_shape")
+    size = b.node("Slice", [shape, b.const(f"{name}_s0", np.array([2], np.int64)),
+                            b.const(f"{name}_s1", np.array([4], np.int64))], b.unique(f"{name}_size"), f"{name}_size")
+    ends = b.node("Add", [starts, size], b.unique(f"{name}_ends"), f"{name}_ends")
+    return b.node("Slice", [ins[0], starts, ends, b.const(f"{name}_axes", np.array([2, 3], np.int64))], out, name)
+
+
+def _scale(b: _Builder, name, x, out, params, opts):
+    """dagnn.Scale: x .* w + bias with w and bias per channel (size 1 x 1 x C)."""
+    w = np.asarray(params[0], np.float32).reshape(1, -1, 1, 1)
+    y = b.node("Mul", [x, b.const(f"{name}_w", w)], b.unique(f"{name}_mul") if len(params) > 1 else out, f"{name}_mul")
+    if len(params) > 1 and params[1] is not None and np.size(params[1]) and opts.get("hasBias", True):
+        return b.node("Add", [y, b.const(f"{name}_b", np.asarray(params[1], np.float32).reshape(1, -1, 1, 1))], out,
+                      name)
+    if y != out:
+        return b.node("Identity", [y], out, f"{name}_out")
+    return y
+
+
 def _meta(net):
-    meta = net.get("meta") or {}
-    norm = meta.get("normalization") or {} if isinstance(meta, dict) else {}
-    size = norm.get("imageSize")
-    size = [int(v) for v in np.asarray(size).reshape(-1)[:3]] if size is not None else None
+    """What the network says about its input: (size [h, w] or None, channels or None, per-channel mean or
+    None, full mean image (H x W x C) or None, preprocessing options, class names)."""
+    meta = net.get("meta") if isinstance(net.get("meta"), dict) else {}
+    norm = meta.get("normalization") or net.get("normalization") or {}  # pre-2015: at the top level
+    norm = norm if isinstance(norm, dict) else {}
+    size, channels = None, None
+    for source in (meta.get("inputSize"), norm.get("imageSize")):
+        if source is not None and np.size(source) >= 2:
+            v = [int(round(float(a))) for a in np.asarray(source, np.float64).reshape(-1)]
+            size = v[:2]
+            channels = v[2] if len(v) > 2 else None
+            break
+    mean, image = None, None
     avg = norm.get("averageImage")
-    mean = [0.0, 0.0, 0.0]
     if avg is not None and np.size(avg):
         a = np.asarray(avg, np.float64)
-        mean = [float(v) for v in (a.reshape(-1) if a.size == 3 else a.reshape(-1, a.shape[-1]).mean(axis=0))]
-    classes = meta.get("classes") if isinstance(meta, dict) else None
+        if a.size in (1, 3) or (a.ndim == 3 and a.shape[:2] == (1, 1)) or min(a.shape) == 1 and a.ndim <= 2 \
+                and a.size <= 4:
+            mean = [float(v) for v in a.reshape(-1)]
+        else:
+            image = a if a.ndim == 3 else a[:, :, None]
+            size = size or list(image.shape[:2])
+    options = {}
+    if "keepAspect" in norm:
+        options["resize"] = "shorter" if bool(np.asarray(norm["keepAspect"]).reshape(-1)[0]) else "stretch"
+    if "border" in norm and np.size(norm["border"]):
+        options["border"] = [int(v) for v in np.asarray(norm["border"], np.float64).reshape(-1)[:2]]
+    if "cropSize" in norm and np.size(norm["cropSize"]):
+        options["crop_fraction"] = float(np.asarray(norm["cropSize"], np.float64).reshape(-1)[0])
+    if isinstance(norm.get("interpolation"), str):
+        options["interpolation"] = norm["interpolation"].lower()
+    classes = meta.get("classes") or net.get("classes")
     names = None
     if isinstance(classes, dict):
         desc = classes.get("description")
         names = _list(desc) if desc is not None and np.size(desc) else _list(classes.get("name"))
         names = [str(n) for n in names] if names else None
-    return size, mean, names
+    return size, channels, mean, image, options, names
+
+
+def _first_conv_channels(net, dag):
+    """Input channels from the first convolution's filters (H x W x Cin x Cout)."""
+    params = {str(p.get("name")): p.get("value") for p in _list(net.get("params"))} if dag else {}
+    for L in _list(net.get("layers")):
+        kind = str(L.get("type", "")).lower().replace("dagnn.", "")
+        if kind != "conv":
+            continue
+        if dag:
+            names = _list(L.get("params"))
+            f = params.get(str(names[0])) if names else None
+        else:
+            f = (_list(L.get("weights")) or [L.get("filters")])[0]
+        return int(np.asarray(f).shape[2]) if f is not None and np.ndim(f) >= 3 else 1 if f is not None else None
+    return None
 
 
 def matconvnet(path) -> onnx.ModelProto:
@@ -341,16 +428,31 @@ def matconvnet(path) -> onnx.ModelProto:
         raise
     except Exception as e:
         raise ModelLoadError(f"{path}: malformed MatConvNet network ({type(e).__name__}: {e})") from None
-    size, mean, names = _meta(net)
-    h, w, c = (size + [3])[:3] if size else ("height", "width", 3)
-    x = helper.make_tensor_value_info(ins[0], TensorProto.FLOAT, ["batch", c, h, w])
+    size, channels, mean, image, options, names = _meta(net)
+    channels = channels or (image.shape[2] if image is not None else None) or _first_conv_channels(net, dag) or 3
+    first = ins[0]
+    if image is not None:  # a full mean image: subtracted inside the graph, the model takes the raw image
+        img = np.asarray(image, np.float32)
+        if img.shape[2] != channels:
+            img = np.broadcast_to(img.mean(axis=2, keepdims=True), img.shape[:2] + (channels,))
+        raw = b.unique("image")
+        b.nodes.insert(0, helper.make_node("Sub", [raw, b.const("average_image", img.transpose(2, 0, 1)[None])],
+                                           [first], name=b.unique("subtract_average_image")))
+        first = raw
+    h, w = (size if size else ("height", "width"))
+    x = helper.make_tensor_value_info(first, TensorProto.FLOAT, ["batch", channels, h, w])
     ys = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs]
     graph = helper.make_graph(b.nodes, Path(path).stem, [x], ys, b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="fvgraph.convert.matconvnet")
     model.ir_version = 8
+    gray = channels == 1
+    if mean is None or image is not None:
+        mean = [0.0] * channels
+    elif len(mean) != channels:
+        mean = [float(np.mean(mean))] * channels
     spec = {"size": [h, w] if size else 224, "resize": "shorter", "crop": "center", "scale": 1.0,
-            "mean": mean, "std": [1.0, 1.0, 1.0], "channels": "RGB"}
+            "mean": mean, "std": [1.0] * channels, "channels": "L" if gray else "RGB", **options}
     model.metadata_props.add(key="fvgraph.preprocess", value=json.dumps(spec))
     if names:
         model.metadata_props.add(key="fvgraph.classes", value=json.dumps(names))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..explanation import Explanation, Unit
+from ..explanation import Explanation, OutputTarget, Unit
 from ..reverse import RELEVANCE, Target, lower, rules_key
 from ..rules import Rules
 
@@ -29,10 +29,12 @@ def logits_value(model, through_softmax=False) -> str:
 
 
 def class_indices(target, dims, n: int, value: str) -> np.ndarray:
-    """One class index per sample (-1: the predicted class), checked against a (batch, classes) value."""
-    if len(dims) != 2:
+    """One class index per sample (-1: the predicted class), checked against a (batch, classes) value (or
+    (batch, classes, 1, 1): MatConvNet's and other fully convolutional classifiers)."""
+    if len(dims) < 2 or any(d != 1 for d in dims[2:]):
         raise InputError(f"class targets need a (batch, classes) output; {value!r} has shape "
-                         f"{tuple(dims)}: use fv.Unit(layer, channel, y, x) or a seed array")
+                         f"{tuple('N' if isinstance(d, str) else d for d in dims)}: use fv.OutputTarget(index=...) (e.g. (4 + class, anchor) for a YOLO "
+                         "output), fv.OutputTarget(mask=...) for a region, fv.Unit(...) or a seed array")
     k = dims[1]
     if target is None:
         return np.full(n, -1, np.int64)
@@ -71,17 +73,111 @@ def unit_mask(model, unit: Unit, dims, n: int) -> np.ndarray:
     return mask
 
 
+def output_value(model, target: OutputTarget) -> str:
+    """The value an OutputTarget reads: an output by name or index, or any layer."""
+    names = model.graph.output_names()
+    ref = target.output
+    if ref is None:
+        return names[0]
+    if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+        if not -len(names) <= ref < len(names):
+            raise InputError(f"output index {ref} is out of range: the model has {len(names)} output(s) {names}")
+        return names[ref]
+    return ref if ref in names else model.resolve(ref)
+
+
+def value_dims(model, feeds, value):
+    """A value's dims for these inputs (batch symbolic), measured when inference cannot tell."""
+    dims = model.shape_table(feeds).dims.get(value)
+    if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+        dims = model.shape_table(feeds, measured=True).dims.get(value)
+    if dims is None:
+        raise InputError(f"the shape of {value!r} is not known for inputs of shape "
+                         f"{[np.shape(v) for v in feeds.values()]}")
+    return dims
+
+
+def output_seed(model, feeds, target: OutputTarget, n: int) -> tuple[str, np.ndarray]:
+    """(value, seed array (n, ...)): 1 at the index, or the mask, in every sample."""
+    value = output_value(model, target)
+    dims = value_dims(model, feeds, value)
+    shape = (n,) + tuple(dims[1:])
+    seed = np.zeros(shape, np.float32)
+    if (target.index is None) == (target.mask is None):
+        raise InputError("OutputTarget needs index= (one element) or mask= (a weighted region), not "
+                         f"{'both' if target.index is not None else 'neither'}")
+    if target.index is not None:
+        try:
+            index = tuple(int(i) for i in np.atleast_1d(np.asarray(target.index)).reshape(-1))
+        except (TypeError, ValueError):
+            raise InputError(f"OutputTarget index must be integers, got {target.index!r}") from None
+        if len(index) != len(shape) - 1 or any(not 0 <= i < d for i, d in zip(index, shape[1:])):
+            raise InputError(f"OutputTarget index {index} does not fit output {value!r} of shape "
+                             f"{('N',) + shape[1:]} (give one index per axis after the batch)")
+        seed[(slice(None),) + index] = 1
+        return value, seed
+    mask = np.asarray(target.mask, np.float32)
+    try:
+        seed[...] = mask if mask.ndim == len(shape) else mask[None]
+    except ValueError:
+        raise InputError(f"OutputTarget mask of shape {mask.shape} does not broadcast to output {value!r} of "
+                         f"shape {('N',) + shape[1:]}") from None
+    return value, seed
+
+
+def output_mask(model, source, output=None, channel=None) -> np.ndarray:
+    """An OutputTarget mask from a file: a .npy weight array as it is, or a grayscale image (0..255 -> 0..1)
+    resized (nearest) to the output's height and width, in one channel or all."""
+    from ..image import input_shape
+    value = output_value(model, OutputTarget(output=output, index=0))
+    dims = value_dims(model, {model.graph.input_names()[0]: np.zeros(input_shape(model), np.float32)}, value)
+    if str(source).lower().endswith(".npy"):
+        try:
+            mask = np.load(source, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{source}: not a readable .npy array ({e})") from None
+    else:
+        from PIL import Image
+        from ..image import read_rgb
+        if len(dims) != 4:
+            raise InputError(f"an image mask needs a (batch, channels, height, width) output; {value!r} has shape "
+                             f"{tuple(dims)}: give a .npy array")
+        gray = Image.fromarray(read_rgb(source)).convert("L").resize((dims[3], dims[2]), Image.NEAREST)
+        mask = (np.asarray(gray, np.float32) / 255.0)[None]
+    if channel is not None:
+        if len(dims) < 2 or not 0 <= channel < dims[1]:
+            raise InputError(f"--target-channel {channel} is out of range for output {value!r} of shape {tuple(dims)}")
+        full = np.zeros(tuple(dims[1:]), np.float32)
+        full[channel] = mask.reshape(full.shape[1:]) if mask.size == np.prod(full.shape[1:]) else mask[0]
+        mask = full
+    return mask
+
+
+def prediction(model, logits: np.ndarray):
+    """(class, label, probability) of one sample's first output when it holds class scores, else
+    (None, a description, None): detectors and segmenters have no single class."""
+    if logits.ndim > 1 and all(d == 1 for d in logits.shape[1:]):
+        logits = logits.reshape(-1)  # (classes, 1, 1): a fully convolutional classifier
+    if logits.ndim != 1:
+        return None, f"output {tuple(logits.shape)}", None
+    k = int(np.argmax(logits))
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    names = model.class_names()
+    return k, names[k] if names and k < len(names) else str(k), float(p[k])
+
+
 def seed_for(model, feeds, target, value: str):
     """(Target, seed feeds, target as reported or None) for a target specification on `value`."""
     n = int(np.shape(next(iter(feeds.values())))[0])
+    if isinstance(target, OutputTarget):
+        at, seed = output_seed(model, feeds, target, n)
+        return Target("array", at), {"seed": seed.astype(model.shape_table(feeds).dtypes.get(at, np.float32))}, target
     dims = model.shape_table(feeds).dims.get(value)
     if isinstance(target, Unit):
         at = model.resolve(target.layer)
-        table = model.shape_table(feeds)
-        layer_dims = table.dims.get(at)
-        if layer_dims is None or not all(isinstance(d, int) for d in layer_dims[1:]):
-            layer_dims = model.shape_table(feeds, measured=True).dims.get(at)
-        mask = unit_mask(model, target, layer_dims, n).astype(model.shape_table(feeds).dtypes.get(at, np.float32))
+        mask = unit_mask(model, target, value_dims(model, feeds, at), n).astype(
+            model.shape_table(feeds).dtypes.get(at, np.float32))
         return Target("array", at), {"seed": mask}, target
     if isinstance(target, np.ndarray) and target.dtype.kind == "f":
         if dims is None or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], target.shape[1:])) \
@@ -89,8 +185,8 @@ def seed_for(model, feeds, target, value: str):
             shape = tuple([n] + list(dims[1:])) if dims else "?"
             raise InputError(f"a seed array must have the output's shape {shape}, got {target.shape}")
         return Target("array", value), {"seed": target.astype(np.float32)}, None
-    if dims is None:
-        dims = model.shape_table(feeds, measured=True).dims.get(value)
+    if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+        dims = value_dims(model, feeds, value)
     classes = class_indices(target, dims, n, value)
     return Target("class", value), {"target": classes}, classes
 

@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..reverse import RELEVANCE, Lowered, Target, propagate, seed_value
 from ..rules import Rules
-from .attribution import class_indices, logits_value
+from .attribution import logits_value, seed_for
 
 PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
 
@@ -50,19 +50,31 @@ def cam_structure(model, logits: str):
     return node.inputs[0], np.asarray(w, np.float32)
 
 
-def default_gradcam_layer(model, table) -> str:
-    """The last 4-D value with spatial size above 1."""
-    best = None
-    for i, n in enumerate(model.graph.nodes):
-        if i in model.executor.static:
+def default_gradcam_layer(model, table, target_value: str) -> str:
+    """The last 4-D value with spatial size above 1 that every path from the input to the target passes
+    through: the last conv block of a classifier; for a detector, the last backbone map that all its heads
+    read (a head's own maps would give a detection of another level an all-zero map)."""
+    g, static = model.graph, model.executor.static
+    candidates = []
+    for i, n in enumerate(g.nodes):
+        if i in static:
             continue
         for o in n.outputs:
             d = table.dims.get(o)
             if d is not None and len(d) == 4 and all(isinstance(v, int) for v in d[2:]) and d[2] * d[3] > 1:
-                best = o
-    if best is None:
-        raise InputError("Grad-CAM found no 4-D layer with spatial size above 1; pass layer=")
-    return best
+                candidates.append(o)
+    for v in reversed(candidates):
+        if not _reaches(g, static, g.input_names()[0], target_value, blocked=v):
+            return v
+    raise InputError("Grad-CAM found no 4-D layer with spatial size above 1 that the target depends on; pass layer=")
+
+
+def _reaches(g, static, source, sink, blocked) -> bool:
+    reached = {source}
+    for i, n in enumerate(g.nodes):
+        if i not in static and any(v in reached for v in n.inputs if v):
+            reached.update(o for o in n.outputs if o and o != blocked)
+    return sink in reached
 
 
 def upsample(b: GraphBuilder, maps: str, size) -> str:
@@ -78,9 +90,11 @@ def upsample(b: GraphBuilder, maps: str, size) -> str:
     return b.op("Squeeze", [up, b.ints([1])], dims=(d[0],) + tuple(size), dtype=b.dtype(maps))
 
 
-def lower_cam(model, method: str, table, logits: str, layer, upsample_maps: bool) -> Lowered:
-    """The CAM or Grad-CAM graph: inputs the model's and `target`, outputs the map, the logits, the class
-    used and the per-channel weights (CAM's class weights, Grad-CAM's alpha)."""
+def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: bool) -> Lowered:
+    """The CAM or Grad-CAM graph: inputs the model's and the target's (a class index per sample, or a seed
+    for Grad-CAM), outputs the map, the target value, the class used and the per-channel weights (CAM's class
+    weights, Grad-CAM's alpha)."""
+    logits = spec.value
     g = model.graph
     b = GraphBuilder(g, table)
     first = g.input_names()[0]
@@ -89,17 +103,20 @@ def lower_cam(model, method: str, table, logits: str, layer, upsample_maps: bool
         fmap, w = cam_structure(model, logits)
         if layer is not None and model.resolve(layer) != fmap:
             raise InputError(f"CAM is defined on the pooled feature maps ({fmap!r}); use gradcam for other layers")
-        _, used, inputs = seed_value(b, Target("class", logits), False)
+        if spec.kind != "class":
+            raise InputError("CAM weighs the pooled maps by one class's weights: give a class target "
+                             "(use gradcam for units, output elements or regions)")
+        _, used, inputs = seed_value(b, spec, False)
         n = b.dims(logits)[0]
         weights = b.op("Gather", [b.const(w.astype(b.dtype(fmap)), "cam_weights"), used], axis=0,
                        dims=(n, w.shape[1]), dtype=b.dtype(fmap))
         applied = {}
     else:
-        fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, table)
+        fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, table, logits)
         d = table.dims.get(fmap)
         if d is None or len(d) != 4:
             raise InputError(f"Grad-CAM needs a 4-D layer (N, C, H, W); {layer!r} has shape {d}")
-        seed, used, inputs = seed_value(b, Target("class", logits), False)
+        seed, used, inputs = seed_value(b, spec, False)
         signals, applied = propagate(model, b, Rules.load("gradient"), {logits: seed}, [fmap])
         grad = signals.get(fmap) or b.zeros(fmap)
         weights = b.op("ReduceMean", [grad, b.ints([2, 3])], keepdims=0, dims=b.dims(fmap)[:2], dtype=b.dtype(fmap))
@@ -113,24 +130,22 @@ def lower_cam(model, method: str, table, logits: str, layer, upsample_maps: bool
         maps = upsample(b, maps, size)
     rel = b.named(maps, RELEVANCE)
     extra = b.named(weights, "weights")
-    graph = b.finish([rel, logits, used, extra])
+    graph = b.finish([o for o in (rel, logits, used, extra) if o])
     return Lowered(graph, logits, used, {}, {"layer": fmap, "weights": extra}, applied, inputs, b.table)
 
 
 def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):
     feeds = model.feeds(x)
     logits = logits_value(model, through_softmax)
-    n = int(np.shape(next(iter(feeds.values())))[0])
     first = model.graph.input_names()[0]
     if np.ndim(feeds[first]) != 4:
         raise InputError(f"{method} needs an image batch (N, C, H, W), got shape {np.shape(feeds[first])}")
-    classes = class_indices(target, model.shape_table(feeds).dims.get(logits) or
-                            model.shape_table(feeds, measured=True).dims.get(logits), n, logits)
+    spec, seed, reported = seed_for(model, feeds, target, logits)
     ref = model.resolve(layer) if layer is not None else None
-    lowered = model.lowered((method, ref, bool(upsample_maps), logits), feeds,
-                            lambda table: lower_cam(model, method, table, logits, layer, upsample_maps))
-    out = model.engine.run(lowered.graph, {**feeds, "target": classes}, lowered.outputs)
+    lowered = model.lowered((method, ref, bool(upsample_maps), spec), feeds,
+                            lambda table: lower_cam(model, method, table, spec, layer, upsample_maps))
+    out = model.engine.run(lowered.graph, {**feeds, **seed}, lowered.outputs)
     weights = out[lowered.extras["weights"]]
     extras = {"layer": lowered.extras["layer"], "weights" if method == "cam" else "alpha": weights}
-    return Explanation(out[RELEVANCE], out[lowered.target], out[lowered.output], method, lowered.applied,
-                       extras=extras)
+    return Explanation(out[RELEVANCE], out[lowered.target] if lowered.target else reported, out[lowered.output],
+                       method, lowered.applied, extras=extras)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..explanation import Explanation, Unit
+from ..explanation import Explanation, OutputTarget, Unit
 from .reconstruction import Progress
 
 
@@ -80,7 +80,7 @@ def available_memory() -> int:
 
 def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, batch_size=None, memory=None,
               seed=0, score="logit", incremental="auto", quiet=None):
-    from .attribution import class_indices, logits_value, unit_mask
+    from .attribution import class_indices, logits_value, output_seed, output_value, unit_mask
     if score not in ("logit", "prob"):
         raise InputError(f"score must be 'logit' or 'prob', got {score!r}")
     box, stride = _pair(box, "box"), _pair(stride, "stride")
@@ -92,7 +92,8 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     ys, xs = positions(H, box[0], stride[0]), positions(W, box[1], stride[1])
     boxes = [(y, xx) for y in ys for xx in xs]
     logits = logits_value(model, through_softmax=(score == "prob"))
-    value = model.resolve(target.layer) if isinstance(target, Unit) else logits
+    value = model.resolve(target.layer) if isinstance(target, Unit) else \
+        output_value(model, target) if isinstance(target, OutputTarget) else logits
     if incremental not in (True, False, "auto"):
         raise InputError(f"incremental must be True, False or 'auto', got {incremental!r}")
     clean = model.run(x, outputs=[value])[value]
@@ -100,11 +101,13 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         mask = unit_mask(model, target, clean.shape, N)
         mask = mask / max(1, int(mask[0].sum()))
         reported = target
+    elif isinstance(target, OutputTarget):
+        mask, reported = output_seed(model, {first: x}, target, N)[1], target
     else:
         classes = class_indices(target, clean.shape, N, value)
-        reported = np.where(classes < 0, clean.argmax(axis=1), classes)
+        reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
         mask = np.zeros(clean.shape, np.float32)
-        mask[np.arange(N), reported] = 1
+        mask.reshape(N, -1)[np.arange(N), reported] = 1
 
     def score_of(values, n):
         return np.sum((values * mask[n]).reshape(len(values), -1), axis=1)
@@ -124,8 +127,11 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     if incremental and model.executor.backend.device == "cpu":  # the incremental runner works on host arrays
         from .incremental import IncrementalRunner
         runner = IncrementalRunner(model, value)
-        if incremental == "auto":
-            runner = runner if incremental_pays(model, runner, x[:1], value, box) else None
+        if incremental == "auto":  # decided once per model, target value, box and input size: repeated calls
+            key = ("occlusion", value, box, x.shape[1:])  # give identical maps
+            if key not in model.choices:
+                model.choices[key] = incremental_pays(model, runner, x[:1], value, box)
+            runner = runner if model.choices[key] else None
     choice = "incremental" if runner is not None else "full passes"
     bar = Progress(N * len(boxes), "occlusion", quiet)
     done = 0

@@ -1,6 +1,9 @@
 """Input reconstruction (the paper's third class): gradient descent in input space.
 
-- Activation maximization (Simonyan et al. 2013): maximize a class score or any unit a(x).
+- Activation maximization (Simonyan et al. 2013): maximize a class score or any unit a(x). A unit that is dead
+  where the search starts (a ReLU output with zero activation and gradient) is redirected, as Lucid's
+  redirected ReLU does: its pre-activation is climbed until the unit turns on (history["redirected"] counts
+  the redirected samples per step); one that stays dead is named in history["dead"] and in a warning.
 - Inversion (Mahendran & Vedaldi 2015): find x whose representation at a layer matches that of an image,
   with the normalized distance ||phi(x) - phi0||^2 / ||phi0||^2.
 
@@ -12,12 +15,13 @@ image size. The input stays within the range the model's preprocessing allows.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError
-from ..explanation import Unit
+from ..errors import FvGraphWarning, InputError
+from ..explanation import OutputTarget, Unit
 from ..reverse import RELEVANCE, Target, lower
 from ..rules import Rules
 
@@ -167,17 +171,22 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
             raise InputError(f"the model's input shape {model.inputs[0].describe()} is not fixed: pass shape=")
         shape = (n,) + tuple(s[1:])
     shape = (n,) + tuple(shape[1:])
-    from .attribution import logits_value, unit_mask
+    from .attribution import logits_value, output_seed, output_value, unit_mask
     logits = logits_value(model)
     seeds_at = []
     for t in targets:
         if isinstance(t, Unit):
             seeds_at.append(model.resolve(t.layer))
+        elif isinstance(t, OutputTarget):
+            seeds_at.append(output_value(model, t))
         elif isinstance(t, (int, np.integer)):
             seeds_at.append(logits)
         else:
-            raise InputError(f"reconstruct targets are class indices or fv.Unit(...), got {t!r}")
-    wanted = list(dict.fromkeys(seeds_at))
+            raise InputError(f"reconstruct targets are class indices, fv.Unit(...) or fv.OutputTarget(...), "
+                             f"got {t!r}")
+    pre = {i: _preactivation(model, at) for i, (t, at) in enumerate(zip(targets, seeds_at)) if isinstance(t, Unit)}
+    pre = {i: v for i, v in pre.items() if v is not None}
+    wanted = list(dict.fromkeys(seeds_at + list(pre.values())))
     probe = {model.graph.input_names()[0]: np.zeros((n,) + tuple(shape[1:]), np.float32)}
     seeds = {}  # one seed per layer, a row per sample: the mean over each sample's selected activations
     for at in wanted:
@@ -185,28 +194,64 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
         if dims is None or not all(isinstance(d, int) for d in dims[1:]):
             dims = model.shape_table(probe, measured=True).dims.get(at)
         seeds[at] = np.zeros([n] + list(dims[1:]), np.float32)
+    rows = {}  # sample -> (value, its seed row), and for redirectable units the pre-activation's
     for i, (t, at) in enumerate(zip(targets, seeds_at)):
-        row = seeds[at][i:i + 1]
+        row = np.zeros((1,) + seeds[at].shape[1:], np.float32)
         if isinstance(t, Unit):
             mask = unit_mask(model, t, seeds[at].shape, 1)
             row += mask / max(mask.sum(), 1)
+        elif isinstance(t, OutputTarget):
+            row += output_seed(model, probe, t, 1)[1]
         else:
             if row.ndim != 2 or not 0 <= t < row.shape[1]:
                 raise InputError(f"class {t} is out of range for an output of shape {tuple(['N'] + list(row.shape[1:]))}")
             row[0, t] = 1.0
+        rows[i] = row
+        seeds[at][i:i + 1] = row
     specs = tuple(Target("array", at) for at in wanted)
     lowered = model.lowered(("reconstruct", specs), probe,
                             lambda table: lower(model, Rules.load("gradient"), specs, table))
-    seed_feeds = dict(zip(lowered.seed_inputs, [seeds[at] for at in wanted]))
+    redirected = np.zeros(n, bool)
+    history_redirected = []
 
     def objective(x):
-        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: x, **seed_feeds}, lowered.outputs)
-        values = np.array([float(np.sum(out[at][i] * seeds[at][i])) for i, at in enumerate(seeds_at)])
-        return values, out[RELEVANCE]
+        feeds = dict(zip(lowered.seed_inputs, [seeds[at] for at in wanted]))
+        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: x, **feeds}, lowered.outputs)
+        values = np.array([float(np.sum(out[at][i] * rows[i][0])) for i, at in enumerate(seeds_at)])
+        grad = out[RELEVANCE]
+        for i, p in pre.items():  # a dead unit (zero activation and gradient): climb its pre-activation
+            dead = values[i] == 0 and not np.any(grad[i])
+            if dead != redirected[i] and (dead or values[i] > 0):
+                redirected[i] = dead
+                seeds[seeds_at[i]][i:i + 1] = 0 if dead else rows[i]
+                seeds[p][i:i + 1] = rows[i] if dead else 0
+        history_redirected.append(int(redirected.sum()))
+        return values, grad
 
     x, pic, hist = optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet,
                             "reconstruct")
+    if pre:
+        hist["redirected"] = history_redirected
+        final, _ = objective(x)
+        hist["dead"] = [i for i in pre if final[i] == 0]
+        for i in hist["dead"]:
+            warnings.warn(FvGraphWarning(f"unit {targets[i]} stayed dead: its activation is 0 for every input the "
+                                         f"optimization reached ({steps} steps climbing its pre-activation); try more "
+                                         "steps, a larger lr, or another unit"))
     return Reconstruction(x, pic, hist, targets if isinstance(target, (list, tuple)) else target)
+
+
+def _preactivation(model, value: str):
+    """The input of the ReLU (or ReLU6) that produces `value`, or None: where a dead unit is redirected."""
+    node = model.graph.producers().get(value)
+    if node is None:
+        return None
+    if node.op_type == "Relu":
+        return node.inputs[0]
+    if node.op_type == "Clip" and len(node.inputs) > 1 and node.inputs[1] in model.graph.initializers \
+            and float(np.asarray(model.graph.initializers[node.inputs[1]]).reshape(-1)[0]) == 0.0:
+        return node.inputs[0]
+    return None
 
 
 def invert(model, x, layer, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitter=0, optimizer="adam", seed=0,
