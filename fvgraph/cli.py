@@ -429,6 +429,57 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Faithfulness of each method's maps on each image: a table, evaluation.json and evaluation.png."""
+    import json
+
+    from .compare import parse_method, run_method
+    from .image import load_image
+    from .methods.faithfulness import METRICS
+    from .render import curves, save_png
+    out = Path(args.out)
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise InputError(f"unknown metric(s) {bad}: use {', '.join(METRICS)}")
+    for f in (out / "evaluation.json", out / "evaluation.png"):
+        if f.exists() and not args.overwrite:
+            raise InputError(f"{f} exists; not overwriting it (pass --overwrite, or choose another --out)")
+    model = _load(args.model, args)
+    target = _any_target(args, model)
+    methods = _methods(args.method)
+    spec = model.preprocessing()
+    results, curves_by = [], {m: {} for m in metrics}
+    for path in args.images:
+        x = load_image(path, spec)
+        for meth in methods:
+            name, params = parse_method(meth)
+            rel = run_method(model, x, name, {**params, **({"target": target} if target is not None else {})}).relevance
+            for metric in metrics:
+                ev = model.evaluate(x, rel, metric, target=target, steps=args.steps)
+                results.append({"image": str(path), "method": meth, "metric": metric, "auc": float(ev.auc[0]),
+                                "curve": [float(v) for v in ev.scores[0]],
+                                "fractions": [float(v) for v in ev.fractions]})
+                curves_by[metric].setdefault(meth, []).append(ev.scores[0])
+    mean = {meth: {metric: float(np.mean([r["auc"] for r in results if r["method"] == meth and r["metric"] == metric]))
+                   for metric in metrics} for meth in methods}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(
+        {"model": str(args.model), "images": [str(p) for p in args.images], "methods": methods, "metrics": metrics,
+         "steps": args.steps, "better": {"deletion": "lower", "insertion": "higher"}, "mean_auc": mean,
+         "results": results}, indent=1))
+    fractions = np.linspace(0, 1, args.steps + 1)
+    panels = {f"{metric} ({'lower' if metric == 'deletion' else 'higher'} is better)":
+              {meth: (fractions, np.mean(c, axis=0)) for meth, c in curves_by[metric].items()} for metric in metrics}
+    save_png(out / "evaluation.png", curves(panels), overwrite=True)
+    if not args.quiet:
+        print(f"{'method':<24}" + "".join(f"{m + ' AUC':>16}" for m in metrics) + f"   ({len(args.images)} image(s))")
+        for meth in methods:
+            print(f"{meth[:24]:<24}" + "".join(f"{mean[meth][m]:>16.4f}" for m in metrics))
+        print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+    return 0
+
+
 def cmd_export_explainer(args) -> int:
     """A method lowered into one standalone ONNX model, written atomically; never over an existing file."""
     import os
@@ -479,7 +530,8 @@ def cmd_figure(args) -> int:
         images = args.model[1:] + (args.image or [])
         if not images:
             raise InputError("figure methods needs MODEL IMAGE...")
-        img, arrays = methods_figure(model, images, _methods(args.methods), args.percentile, args.colours, args.alpha)
+        img, arrays = methods_figure(model, images, _methods(args.methods), args.percentile, args.colours, args.alpha,
+                                     args.auc)
     else:
         if not args.image:
             raise InputError("figure networks needs --image IMAGE...")
@@ -656,9 +708,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colour map for every column (default: per method: signed for LRP, heat over the image "
                         "for CAM/Grad-CAM/occlusion, black-and-white magnitude for gradients, rgb for guided)")
     s.add_argument("--alpha", type=float, default=0.5, help="opacity of heat maps over the image")
+    s.add_argument("--auc", choices=["deletion", "insertion"], help="write this faithfulness AUC under each map")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("evaluate", help="faithfulness: deletion and insertion curves and AUCs of each method's maps")
+    s.add_argument("model", help="an .onnx file")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--method", "-m", default="random,gradient,guided,lrp-epsilon,gradcam,occlusion",
+                   help="methods, comma-separated (parameters as method:key=value); random is the baseline to beat")
+    s.add_argument("--metric", default="deletion,insertion", help="deletion, insertion or both")
+    s.add_argument("--steps", type=int, default=16, help="points on each curve after the first (default 16)")
+    s.add_argument("--target", "-t", help="class index (default: the predicted class)")
+    _target_options(s)
+    s.add_argument("--out", "-o", default="fvgraph-out")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("export-explainer", help="write a method as a standalone ONNX model (runs without fvgraph)")
     s.add_argument("model", help="an .onnx file")

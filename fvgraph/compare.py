@@ -94,7 +94,7 @@ def parse_value(v: str):
 
 
 def run_method(model, x, method: str, params: dict):
-    """One method by name (occlusion included), as used by check and figure."""
+    """One method by name (occlusion included), as used by check, figure and evaluate."""
     if method == "occlusion":
         p = dict(params)
         box = int(p.pop("box", 32))

@@ -17,26 +17,29 @@ from .methods import map_kind
 from .render import grid, picture
 
 
-def methods_figure(model, images, methods, percentile=99.5, kind=None, alpha=0.5):
+def methods_figure(model, images, methods, percentile=99.5, kind=None, alpha=0.5, auc=None):
     """One row per image, one column per method, the input first. Returns (PIL image, {name: array}).
     kind: None picks per method (fvgraph.methods.map_kind), or one of "signed", "heat", "abs", "rgb";
-    alpha: opacity of heat maps laid over the image."""
+    alpha: opacity of heat maps laid over the image; auc: "deletion" or "insertion" writes that faithfulness
+    AUC under each map (fvgraph.methods.faithfulness)."""
     from PIL import Image
     spec = model.preprocessing()
-    names = model.class_names()
     rows, labels, arrays = [], [], {}
     for path in images:
         x = load_image(path, spec)
         shown = resize_crop(read_rgb(path), spec)
-        logits = model.run(x)[0]
-        k = int(np.argmax(logits))
-        labels.append(f"{names[k] if names else k}")
+        from .methods.attribution import prediction
+        k, label, _ = prediction(model, model.run(x)[0])
+        labels.append(label)
         row = [shown]
         for m in methods:
             name, params = parse_method(m)
             rel = run_method(model, x, name, params).relevance[0]
             arrays[f"{Path(path).stem}/{m}"] = rel
-            row.append(picture(rel, kind or map_kind(name), percentile, image=shown, alpha=alpha))
+            pic = picture(rel, kind or map_kind(name), percentile, image=shown, alpha=alpha)
+            if auc:
+                pic = _caption(pic, f"{auc} AUC {model.evaluate(x, rel[None], auc).auc[0]:.3f}")
+            row.append(pic)
         rows.append(row)
     return Image.fromarray(grid(rows, ["input"] + list(methods), labels)), arrays
 

@@ -187,24 +187,71 @@ class Model:
 
     # ----------------------------------------------------------------- explanations
     def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), **params):
-        """Explain the model's decision on x (a batch): see fvgraph.methods. Returns an Explanation."""
+        """Explain the model's decision on x (a batch): see fvgraph.methods. Returns an Explanation.
+
+        Any method takes smooth= (True, or a dict of samples, sigma, kind, seed: SmoothGrad and kin); the
+        integrated-gradients preset takes steps=, baseline=, method=."""
         from .explanation import OutputTarget, Unit
-        from .methods.attribution import attribute
-        from .methods.cam import explain_cam
-        if isinstance(method, str) and method in ("cam", "gradcam"):
-            unknown = set(params) - {"layer", "upsample"}
-            if unknown or return_layers:
-                raise InputError(f"unknown option(s) {sorted(unknown) or ['return_layers']} for {method} "
-                                 "(options: layer=, upsample=)")
-            return explain_cam(self, x, method, target, layer=params.get("layer"),
-                               upsample_maps=params.get("upsample", True), through_softmax=through_softmax)
-        rules = self.rules_for(method, params)
+        from .methods import sampling
+        from .methods.cam import CAM_METHODS
         if target is not None and not isinstance(target, (Unit, OutputTarget, int, np.integer, list, tuple,
                                                           np.ndarray)):
             raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...), fv.OutputTarget(...) "
                              f"or a seed array; got {type(target).__name__}")
-        return attribute(self, x, rules, target, through_softmax=through_softmax, return_layers=return_layers,
-                         method_name=method if isinstance(method, str) else rules.name)
+        if isinstance(method, str) and method == "random":
+            return self._random(x, target, params)
+        if isinstance(method, str) and method in CAM_METHODS:
+            from .rules import SMOOTH, check_sampling, _refuse
+            smooth = params.pop("smooth", None)
+            keys = {k: params.pop(k) for k in list(params) if k in SMOOTH}
+            unknown = set(params) - {"layer", "upsample"}
+            if unknown or return_layers:
+                raise InputError(f"unknown option(s) {sorted(unknown) or ['return_layers']} for {method} "
+                                 "(options: layer=, upsample=, smooth=)")
+            settings = None
+            if smooth or keys:
+                settings = check_sampling("smooth", {**SMOOTH, **(smooth if isinstance(smooth, dict) else {}), **keys},
+                                          _refuse)
+
+            def once(xs, t):
+                from .methods.cam import explain_cam
+                return explain_cam(self, xs, method, t, layer=params.get("layer"),
+                                   upsample_maps=params.get("upsample", True), through_softmax=through_softmax)
+        else:
+            from dataclasses import replace
+            rules = self.rules_for(method, params)
+            name = method if isinstance(method, str) else rules.name
+            settings, rules = rules.smooth, replace(rules, smooth=None)
+            if rules.integrate:
+                if return_layers:
+                    raise InputError("return_layers is not available for integrated gradients")
+
+                def once(xs, t):
+                    return sampling.integrated_gradients(self, xs, rules, t, rules.integrate, through_softmax, name)
+            else:
+                def once(xs, t):
+                    from .methods.attribution import attribute
+                    return attribute(self, xs, rules, t, through_softmax=through_softmax, return_layers=return_layers,
+                                     method_name=name)
+        if settings is None:
+            return once(x, target)
+        return sampling.smoothed(self, x, once, target, settings, through_softmax)
+
+    def _random(self, x, target, params):
+        """The baseline every method must beat: seeded uniform random relevance of the input's shape."""
+        from .explanation import Explanation
+        unknown = set(params) - {"seed"}
+        if unknown:
+            raise InputError(f"unknown option(s) {sorted(unknown)} for random (options: seed=)")
+        xin = self.feeds(x)[self.graph.input_names()[0]]
+        rel = np.random.default_rng(int(params.get("seed", 0))).random(xin.shape).astype(np.float32)
+        return Explanation(rel, target, self.run(x), "random")
+
+    def evaluate(self, x, relevance, metric="deletion", target=None, steps=16, fill="blur", through_softmax=False,
+                 patch=None):
+        """Faithfulness of a map: deletion or insertion curve and AUC (see fvgraph.methods.faithfulness)."""
+        from .methods.faithfulness import evaluate
+        return evaluate(self, x, relevance, metric, target, steps, fill, through_softmax, patch)
 
     def rules_for(self, method, params: dict):
         """The preset (name, .toml path or fv.Rules) with the caller's parameters; z^B bounds default to the

@@ -124,3 +124,36 @@ def save_npy(path, a: np.ndarray, overwrite: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, a)
     return path
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def curves(panels: dict, width: int = 420, height: int = 300) -> np.ndarray:
+    """Line charts side by side, one panel per title: {title: {label: (x, y)}}, x and y in [0, 1], each panel
+    with axes, ticks and a legend (the labels and their areas under the curve)."""
+    from PIL import Image, ImageDraw
+    left, right, top, bottom = 44, 150, 26, 34
+    im = Image.new("RGB", (width * len(panels), height), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    for p, (title, lines) in enumerate(panels.items()):
+        x0, x1, y0, y1 = p * width + left, p * width + width - right, top, height - bottom
+        d.text((x0, 6), title, fill=(0, 0, 0))
+        d.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
+        for t in (0, 0.25, 0.5, 0.75, 1):
+            gx, gy = x0 + t * (x1 - x0), y1 - t * (y1 - y0)
+            d.line((gx, y1, gx, y1 + 4), fill=(0, 0, 0))
+            d.text((gx - 8, y1 + 6), f"{t:g}", fill=(0, 0, 0))
+            d.line((x0 - 4, gy, x0, gy), fill=(0, 0, 0))
+            d.text((x0 - 30, gy - 6), f"{t:g}", fill=(0, 0, 0))
+        d.text(((x0 + x1) // 2 - 40, height - 14), "fraction of pixels", fill=(0, 0, 0))
+        for k, (label, (xs, ys)) in enumerate(lines.items()):
+            colour = PALETTE[k % len(PALETTE)]
+            pts = [(x0 + float(a) * (x1 - x0), y1 - float(np.clip(b, 0, 1)) * (y1 - y0)) for a, b in zip(xs, ys)]
+            d.line(pts, fill=colour, width=2)
+            ly = top + 6 + 14 * k
+            d.line((x1 + 8, ly + 6, x1 + 24, ly + 6), fill=colour, width=3)
+            area = float(np.trapezoid(np.asarray(ys, np.float64), np.asarray(xs, np.float64)))
+            d.text((x1 + 28, ly), f"{label[:14]} {area:.3f}", fill=(0, 0, 0))
+    return np.asarray(im)

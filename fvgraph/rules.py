@@ -7,6 +7,8 @@ A preset (`rules/<method>.toml`, or any file a user writes):
     seed = "output"               # "one-hot" (gradient methods) or "output" (LRP: R starts as the logit)
     canonize = true               # fold BatchNormalization into the Conv before it (LRP)
     multiply_input = false        # input-x-gradient multiplies the result by the input
+    [integrate]                   # integrated gradients: steps, baseline, integration (fvgraph.methods.sampling)
+    [smooth]                      # SmoothGrad and kin: samples, sigma, kind, seed
     [params]
     epsilon = 1e-3
     [ops]
@@ -38,7 +40,12 @@ else:  # pragma: no cover
 RULE_NAMES = ("gradient", "deconvnet", "guided", "pass", "epsilon", "zplus", "alphabeta", "zb", "w2", "flat",
               "proportional", "gate")
 PARAMS = {"epsilon": 1e-3, "alpha": 2.0, "beta": 1.0, "low": None, "high": None}
-TOP_KEYS = {"name", "description", "default", "seed", "canonize", "multiply_input", "params", "ops", "override"}
+TOP_KEYS = {"name", "description", "default", "seed", "canonize", "multiply_input", "params", "ops", "override",
+            "integrate", "smooth"}
+INTEGRATE = {"steps": 32, "baseline": "zero", "integration": "gausslegendre"}
+SMOOTH = {"samples": 16, "sigma": 0.15, "kind": "mean", "seed": 0}
+INTEGRATION_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+SMOOTH_KINDS = ("mean", "mean-of-squares", "variance")
 OVERRIDE_KEYS = {"name", "op", "position", "rule"}
 
 
@@ -61,6 +68,8 @@ class Rules:
     canonize: bool = False
     multiply_input: bool = False
     description: str = ""
+    integrate: dict | None = None   # integrated gradients' settings, when the preset integrates
+    smooth: dict | None = None      # noise averaging's settings, when it smooths
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -116,17 +125,43 @@ class Rules:
         seed = data.get("seed", "one-hot")
         if seed not in ("one-hot", "output"):
             fail(f"seed must be 'one-hot' or 'output', got {seed!r}", "seed")
+        sampling = {}
+        for key, defaults in (("integrate", INTEGRATE), ("smooth", SMOOTH)):
+            if key in data:
+                unknown = [k for k in data[key] if k not in defaults]
+                if unknown:
+                    fail(f"unknown key(s) {unknown} in [{key}] (keys: {', '.join(defaults)})", unknown[0])
+                sampling[key] = check_sampling(key, {**defaults, **data[key]}, lambda m, k=key: fail(m, k))
         rules = cls(name=data.get("name", Path(where).stem), default=default, ops=ops, overrides=tuple(overrides),
                     params=params, seed=seed, canonize=bool(data.get("canonize", False)),
                     multiply_input=bool(data.get("multiply_input", False)),
-                    description=data.get("description", ""))
+                    description=data.get("description", ""), **sampling)
         return rules
 
     def with_params(self, **params) -> "Rules":
+        """The preset with the caller's parameters: rule parameters (epsilon, alpha, ...), integration settings
+        (steps, baseline, method) for a preset that integrates, and smoothing settings (samples, sigma, kind,
+        seed) for any method (smooth= a dict, or the keys themselves)."""
+        sampling = {}
+        smooth = params.pop("smooth", None)
+        if smooth is not None and smooth is not False:
+            if not isinstance(smooth, dict) and smooth is not True:
+                raise RuleError(f"smooth must be True or a dict of {', '.join(SMOOTH)}, got {smooth!r}")
+            params = {**(smooth if isinstance(smooth, dict) else {}), **params}
+            sampling["smooth"] = dict(self.smooth or SMOOTH)
+        for key, defaults in (("integrate", INTEGRATE), ("smooth", SMOOTH)):
+            given = {k: params.pop(k) for k in list(params) if k in defaults and (key == "smooth" or self.integrate)}
+            if key == "smooth" and given and "smooth" not in sampling:
+                sampling["smooth"] = dict(self.smooth or SMOOTH)
+            if key == "integrate" and self.integrate:
+                sampling["integrate"] = dict(self.integrate)
+            if key in sampling:
+                sampling[key] = check_sampling(key, {**sampling[key], **given}, _refuse)
         unknown = [k for k in params if k not in PARAMS]
         if unknown:
+            extra = ", steps, baseline, integration" if self.integrate else ""
             raise RuleError(f"unknown parameter(s) {unknown} for method {self.name!r} "
-                            f"(parameters: {', '.join(PARAMS)})")
+                            f"(parameters: {', '.join(PARAMS)}{extra}, samples, sigma, kind, seed)")
         for k, v in params.items():
             try:
                 ok = v is None or np.all(np.isfinite(np.asarray(v, dtype=np.float64)))
@@ -134,7 +169,7 @@ class Rules:
                 ok = False
             if not ok:
                 raise RuleError(f"parameter {k} must be a number (or, for low/high, one per channel), got {v!r}")
-        return replace(self, params={**self.params, **params})
+        return replace(self, params={**self.params, **params}, **sampling)
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, graph, node_indices) -> dict[int, str]:
@@ -160,6 +195,33 @@ class Rules:
                 break
             out[i] = rule
         return out
+
+
+def _refuse(message):
+    raise RuleError(message)
+
+
+def check_sampling(key: str, settings: dict, fail) -> dict:
+    """Integration or smoothing settings, checked (fail(message) raises)."""
+    if key == "integrate":
+        steps, method, base = settings["steps"], settings["integration"], settings["baseline"]
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 2:
+            fail(f"steps must be an integer of at least 2, got {steps!r}")
+        if method not in INTEGRATION_METHODS:
+            fail(f"unknown integration method {method!r} (methods: {', '.join(INTEGRATION_METHODS)})")
+        if isinstance(base, str) and base not in ("zero", "blur", "uniform"):
+            fail(f"baseline must be 'zero', 'blur', 'uniform' or an array, got {base!r}")
+        return settings
+    samples, sigma, kind, seed = settings["samples"], settings["sigma"], settings["kind"], settings["seed"]
+    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
+        fail(f"samples must be a positive integer, got {samples!r}")
+    if not isinstance(sigma, (int, float, np.floating, np.integer)) or isinstance(sigma, bool) or sigma < 0:
+        fail(f"sigma must be a number >= 0 (relative to the input's range), got {sigma!r}")
+    if kind not in SMOOTH_KINDS:
+        fail(f"kind must be one of {', '.join(SMOOTH_KINDS)}, got {kind!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        fail(f"seed must be an integer, got {seed!r}")
+    return settings
 
 
 def presets_dir():

@@ -1,8 +1,12 @@
-"""Visualization methods, built on the executor (forward) and the reverse engine."""
+"""Visualization methods, built on the lowered reverse pass (fvgraph.reverse) and the model's engine:
+attribution (the presets), cam (the class activation maps), sampling (integrated gradients, SmoothGrad),
+occlusion (+ incremental), reconstruction, and faithfulness (deletion, insertion)."""
 
 # How each method's result is best shown (fvgraph.render kinds)
-MAP_KIND = {"gradient": "abs", "input-x-gradient": "signed", "deconvnet": "rgb", "guided": "rgb",
-            "cam": "heat", "gradcam": "heat", "occlusion": "heat"}
+MAP_KIND = {"gradient": "abs", "smoothgrad": "abs", "input-x-gradient": "signed", "integrated-gradients": "signed",
+            "deconvnet": "rgb", "guided": "rgb", "random": "heat", "occlusion": "heat",
+            **{m: "heat" for m in ("cam", "gradcam", "gradcam++", "layercam", "xgradcam", "hirescam", "scorecam",
+                                   "eigencam")}}
 
 DEMO_METHODS = ("gradient", "deconvnet", "guided", "input-x-gradient", "lrp-epsilon", "lrp-zplus", "lrp-alphabeta",
                 "lrp-composite", "cam", "gradcam")

@@ -191,6 +191,26 @@ def seed_for(model, feeds, target, value: str):
     return Target("class", value), {"target": classes}, classes
 
 
+def target_scores(model, x, target, through_softmax=False, probabilities=False):
+    """(the target's score per sample, the value it is read from): a class's logit (or, with probabilities,
+    its softmax probability), a unit's mean, an OutputTarget's element or masked sum."""
+    feeds = model.feeds(x)
+    n = len(next(iter(feeds.values())))
+    spec, seed, _ = seed_for(model, feeds, target, logits_value(model, through_softmax))
+    out = model.run(x, outputs=[spec.value])[spec.value]
+    if spec.kind == "class":
+        flat = out.reshape(n, -1).astype(np.float64)
+        classes = np.where(seed["target"] < 0, flat.argmax(axis=1), seed["target"])
+        if probabilities:
+            flat = np.exp(flat - flat.max(axis=1, keepdims=True))
+            flat /= flat.sum(axis=1, keepdims=True)
+        return flat[np.arange(n), classes], out
+    weights = seed["seed"].astype(np.float64)
+    if isinstance(target, Unit):
+        weights = weights / np.maximum(weights.reshape(n, -1).sum(axis=1), 1).reshape((n,) + (1,) * (weights.ndim - 1))
+    return (out * weights).reshape(n, -1).sum(axis=1), out
+
+
 def attribute(model, x, rules: Rules, target=None, through_softmax=False, return_layers=(), method_name=None):
     feeds = model.feeds(x)
     logits = logits_value(model, through_softmax)

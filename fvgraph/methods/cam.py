@@ -1,10 +1,21 @@
-"""Class Activation Maps (Zhou et al. 2015) and Grad-CAM (Selvaraju et al. 2017), lowered into one graph.
+"""Class activation maps, from the activations A (N, K, h, w) of one layer and the target's gradient G there.
 
-CAM: for a net ending in global average pooling then a linear layer, map_c = sum_k w_ck A_k over the pooled
-feature maps A. Grad-CAM: for any 4-D layer A, alpha_k = mean over space of dy_c/dA_k and
-map = relu(sum_k alpha_k A_k), the reverse pass going only down to A. Both are upsampled bilinearly with
-half-pixel centres (align_corners=False, ONNX Resize "linear") to the input's height and width unless
-upsample=False.
+- CAM (Zhou et al. 2015): a net ending in global average pooling then a linear layer: sum_k w_ck A_k.
+- Grad-CAM (Selvaraju et al. 2017): relu(sum_k mean_ij(G_k) A_k), lowered into one graph with its reverse pass
+  going only down to A (so it exports).
+- Grad-CAM++ (Chattopadhay et al. 2018), as pytorch-grad-cam computes it: a_ij = G^2 / (2 G^2 + sum_ij(A) G^3
+  + 1e-6) (0 where G = 0), w_k = sum_ij relu(G) a_ij; LayerCAM (Jiang et al. 2021): relu(sum_k relu(G) A);
+  XGrad-CAM (Fu et al. 2020): w_k = sum_ij(G A) / (sum_ij A + 1e-7); HiResCAM (Draelos & Carin 2020):
+  relu(sum_k G A). These read A and G from the Grad-CAM graph.
+- Score-CAM (Wang et al. 2020): each channel, upsampled (align_corners) and scaled to [0, 1], masks the input;
+  the target's scores on the masked inputs (batched forward passes), softmaxed over channels, weigh A.
+- Eigen-CAM (Muhammad & Yeasin 2020): no target: the first principal component of the layer (the centred
+  (h*w, K) activations projected on their first right singular vector, its sign chosen to agree with the
+  summed activations).
+Every map but CAM's and Eigen-CAM's raw projection goes through a ReLU (as pytorch-grad-cam does for all), and
+is upsampled bilinearly with half-pixel centres (align_corners=False, ONNX Resize "linear") to the input's
+height and width unless upsample=False. The default layer is the last 4-D map every path to the target
+passes through.
 """
 from __future__ import annotations
 
@@ -129,23 +140,117 @@ def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: boo
     if upsample_maps:
         maps = upsample(b, maps, size)
     rel = b.named(maps, RELEVANCE)
-    extra = b.named(weights, "weights")
-    graph = b.finish([o for o in (rel, logits, used, extra) if o])
-    return Lowered(graph, logits, used, {}, {"layer": fmap, "weights": extra}, applied, inputs, b.table)
+    extras = {"layer": fmap, "weights": b.named(weights, "weights")}
+    if method == "gradcam":  # what the other gradient-weighted CAMs are computed from
+        extras.update(activations=b.named(fmap, "activations"), gradients=b.named(grad, "gradients"))
+    graph = b.finish([o for o in [rel, logits, used] + list(extras.values())[1:] if o])
+    return Lowered(graph, logits, used, {}, extras, applied, inputs, b.table)
+
+
+def _relu_sum(A, weights):
+    return np.maximum((A * weights).sum(axis=1), 0)
+
+
+def gradcam_plus_plus(A, G):
+    g2 = G * G
+    aij = g2 / (2 * g2 + A.sum(axis=(2, 3), keepdims=True) * g2 * G + 1e-6)
+    aij = np.where(G != 0, aij, 0)
+    return _relu_sum(A, (np.maximum(G, 0) * aij).sum(axis=(2, 3), keepdims=True))
+
+
+GRADIENT_CAMS = {
+    "gradcam++": gradcam_plus_plus,
+    "layercam": lambda A, G: _relu_sum(A, np.maximum(G, 0)),
+    "xgradcam": lambda A, G: _relu_sum(A, (G * A).sum(axis=(2, 3), keepdims=True)
+                                       / (A.sum(axis=(2, 3), keepdims=True) + 1e-7)),
+    "hirescam": lambda A, G: _relu_sum(A, G),
+}
+CAM_METHODS = ("cam", "gradcam", *GRADIENT_CAMS, "scorecam", "eigencam")
+
+
+def resize_maps(maps, size, align_corners=False):
+    """(N, h, w) -> (N, H, W) bilinear, with fvgraph's Resize kernel."""
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    from ..graph import Node
+    from ..ops import build_kernel
+    coord = "align_corners" if align_corners else "half_pixel"
+    k = build_kernel(Node("upsample", "Resize", ["x", "", "", "s"], ["y"],
+                          {"mode": "linear", "coordinate_transformation_mode": coord}))
+    sizes = np.array([maps.shape[0], 1, *size], np.int64)
+    return np.asarray(k.forward(maps[:, None].astype(np.float32), None, None, sizes)[0][:, 0])
+
+
+def eigencam(A):
+    maps = []
+    for a in A.astype(np.float64):
+        flat = a.reshape(a.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        if not np.any(flat):
+            maps.append(np.zeros(a.shape[1:]))
+            continue
+        projection = flat @ np.linalg.svd(flat, full_matrices=False)[2][0]
+        if np.dot(projection, a.sum(axis=0).reshape(-1)) < 0:
+            projection = -projection
+        maps.append(np.maximum(projection, 0).reshape(a.shape[1:]))
+    return np.stack(maps).astype(np.float32)
+
+
+def scorecam(model, x, A, target, through_softmax):
+    """Softmax over channels of the target's scores on the input masked by each upsampled, [0, 1]-scaled channel."""
+    from .attribution import target_scores
+    from .sampling import fixed_target, rows_per_batch
+    n, k = A.shape[:2]
+    up = resize_maps(A.reshape(n * k, *A.shape[2:]), x.shape[2:], align_corners=True).reshape(n, k, *x.shape[2:])
+    lo, hi = up.min(axis=(2, 3), keepdims=True), up.max(axis=(2, 3), keepdims=True)
+    norm = np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1), 0)
+    target = fixed_target(model, x, target, through_softmax)
+    scores = np.zeros((n, k))
+    step = rows_per_batch(model, x[:1])
+    for i in range(n):
+        t = target[i:i + 1] if isinstance(target, np.ndarray) else target
+        for c0 in range(0, k, step):
+            masked = x[i:i + 1] * norm[i, c0:c0 + step, None]
+            tt = np.repeat(t, len(masked), axis=0) if isinstance(t, np.ndarray) else t
+            scores[i, c0:c0 + step] = target_scores(model, masked, tt, through_softmax)[0]
+    w = np.exp(scores - scores.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    return _relu_sum(A, w[:, :, None, None].astype(A.dtype)), w
 
 
 def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):
     feeds = model.feeds(x)
     logits = logits_value(model, through_softmax)
     first = model.graph.input_names()[0]
-    if np.ndim(feeds[first]) != 4:
-        raise InputError(f"{method} needs an image batch (N, C, H, W), got shape {np.shape(feeds[first])}")
+    x = feeds[first]
+    if np.ndim(x) != 4:
+        raise InputError(f"{method} needs an image batch (N, C, H, W), got shape {np.shape(x)}")
+    if method in ("scorecam", "eigencam"):
+        fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, model.shape_table(feeds),
+                                                                                   logits)
+        A = model.run(x, outputs=[fmap])[fmap]
+        if A.ndim != 4:
+            raise InputError(f"{method} needs a 4-D layer (N, C, H, W); {fmap!r} has shape {A.shape}")
+        if method == "eigencam":
+            maps, extras, reported = eigencam(A), {"layer": fmap}, None
+        else:
+            maps, w = scorecam(model, x, A, target, through_softmax)
+            extras, reported = {"layer": fmap, "weights": w}, target
+        if upsample_maps:
+            maps = resize_maps(maps, x.shape[2:])
+        return Explanation(maps, reported, model.run(x, outputs=[logits])[logits], method, extras=extras)
     spec, seed, reported = seed_for(model, feeds, target, logits)
     ref = model.resolve(layer) if layer is not None else None
-    lowered = model.lowered((method, ref, bool(upsample_maps), spec), feeds,
-                            lambda table: lower_cam(model, method, table, spec, layer, upsample_maps))
+    graph_method = "cam" if method == "cam" else "gradcam"
+    lowered = model.lowered((graph_method, ref, bool(upsample_maps), spec), feeds,
+                            lambda table: lower_cam(model, graph_method, table, spec, layer, upsample_maps))
     out = model.engine.run(lowered.graph, {**feeds, **seed}, lowered.outputs)
     weights = out[lowered.extras["weights"]]
     extras = {"layer": lowered.extras["layer"], "weights" if method == "cam" else "alpha": weights}
-    return Explanation(out[RELEVANCE], out[lowered.target] if lowered.target else reported, out[lowered.output],
+    maps = out[RELEVANCE]
+    if method in GRADIENT_CAMS:
+        maps = GRADIENT_CAMS[method](out[lowered.extras["activations"]], out[lowered.extras["gradients"]])
+        maps = resize_maps(maps, x.shape[2:]) if upsample_maps else maps
+        extras = {"layer": lowered.extras["layer"]}
+    return Explanation(maps, out[lowered.target] if lowered.target else reported, out[lowered.output],
                        method, lowered.applied, extras=extras)
