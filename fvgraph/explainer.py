@@ -42,6 +42,9 @@ def export_explainer(model, method="gradient", *, layer=None, upsample: bool = T
         if layer is not None:
             raise InputError(f"layer= is for cam and gradcam; {method!r} explains the input")
         rules = model.rules_for(method, params)
+        if rules.integrate or rules.smooth:
+            raise InputError(f"{rules.name} averages many passes over changed inputs; a standalone explainer is one "
+                             "pass: export 'gradient' and average its maps over your path or noise")
         spec = Target("class", logits)
         lowered = model.lowered(("explain", rules_key(rules), spec, ()), probe,
                                 lambda table: lower(model, rules, spec, table))

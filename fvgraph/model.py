@@ -40,6 +40,7 @@ class Model:
             device = "cuda"
         self.graph = graph
         self.source = source
+        _free_the_batch(graph)
         self.backend = Backend(device if engine in ("numpy", "cupy") else "cpu")
         self.executor = Executor(graph, self.backend)
         self.engine = make_engine(engine, self.executor, device, threads)
@@ -61,6 +62,14 @@ class Model:
     @property
     def outputs(self):
         return self.graph.outputs
+
+    @property
+    def batch_limit(self) -> int | None:
+        """The batch size the model's input fixes (exports often say 1), or None where it is free: methods
+        that run many copies (integrated gradients, SmoothGrad, Score-CAM, occlusion, faithfulness) chunk
+        their batches to it."""
+        shape = self.graph.inputs[0].shape if self.graph.inputs else None
+        return int(shape[0]) if shape and isinstance(shape[0], (int, np.integer)) and shape[0] > 0 else None
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -350,6 +359,27 @@ def load(source: Any, engine: str = "auto", device: str = "cpu", threads: int | 
         raise
     except Exception as e:  # what a corrupt but parseable file can still break
         raise ModelLoadError(f"malformed model ({type(e).__name__}: {e})") from None
+
+
+def _free_the_batch(graph: Graph) -> None:
+    """Exporters often fix the batch at 1 (torch.onnx's default). Where shape inference shows every computed
+    value following a symbolic batch (nothing reshapes it to a constant), the input's batch is made symbolic:
+    integrated gradients, SmoothGrad, occlusion and the faithfulness curves then run their copies as batches."""
+    from .executor import shape_only_nodes
+    from .shapes import BATCH, infer
+    if len(graph.inputs) != 1 or not graph.inputs[0].shape or not isinstance(graph.inputs[0].shape[0], int):
+        return
+    v = graph.inputs[0]
+    if not all(isinstance(d, int) for d in v.shape[1:]):
+        return
+    try:
+        table = infer(graph, {v.name: (BATCH,) + tuple(v.shape[1:])})
+    except Exception:
+        return
+    static = shape_only_nodes(graph)
+    dims = [table.dims.get(o) for i, n in enumerate(graph.nodes) if i not in static for o in n.outputs if o]
+    if dims and all(d is not None and len(d) >= 1 and isinstance(d[0], str) for d in dims):
+        graph.inputs[0] = type(v)(v.name, (BATCH,) + tuple(v.shape[1:]), v.dtype)
 
 
 def _ort_has_cuda() -> bool:

@@ -358,7 +358,7 @@ def test_bad_methods_targets_and_presets(tmp_path):
     model = fv.load(ZOO["vgg_like"]())
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     with pytest.raises(fv.RuleError, match="unknown method"):
-        model.explain(x, "smoothgrad")
+        model.explain(x, "smoothgradient")
     with pytest.raises(fv.InputError, match="out of range"):
         model.explain(x, "gradient", target=10)
     with pytest.raises(fv.InputError, match="2 targets|batch of 2"):

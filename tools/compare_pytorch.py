@@ -63,7 +63,7 @@ def main():
     import numpy as np
     import onnxruntime as ort
     import torch
-    from captum.attr import GuidedBackprop
+    from captum.attr import GuidedBackprop, IntegratedGradients
     from zennit.attribution import Gradient
     from zennit.composites import LayerMapComposite
     from zennit.rules import Epsilon, Norm, Pass
@@ -100,6 +100,10 @@ def main():
         xx = x.clone().requires_grad_(True)
         net(xx)[0, target].backward()
 
+    ig = IntegratedGradients(net)
+    captum_ig = ig.attribute(x, target=target, n_steps=32, method="gausslegendre", internal_batch_size=32)
+    fv_ig = model.explain(xn, "integrated-gradients", target=target, steps=32).relevance
+    ig_agree = float(np.linalg.norm(fv_ig - captum_ig.detach().numpy()) / np.linalg.norm(captum_ig.detach().numpy()))
     captum_map = gbp.attribute(x, target=target).detach().numpy()
     fv_map = model.explain(xn, "guided", target=target).relevance
     agree = float(np.linalg.norm(fv_map - captum_map) / np.linalg.norm(captum_map))
@@ -108,11 +112,17 @@ def main():
             ("Captum GuidedBackprop", med(lambda: gbp.attribute(x, target=target), args.repeats)),
             ("fvgraph guided", med(lambda: model.explain(xn, "guided", target=target), args.repeats)),
             ("Zennit epsilon LRP", med(zennit_lrp, args.repeats)),
-            ("fvgraph lrp-epsilon", med(lambda: model.explain(xn, "lrp-epsilon", target=target), args.repeats))]
+            ("fvgraph lrp-epsilon", med(lambda: model.explain(xn, "lrp-epsilon", target=target), args.repeats)),
+            ("Captum IntegratedGradients (32)", med(lambda: ig.attribute(x, target=target, n_steps=32,
+                                                                         internal_batch_size=32), max(1, args.repeats // 3))),
+            ("fvgraph integrated-gradients (32)", med(lambda: model.explain(xn, "integrated-gradients", target=target,
+                                                                            steps=32), max(1, args.repeats // 3)))]
     print(f"ResNet-18, batch 1, {args.threads} threads, medians of {args.repeats}")
     for k, v in rows:
-        print(f"{k:<26} {v:8.1f} ms  {v / rows[0][1]:5.2f}x ort forward")
+        print(f"{k:<34} {v:8.1f} ms  {v / rows[0][1]:5.2f}x ort forward")
     print(f"fvgraph guided vs Captum GuidedBackprop: relative L2 difference {agree:.1e}")
+    print(f"fvgraph integrated-gradients vs Captum IntegratedGradients (32 steps, gausslegendre): relative L2 "
+          f"difference {ig_agree:.1e}")
 
 
 if __name__ == "__main__":

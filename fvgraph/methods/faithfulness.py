@@ -72,7 +72,7 @@ def evaluate(model, x, relevance, metric="deletion", target=None, steps=16, fill
     relevance, as pixel flipping removes regions (Samek et al. 2017): single pixels scattered at random
     destroy an image like noise, which measures a model's robustness to noise rather than a map's ranking."""
     from .attribution import target_scores
-    from .sampling import fixed_target, rows_per_batch
+    from .sampling import fixed_target, in_model_batches, rows_per_batch
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     if not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -109,7 +109,9 @@ def evaluate(model, x, relevance, metric="deletion", target=None, steps=16, fill
         for b0 in range(0, steps + 1, per_batch):
             chunk = images[b0:b0 + per_batch]
             tt = np.repeat(t, len(chunk), axis=0) if isinstance(t, np.ndarray) else t
-            scores[i, b0:b0 + len(chunk)] = target_scores(model, chunk, tt, through_softmax, probabilities=is_class)[0]
+            scores[i, b0:b0 + len(chunk)] = in_model_batches(
+                model, lambda rows, tr: target_scores(model, rows, tr, through_softmax, probabilities=is_class)[0],
+                chunk, tt)
     if not is_class:
         clean = target_scores(model, x, target, through_softmax)[0]
         scores = scores / np.where(clean == 0, 1, clean)[:, None]

@@ -81,6 +81,7 @@ def available_memory() -> int:
 def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, batch_size=None, memory=None,
               seed=0, score="logit", incremental="auto", quiet=None):
     from .attribution import class_indices, logits_value, output_seed, output_value, unit_mask
+    from .sampling import in_model_batches
     if score not in ("logit", "prob"):
         raise InputError(f"score must be 'logit' or 'prob', got {score!r}")
     box, stride = _pair(box, "box"), _pair(stride, "stride")
@@ -115,7 +116,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     if batch_size is None:
         per = _bytes_per_sample(model, x[:1], value)
         cap = memory if memory is not None else available_memory() // 4
-        batch_size = int(max(1, min(len(boxes), cap // max(per, 1))))
+        batch_size = int(max(1, min(len(boxes), cap // max(per, 1), model.batch_limit or len(boxes))))
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     rng = np.random.default_rng(seed)
@@ -148,7 +149,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
                 batch = np.repeat(x[n:n + 1], len(chunk), axis=0)
                 for k, (y, xx) in enumerate(chunk):
                     batch[k, :, y:y + box[0], xx:xx + box[1]] = patches[b0 + k]
-                out = model.run(batch, outputs=[value])[value]
+                out = in_model_batches(model, lambda rows: model.run(rows, outputs=[value])[value], batch)
             s = score_of(np.asarray(out, np.float64), n)
             for k, (y, xx) in enumerate(chunk):
                 drops[n, y:y + box[0], xx:xx + box[1]] += base - s[k]

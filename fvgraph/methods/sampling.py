@@ -83,14 +83,32 @@ def rows_per_batch(model, x) -> int:
     from .occlusion import _bytes_per_sample, available_memory
     first = model.graph.input_names()[0]
     per = 3 * _bytes_per_sample(model, x[:1], model.graph.output_names()[0]) if first else 1
-    return int(max(1, min(MAX_ROWS, available_memory() // 4 // max(per, 1))))
+    return int(max(1, min(MAX_ROWS, model.batch_limit or MAX_ROWS, available_memory() // 4 // max(per, 1))))
+
+
+def in_model_batches(model, fn, x, *per_row):
+    """fn(rows of x, the same rows of each per-row argument) -> an array per row, run in batches of exactly the
+    size the model's input fixes (the last one padded with repeats of its last row), or all at once."""
+    limit = model.batch_limit
+    if limit is None or len(x) == limit:
+        return fn(x, *per_row)
+    outs = []
+    for s in range(0, len(x), limit):
+        parts = [a[s:s + limit] if isinstance(a, np.ndarray) else a for a in (x,) + per_row]
+        pad = limit - len(parts[0])
+        if pad:
+            parts = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if isinstance(a, np.ndarray) else a
+                     for a in parts]
+        outs.append(fn(*parts)[:limit - pad])
+    return np.concatenate(outs)
 
 
 def _in_batches(model, copies: list, x, explain_batch):
     """explain_batch(stacked copies, number of copies) for the copies in memory-capped groups; yields the
     per-copy maps (copies, N, ...)."""
     n = len(x)
-    step = max(1, rows_per_batch(model, x) // n)
+    # a model whose input fixes the batch took x, so the batch is that size: one copy per call
+    step = 1 if model.batch_limit else max(1, rows_per_batch(model, x) // n)
     for k in range(0, len(copies), step):
         group = copies[k:k + step]
         maps = explain_batch(np.concatenate(group), len(group))
@@ -107,7 +125,8 @@ def integrated_gradients(model, x, rules, target, settings, through_softmax=Fals
     target = fixed_target(model, x, target, through_softmax)
     gradient = replace(rules, integrate=None, smooth=None, multiply_input=False)
     total = np.zeros(x.shape, np.float64)
-    points = [(base + a * (x - base)).astype(x.dtype) for a in alphas]
+    step = x - base  # points in x's own precision, as Captum forms them (float32 rounding of the path matters:
+    points = [base + x.dtype.type(a) * step for a in alphas]  # a ReLU net's gradient jumps where gates flip)
     done = 0
     for maps in _in_batches(model, points, x, lambda xs, c: attribute(
             model, xs, gradient, _tile(target, c), through_softmax=through_softmax).relevance):
