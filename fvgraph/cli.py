@@ -51,7 +51,7 @@ def cmd_info(args) -> int:
     layers = list_layers(graph, shape_only_nodes(graph))
     at = None
     if model is not None:
-        at = _fill_shapes(model, layers, _shape(args.shape) if args.shape else None)
+        at = model.concrete_shapes(layers, _shape(args.shape) if args.shape else None)
     if at:
         out(f"shapes at input {'x'.join(str(d) for d in at)}"
             f"{'' if args.shape else ' (the size the model or its preprocessing implies; --shape to choose)'}\n\n")
@@ -480,6 +480,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The interactive view in the browser (fvgraph.serve)."""
+    from .serve import serve
+    model = _load(args.model or DEMO_MODEL, args)
+    return serve(model, args.images, args.host, args.port, args.quiet, int(args.max_upload * 2**20))
+
+
 def cmd_export_explainer(args) -> int:
     """A method lowered into one standalone ONNX model, written atomically; never over an existing file."""
     import os
@@ -542,38 +549,6 @@ def cmd_figure(args) -> int:
     np.savez_compressed(out.with_suffix(".npz"), **{k.replace("/", "__"): v for k, v in arrays.items()})
     print(f"wrote {out} and {out.with_suffix('.npz')}")
     return 0
-
-
-def _fill_shapes(model, layers, shape=None):
-    """Concrete layer shapes at one input size (--shape, else the size the model or its preprocessing
-    implies), the batch axis keeping its symbol; never the nested floor() expressions ONNX shape inference
-    writes for symbolic sizes. Returns the input shape used, or None (several inputs without --shape)."""
-    from .image import input_shape
-    from .shapes import BATCH
-    graph = model.graph
-    if len(graph.inputs) != 1:
-        if shape is not None:
-            raise InputError("--shape is for single-input models")
-        return None
-    v = graph.inputs[0]
-    shape = tuple(shape) if shape is not None else input_shape(model) if v.shape and len(v.shape) == 4 else \
-        (1,) + tuple(v.shape[1:]) if v.shape and all(isinstance(d, int) for d in v.shape[1:]) else None
-    if shape is None:
-        return None
-    feeds = {v.name: np.zeros(shape, v.dtype or np.float32)}
-    try:
-        model.feeds(feeds)
-        table = model.shape_table(feeds)
-        if any(isinstance(d, str) and d != BATCH for l in layers for d in (table.dims.get(l.output) or ())[1:]):
-            table = model.shape_table(feeds, measured=True)
-    except FvGraphError as e:
-        raise InputError(f"cannot compute the layer shapes at input {'x'.join(map(str, shape))}: {e}") from None
-    batch = v.shape[0] if v.shape and isinstance(v.shape[0], str) else "N"
-    for l in layers:
-        d = table.dims.get(l.output)
-        if d is not None:
-            l.shape = tuple(batch if x == BATCH or (k == 0 and isinstance(x, str)) else x for k, x in enumerate(d))
-    return shape
 
 
 class _Subcommands:
@@ -726,6 +701,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("serve", help="an interactive view in the browser: every method, live parameters")
+    s.add_argument("model", nargs="?", help="an .onnx or .mat file (default: the embedded EfficientNet-Lite0)")
+    s.add_argument("--images", help="a folder of images to pick from (only its files are ever read)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    s.add_argument("--max-upload", type=float, default=20, help="largest accepted upload in MB (default 20)")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("export-explainer", help="write a method as a standalone ONNX model (runs without fvgraph)")
     s.add_argument("model", help="an .onnx file")

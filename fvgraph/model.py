@@ -83,6 +83,38 @@ class Model:
             self._layers = list_layers(self.graph, self.executor.static)
         return self._layers
 
+    def concrete_shapes(self, layers=None, shape=None):
+        """Set concrete shapes on `layers` (default: self.layers) at one input size (`shape`, else the size the
+        model or its preprocessing implies), the batch axis keeping its symbol: never the nested floor()
+        expressions ONNX shape inference writes for symbolic sizes. Returns the input shape used, or None
+        (several inputs and no shape)."""
+        from .image import input_shape
+        from .shapes import BATCH
+        layers = self.layers if layers is None else layers
+        if len(self.graph.inputs) != 1:
+            if shape is not None:
+                raise InputError("an input shape is for single-input models")
+            return None
+        v = self.graph.inputs[0]
+        shape = tuple(shape) if shape is not None else input_shape(self) if v.shape and len(v.shape) == 4 else \
+            (1,) + tuple(v.shape[1:]) if v.shape and all(isinstance(d, int) for d in v.shape[1:]) else None
+        if shape is None:
+            return None
+        feeds = {v.name: np.zeros(shape, v.dtype or np.float32)}
+        try:
+            self.feeds(feeds)
+            table = self.shape_table(feeds)
+            if any(isinstance(d, str) and d != BATCH for l in layers for d in (table.dims.get(l.output) or ())[1:]):
+                table = self.shape_table(feeds, measured=True)
+        except FvGraphError as e:
+            raise InputError(f"cannot compute the layer shapes at input {'x'.join(map(str, shape))}: {e}") from None
+        batch = v.shape[0] if v.shape and isinstance(v.shape[0], str) else "N"
+        for l in layers:
+            d = table.dims.get(l.output)
+            if d is not None:
+                l.shape = tuple(batch if x == BATCH or (k == 0 and isinstance(x, str)) else x for k, x in enumerate(d))
+        return shape
+
     def resolve(self, ref: Any) -> str:
         """The value name behind a layer reference: a value name, a layer (node) name, or a layer index."""
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):

@@ -79,7 +79,7 @@ def available_memory() -> int:
 
 
 def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, batch_size=None, memory=None,
-              seed=0, score="logit", incremental="auto", quiet=None):
+              seed=0, score="logit", incremental="auto", quiet=None, progress=None):
     from .attribution import class_indices, logits_value, output_seed, output_value, unit_mask
     from .sampling import in_model_batches
     if score not in ("logit", "prob"):
@@ -134,8 +134,9 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
                 model.choices[key] = incremental_pays(model, runner, x[:1], value, box)
             runner = runner if model.choices[key] else None
     choice = "incremental" if runner is not None else "full passes"
-    bar = Progress(N * len(boxes), "occlusion", quiet)
+    bar = Progress(N * len(boxes), "occlusion", quiet, progress)
     done = 0
+    seen = np.zeros((N, H, W), np.int64)  # boxes done so far over each pixel: the partial map's divisor
     for n in range(N):
         base = score_of(clean[n:n + 1], n)[0]
         patches = make_fill(x[n], fill, box, len(boxes), rng)
@@ -153,8 +154,9 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
             s = score_of(np.asarray(out, np.float64), n)
             for k, (y, xx) in enumerate(chunk):
                 drops[n, y:y + box[0], xx:xx + box[1]] += base - s[k]
+                seen[n, y:y + box[0], xx:xx + box[1]] += 1
             done += len(chunk)
-            bar.update(done)
+            bar.update(done, partial=lambda: (drops / np.maximum(seen, 1)).astype(np.float32))
     rel = (drops / np.maximum(counts, 1)).astype(np.float32)  # pixels no box covers (stride > box) get 0
     return Explanation(rel, reported, np.asarray(clean), "occlusion",
                        extras={"boxes": boxes, "counts": counts, "box": box, "stride": stride,

@@ -78,13 +78,17 @@ class _Momentum:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; silent otherwise or when quiet."""
+    """A one-line progress bar on a terminal; silent otherwise or when quiet. `callback(done, total, partial)`
+    hears every update, `partial()` giving the result so far (how `fvgraph serve` fills maps in as they grow;
+    raising in the callback stops the work)."""
 
-    def __init__(self, total, label, quiet=None):
-        self.total, self.label = total, label
+    def __init__(self, total, label, quiet=None, callback=None):
+        self.total, self.label, self.callback = total, label, callback
         self.on = (not quiet) and sys.stderr.isatty() if quiet is not None else sys.stderr.isatty()
 
-    def update(self, k, note=""):
+    def update(self, k, note="", partial=None):
+        if self.callback is not None:
+            self.callback(k, self.total, partial)
         if self.on and (k % max(1, self.total // 50) == 0 or k == self.total):
             done = int(30 * k / self.total)
             sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (30 - done)}] {k}/{self.total} {note}")
@@ -105,7 +109,7 @@ def _check_reg(name, v):
     return a, w
 
 
-def optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet, label):
+def optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet, label, progress=None):
     """The shared loop: `objective(x) -> (value per sample, gradient)` is maximized under the priors."""
     from ..image import to_display
     if steps < 1:
@@ -127,7 +131,7 @@ def optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed
     span = float(np.mean(hi - lo))
     opt = (_Adam if optimizer == "adam" else _Momentum)(lr if lr is not None else 0.02 * span)
     history = {"objective": [], "lp": [], "tv": [], "total": []}
-    bar = Progress(steps, label, quiet)
+    bar = Progress(steps, label, quiet, progress)
     for k in range(steps):
         shift = tuple(int(s) for s in rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
         xs = np.roll(x, shift, axis=(2, 3)) if jitter else x
@@ -154,14 +158,14 @@ def optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed
         history["tv"].append(tv_v)
         history["total"].append(total)
         x = np.clip(opt.step(x, grad), lo, hi)
-        bar.update(k + 1, f"objective {np.mean(value):.4g}")
+        bar.update(k + 1, f"objective {np.mean(value):.4g}", partial=lambda: x.astype(np.float32))
     x = x.astype(np.float32)
     pictures = np.stack([to_display(xi, spec) for xi in x]) if shape[1] == 3 else None
     return x, pictures, history
 
 
 def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitter=0,
-                optimizer="adam", seed=0, init=None, quiet=None):
+                optimizer="adam", seed=0, init=None, quiet=None, progress=None):
     """Activation maximization of a class (int), a unit (fv.Unit), or a list of them (one image each)."""
     targets = target if isinstance(target, (list, tuple)) else [target]
     n = len(targets)
@@ -229,7 +233,7 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
         return values, grad
 
     x, pic, hist = optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet,
-                            "reconstruct")
+                            "reconstruct", progress)
     if pre:
         hist["redirected"] = history_redirected
         final, _ = objective(x)

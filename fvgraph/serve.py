@@ -1,0 +1,479 @@
+"""`fvgraph serve`: an interactive view of every method on one model, in the browser (the paper's stated next
+step: "interactive real-time visualizations to assist the comparison of different methods and visualize the
+influence of different parameters").
+
+The app is a small ASGI application on Starlette (routing, requests, JSON and streaming responses and static
+files in one well-kept library with two small dependencies; FastAPI would add validation layers we do not
+need), served by uvicorn. The page (fvgraph/static: plain HTML, CSS and JavaScript, no build step, no CDN)
+uses the JSON API below, which scripts can use too:
+
+    GET  /api/model      {"name", "inputs", "layers", "classes", "methods", "params", "images"}
+    GET  /api/images/N   an image file of the --images folder (only files listed there: never a path)
+    POST /api/predict    {"image": base64 PNG/JPEG | "image_id" | "name"} -> {"image_id", "top": [...], "shown"}
+    POST /api/explain    {"image" | "image_id" | "name", "method", "params", "target", "layer", "channel",
+                          "alpha", "colors", "array", "stream"} -> {"png", "target", "label", "ms", ["npy"]}
+                         occlusion and reconstruction with "stream": newline-delimited JSON, progress and the
+                         partial map as it grows, the final map last
+
+Errors are HTTP 4xx (or 500) with {"error": "<one line>"}, and the server keeps serving. The model runs on a
+worker thread, one request at a time (two cores gain nothing from more); decoded images and explanations are
+kept in small LRU caches, so changing only the overlay or the colours re-renders without recomputing, and
+memory stays bounded however many requests come.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FvGraphError, InputError
+
+STATIC = Path(__file__).parent / "static"
+MAX_UPLOAD = 20 << 20
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SMOOTHABLE = ("gradient", "input-x-gradient", "deconvnet", "guided")
+
+# What the page offers per method: sliders and choices, with the names the API and `fvgraph explain -p` take.
+PARAMS = {
+    "lrp-epsilon": [{"name": "epsilon", "min": -6, "max": 0, "step": 0.25, "default": -3, "log10": True}],
+    "lrp-zplus": [{"name": "epsilon", "min": -6, "max": 0, "step": 0.25, "default": -3, "log10": True}],
+    "lrp-composite": [{"name": "epsilon", "min": -6, "max": 0, "step": 0.25, "default": -3, "log10": True}],
+    "lrp-alphabeta": [{"name": "alpha", "min": 1, "max": 4, "step": 0.5, "default": 2}],
+    "integrated-gradients": [{"name": "steps", "min": 4, "max": 64, "step": 4, "default": 16},
+                             {"name": "baseline", "choices": ["zero", "blur", "uniform"], "default": "zero"}],
+    "smoothgrad": [{"name": "samples", "min": 2, "max": 32, "step": 2, "default": 8},
+                   {"name": "sigma", "min": 0, "max": 0.5, "step": 0.05, "default": 0.15}],
+    **{m: [{"name": "samples", "min": 0, "max": 32, "step": 2, "default": 0},
+           {"name": "sigma", "min": 0, "max": 0.5, "step": 0.05, "default": 0.15}] for m in SMOOTHABLE},
+    "occlusion": [{"name": "box", "min": 8, "max": 112, "step": 8, "default": 32},
+                  {"name": "stride", "min": 4, "max": 56, "step": 4, "default": 16},
+                  {"name": "fill", "choices": ["0", "mean", "random"], "default": "0"}],
+    "reconstruction": [{"name": "steps", "min": 10, "max": 200, "step": 10, "default": 60},
+                       {"name": "tv", "min": 0, "max": 2, "step": 0.1, "default": 0.3},
+                       {"name": "jitter", "min": 0, "max": 16, "step": 1, "default": 4}],
+    "random": [{"name": "seed", "min": 0, "max": 9, "step": 1, "default": 0}],
+}
+
+
+class Cancelled(Exception):
+    """The client went away: stop the work."""
+
+
+class LRU(OrderedDict):
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def put(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+class Service:
+    """The model and what the API does with it (independent of HTTP, so it is tested directly too)."""
+
+    def __init__(self, model, images_dir=None, max_upload=MAX_UPLOAD, name=None):
+        from .cli import DEMO_MODEL
+        from .image import demo_images
+        from .methods.cam import CAM_METHODS
+        from .rules import preset_names
+        self.model = model
+        self.name = name or Path(model.source or "model").name
+        self.images_dir = Path(images_dir).resolve() if images_dir else None
+        self.demo = images_dir is None and Path(model.source or "") == Path(DEMO_MODEL)
+        self.demo_images = {p.name: p for p in demo_images()} if self.demo else {}
+        self.max_upload = max_upload
+        self.lock = threading.Lock()
+        self.images = LRU(32)        # image_id -> (x, shown picture)
+        self.results = LRU(64)       # request key -> relevance (re-rendering needs no recomputation)
+        self.cams = set(CAM_METHODS)
+        self.methods = preset_names() + list(CAM_METHODS) + ["occlusion", "reconstruction", "random"]
+        self.spec = model.preprocessing()
+        self._shaped = False
+
+    def warm_up(self, methods=("gradient", "guided", "lrp-epsilon", "gradcam")):
+        """Build the default panels' graphs and sessions before the first click (a few hundred ms each)."""
+        from .image import input_shape
+        try:
+            x = np.zeros(input_shape(self.model), np.float32)
+            for m in methods:
+                with self.lock:
+                    self.model.explain(x, m)
+        except FvGraphError:
+            pass  # the first request will say what is wrong
+
+    # ------------------------------------------------------------------ what the page needs
+    def describe(self) -> dict:
+        if not self._shaped:
+            try:
+                self.model.concrete_shapes()
+            except FvGraphError:
+                pass  # the layer list still names every layer
+            self._shaped = True
+        layers = [{"index": l.index, "name": l.name, "op": l.op_type,
+                   "shape": [d if isinstance(d, int) else "N" for d in (l.shape or ())]} for l in self.model.layers]
+        return {"name": self.name, "source": self.model.source,
+                "inputs": [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or ())]}
+                           for v in self.model.inputs],
+                "layers": layers, "classes": self.model.class_names(), "methods": self.methods, "params": PARAMS,
+                "images": self.list_images()}
+
+    def list_images(self) -> list[str]:
+        if self.images_dir is None:
+            return sorted(self.demo_images)
+        try:
+            return sorted(e.name for e in os.scandir(self.images_dir)
+                          if e.is_file(follow_symlinks=False) and e.name.lower().endswith(IMAGE_SUFFIXES))
+        except OSError:
+            return []
+
+    def image_path(self, name) -> Path:
+        """A file of the images folder by its listed name: never a path, never outside the folder."""
+        if not isinstance(name, str) or name not in self.list_images():
+            raise InputError(f"no image {name!r} in the images folder")
+        if self.images_dir is None:
+            return self.demo_images[name]
+        path = (self.images_dir / name).resolve()
+        if path.parent != self.images_dir or not path.is_file():
+            raise InputError(f"no image {name!r} in the images folder")
+        return path
+
+    # ------------------------------------------------------------------ images
+    def decode(self, data: bytes):
+        from PIL import Image, UnidentifiedImageError
+        if len(data) > self.max_upload:
+            raise TooLarge(f"the image is {len(data) / 2**20:.1f} MB; the limit is {self.max_upload / 2**20:.0f} MB")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > 50_000_000:
+                    raise InputError(f"the image is {im.width}x{im.height} pixels; the limit is 50 megapixels")
+                return np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise InputError(f"not a readable image ({type(e).__name__})") from None
+
+    def image(self, body: dict):
+        """(image_id, x, shown) from an upload (base64), an id of an earlier one, or a listed file."""
+        from .image import resize_crop, to_input
+        if body.get("image_id") in self.images:
+            x, shown = self.images[body["image_id"]]
+            return body["image_id"], x, shown
+        if body.get("image") is not None:
+            text = body["image"]
+            if not isinstance(text, str):
+                raise InputError("image must be a base64 string")
+            if "," in text[:100] and text.startswith("data:"):
+                text = text.split(",", 1)[1]
+            if len(text) > self.max_upload * 4 // 3 + 4:
+                raise TooLarge(f"the image is over the {self.max_upload / 2**20:.0f} MB limit")
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise InputError("image is not valid base64") from None
+        elif body.get("name") is not None:
+            data = self.image_path(body["name"]).read_bytes()
+        elif body.get("image_id") is not None:
+            raise InputError("unknown image_id (the server forgot it): send the image again")
+        else:
+            raise InputError("send an image: {\"image\": base64} or {\"name\": a listed image} or {\"image_id\"}")
+        key = hashlib.sha1(data).hexdigest()[:16]
+        if key not in self.images:
+            shown = resize_crop(self.decode(data), self.spec)
+            self.images.put(key, (to_input(shown, self.spec), shown))
+        x, shown = self.images[key]
+        return key, x, shown
+
+    # ------------------------------------------------------------------ the API's work
+    def predict(self, body: dict) -> dict:
+        from .methods.attribution import prediction
+        image_id, x, shown = self.image(body)
+        with self.lock:
+            logits = self.model.run(x)[0]
+        flat = logits.reshape(-1) if logits.ndim == 1 or all(d == 1 for d in logits.shape[1:]) else None
+        top = []
+        if flat is not None:
+            p = np.exp(flat - flat.max())
+            p /= p.sum()
+            names = self.model.class_names()
+            for k in np.argsort(-p)[:5]:
+                top.append({"class": int(k), "label": names[k] if names and k < len(names) else str(int(k)),
+                            "p": float(p[k])})
+        else:
+            top.append({"class": None, "label": prediction(self.model, logits)[1], "p": None})
+        return {"image_id": image_id, "top": top, "shown": png64(shown)}
+
+    def explain(self, body: dict, progress=None) -> dict:
+        """One map as a PNG (and optionally the array as .npy). progress(done, total, picture) hears
+        occlusion's and reconstruction's growing results."""
+        from .methods import map_kind
+        start = time.perf_counter()
+        method = body.get("method", "gradient")
+        if method not in self.methods:
+            raise InputError(f"unknown method {method!r}: use one of {', '.join(self.methods)}")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise InputError("params must be an object")
+        target, layer, channel = body.get("target"), body.get("layer") or None, body.get("channel")
+        if target is not None and (not isinstance(target, int) or isinstance(target, bool)):
+            raise InputError(f"target must be a class index or null, got {target!r}")
+        if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
+            raise InputError(f"channel must be an integer or null, got {channel!r}")
+        alpha = _number(body.get("alpha", 0.5), "alpha", 0, 1)
+        kind = body.get("colors") or (map_kind(method) if method != "reconstruction" else None)
+        image_id, x, shown = self.image(body)
+        key = json.dumps([image_id, method, params, target, layer, channel], sort_keys=True, default=str)
+        rel = self.results.get(key)
+        info = {}
+        if rel is None:
+            def partial_picture(done, total, partial):
+                if progress is not None:
+                    progress(done, total, lambda: self._render(method, partial()[0], kind, shown, alpha))
+            with self.lock:
+                rel, info = self._compute(method, x, params, target, layer, channel, partial_picture)
+            self.results.put(key, (rel, info))
+        else:
+            rel, info = rel
+        out = {"png": png64(self._render(method, rel, kind, shown, alpha)), **info,
+               "ms": round((time.perf_counter() - start) * 1000, 1)}
+        if body.get("array"):
+            buf = io.BytesIO()
+            np.save(buf, rel)
+            out["npy"] = base64.b64encode(buf.getvalue()).decode()
+        return out
+
+    def _render(self, method, rel, kind, shown, alpha):
+        from .image import to_display
+        from .render import picture
+        if method == "reconstruction":
+            return to_display(rel, self.spec)
+        return picture(rel, kind, image=shown, alpha=alpha)
+
+    def _compute(self, method, x, params, target, layer, channel, progress):
+        from .explanation import Unit
+        m, names = self.model, self.model.class_names()
+        label = lambda c: names[c] if names and c is not None and 0 <= c < len(names) else str(c)  # noqa: E731
+        if method == "reconstruction":
+            if target is None:
+                raise InputError("reconstruction needs a class: click a prediction or search a class")
+            r = m.reconstruct(Unit(layer, channel) if layer and channel is not None else int(target),
+                              shape=x.shape, steps=_int(params.get("steps", 60), "steps", 1, 2000),
+                              tv=(2, _number(params.get("tv", 0.3), "tv", 0, 100)),
+                              jitter=_int(params.get("jitter", 4), "jitter", 0, 64), quiet=True, progress=progress)
+            return r.image[0], {"target": target, "label": label(target)}
+        tgt = Unit(layer, channel) if layer and channel is not None else target
+        if method == "occlusion":
+            e = m.occlusion(x, box=_int(params.get("box", 32), "box", 1, 4096),
+                            stride=_int(params.get("stride", 16), "stride", 1, 4096),
+                            fill=_fill(params.get("fill", "0")), target=tgt, quiet=True, progress=progress)
+        else:
+            kw = {k: _param(v) for k, v in params.items()}
+            if method in SMOOTHABLE and "samples" in kw:
+                samples, sigma = int(kw.pop("samples")), kw.pop("sigma", 0.15)
+                if samples > 0:
+                    kw["smooth"] = {"samples": samples, "sigma": sigma}
+            elif method in SMOOTHABLE:
+                kw.pop("sigma", None)
+            if method == "lrp-alphabeta" and "alpha" in kw:
+                kw["beta"] = float(kw["alpha"]) - 1
+            if method in self.cams:
+                tgt = target  # --layer names the CAM's layer there, not a unit
+                if layer:
+                    kw["layer"] = layer
+            e = m.explain(x, method, target=tgt, **kw)
+        used = e.target[0] if isinstance(e.target, np.ndarray) and e.target.size else None
+        used = int(used) if used is not None else None
+        return e.relevance[0], {"target": used, "label": label(used) if used is not None else str(e.target)}
+
+
+class TooLarge(InputError):
+    """An upload over the size limit (HTTP 413)."""
+
+
+def png64(rgb) -> str:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _number(v, name, lo, hi) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {v!r}") from None
+    if not lo <= f <= hi:
+        raise InputError(f"{name} must be between {lo} and {hi}, got {f}")
+    return f
+
+
+def _int(v, name, lo, hi) -> int:
+    f = _number(v, name, lo, hi)
+    if f != int(f):
+        raise InputError(f"{name} must be an integer, got {v!r}")
+    return int(f)
+
+
+def _param(v):
+    if isinstance(v, str):
+        from .compare import parse_value
+        return parse_value(v)
+    return v
+
+
+def _fill(v):
+    if isinstance(v, str) and v in ("mean", "random"):
+        return v
+    return _number(v, "fill", -1e6, 1e6)
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+def app(service: Service):
+    """The Starlette application over a Service."""
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    def error(status, message):
+        return JSONResponse({"error": str(message).splitlines()[0][:500] if str(message) else "error"}, status)
+
+    async def body_of(request: Request) -> dict:
+        size = request.headers.get("content-length")
+        limit = service.max_upload * 4 // 3 + 65536
+        if size is not None and size.isdigit() and int(size) > limit:
+            raise TooLarge(f"the request is {int(size) / 2**20:.1f} MB; uploads are limited to "
+                           f"{service.max_upload / 2**20:.0f} MB")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise TooLarge(f"uploads are limited to {service.max_upload / 2**20:.0f} MB")
+        try:
+            body = json.loads(bytes(data) or b"{}")
+        except ValueError:
+            raise InputError("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise InputError("the request body must be a JSON object")
+        return body
+
+    def guarded(handler):
+        async def wrapped(request):
+            try:
+                return await handler(request)
+            except TooLarge as e:
+                return error(413, e)
+            except FvGraphError as e:
+                return error(400, e)
+            except HTTPException:
+                raise
+            except Exception as e:  # the server keeps serving
+                return error(500, f"internal error: {type(e).__name__}: {e}")
+        return wrapped
+
+    async def index(request):
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def model_info(request):
+        return JSONResponse(await anyio.to_thread.run_sync(service.describe))
+
+    async def image_file(request):
+        path = service.image_path(request.path_params["name"])
+        return FileResponse(path)
+
+    async def predict(request):
+        body = await body_of(request)
+        return JSONResponse(await anyio.to_thread.run_sync(service.predict, body))
+
+    async def explain(request):
+        body = await body_of(request)
+        if not body.get("stream"):
+            return JSONResponse(await anyio.to_thread.run_sync(service.explain, body))
+        return StreamingResponse(_stream(request, body), media_type="application/x-ndjson")
+
+    async def _stream(request, body):
+        """Progress lines while the work runs on a thread; the client going away cancels it."""
+        q: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        last = [0.0]
+
+        def progress(done, total, partial_png):
+            if cancel.is_set():
+                raise Cancelled()
+            now = time.perf_counter()
+            if now - last[0] > 0.25 or done == total:  # a picture four times a second at most
+                last[0] = now
+                q.put({"progress": done / max(total, 1), "png": png64(partial_png())})
+
+        def work():
+            try:
+                q.put({"done": True, **service.explain(body, progress)})
+            except Cancelled:
+                q.put(None)
+            except TooLarge as e:
+                q.put({"error": str(e), "status": 413})
+            except FvGraphError as e:
+                q.put({"error": str(e).splitlines()[0], "status": 400})
+            except Exception as e:
+                q.put({"error": f"internal error: {type(e).__name__}: {e}", "status": 500})
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    item = await anyio.to_thread.run_sync(lambda: q.get(timeout=0.2))
+                except queue.Empty:
+                    if await request.is_disconnected():
+                        cancel.set()
+                        return
+                    continue
+                if item is None:
+                    return
+                yield json.dumps(item) + "\n"
+                if item.get("done") or "error" in item:
+                    return
+        finally:
+            cancel.set()
+
+    async def not_found(request, exc):
+        return error(exc.status_code, exc.detail if exc.status_code != 404 else f"no such page: {request.url.path}")
+
+    routes = [Route("/", index), Route("/api/model", guarded(model_info)),
+              Route("/api/images/{name:path}", guarded(image_file)),
+              Route("/api/predict", guarded(predict), methods=["POST"]),
+              Route("/api/explain", guarded(explain), methods=["POST"]),
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+
+
+def serve(model, images_dir=None, host="127.0.0.1", port=8000, quiet=False, max_upload=MAX_UPLOAD):
+    """Run the app until Ctrl-C."""
+    import uvicorn
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise InputError(f"{images_dir}: not a folder of images")
+    service = Service(model, images_dir, max_upload)
+    threading.Thread(target=service.warm_up, daemon=True).start()
+    if not quiet:
+        print(f"fvgraph: serving {service.name} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    config = uvicorn.Config(app(service), host=host, port=port, log_level="warning" if quiet else "info",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except OSError as e:
+        raise InputError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    return 0
