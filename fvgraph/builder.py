@@ -16,7 +16,7 @@ SMALL_CONST = 64  # constants up to this many elements are shared between the pl
 
 
 class GraphBuilder:
-    def __init__(self, graph: Graph, table: ShapeTable):
+    def __init__(self, graph: Graph, table: ShapeTable, param_inputs: bool = False):
         self.graph = graph  # the table is copied: values made here are this builder's alone
         self.table = ShapeTable(dict(table.dims), dict(table.dtypes), table.constants, table.measured)
         self.nodes: list[Node] = []
@@ -29,6 +29,8 @@ class GraphBuilder:
         self._derived: dict = {}
         self._index = {id(n): i for i, n in enumerate(graph.nodes)}
         self._producers = graph.producers()
+        self.param_inputs = param_inputs  # rule parameters as graph inputs (one graph for every value)
+        self.params: dict = {}            # input name -> (parameter name, dtype)
         self._count = 0
 
     # ------------------------------------------------------------------ names, nodes, constants
@@ -82,6 +84,18 @@ class GraphBuilder:
         self.replaced[i] = Node(current.name, current.op_type, list(current.inputs), outs, dict(current.attrs))
         self.table.set(outs[position], dims, dtype)
         return outs[position]
+
+    def param(self, name: str, value, like: str) -> str:
+        """A rule parameter (epsilon, alpha, beta) as a 0-d value of like's dtype: a graph input fed at each run
+        (so a slider in `fvgraph serve` reuses one graph and session), or a constant (exported explainers)."""
+        if not self.param_inputs:
+            return self.scalar(value, like)
+        dtype = self.dtype(like)
+        key = f"param:{name}" if dtype == np.float32 else f"param:{name}:{dtype}"
+        if key not in self.params:
+            self.input(key, (), dtype)
+            self.params[key] = (name, dtype)
+        return key
 
     def scalar(self, v, like: str) -> str:
         """A 0-d constant of `like`'s dtype (broadcasts against it)."""

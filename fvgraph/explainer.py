@@ -46,8 +46,8 @@ def export_explainer(model, method="gradient", *, layer=None, upsample: bool = T
             raise InputError(f"{rules.name} averages many passes over changed inputs; a standalone explainer is one "
                              "pass: export 'gradient' and average its maps over your path or noise")
         spec = Target("class", logits)
-        lowered = model.lowered(("explain", rules_key(rules), spec, ()), probe,
-                                lambda table: lower(model, rules, spec, table))
+        lowered = model.lowered(("export", rules_key(rules), spec), probe,
+                                lambda table: lower(model, rules, spec, table, param_inputs=False))
     outputs = [RELEVANCE] + model.graph.output_names()
     types = {o: (lowered.table.dims.get(o), lowered.table.dtypes.get(o, np.dtype(np.float32))) for o in outputs}
     proto, _ = to_onnx(lowered.graph, outputs, embed=True, types=types, name=f"{method} explainer",

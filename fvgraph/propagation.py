@@ -44,9 +44,10 @@ class Step:
 
 
 def stabilize(b, z, eps):
-    """z + eps * sign(z), sign(0) = +1."""
+    """z + eps * sign(z), sign(0) = +1. eps is a rule parameter: a graph input unless the graph is exported."""
+    e = b.param("epsilon", eps, z)
     e = b.where(b.op("GreaterOrEqual", [z, b.scalar(0, z)], dims=b.dims(z), dtype=np.bool_),
-                b.scalar(eps, z), b.scalar(-eps, z), like=z)
+                e, b.op("Neg", [e], dims=(), dtype=b.dtype(z)), like=z)
     return b.add(z, e, like=z)
 
 
@@ -271,9 +272,9 @@ def alphabeta(step: Step):
     eps = step.params["epsilon"]
     if be and t.has_weights and nonnegative(b, x):
         return t.result(_alphabeta_nonnegative(t, x, R, a, be, eps))
-    r = _times(b, _signed_terms(t, x, R, eps, positive_side=True), b.scalar(a, x))
+    r = _times(b, _signed_terms(t, x, R, eps, positive_side=True), b.param("alpha", a, x))
     if be:
-        neg = _times(b, _signed_terms(t, x, R, eps, positive_side=False), b.scalar(be, x))
+        neg = _times(b, _signed_terms(t, x, R, eps, positive_side=False), b.param("beta", be, x))
         r = b.op("Sub", [r, neg], like=x)
     return t.result(r)
 
@@ -284,8 +285,8 @@ def _alphabeta_nonnegative(t: LinearTerms, x, R, a, be, eps):
     b = t.b
     zp = t.forward(x, "pos")
     zn = b.op("Sub", [t.without_bias(t.step.outputs[0]), zp], like=zp)
-    sp = _div(b, _times(b, R, b.scalar(a, R)), stabilize(b, zp, eps))
-    sn = _div(b, _times(b, R, b.scalar(be, R)), stabilize(b, zn, eps))
+    sp = _div(b, _times(b, R, b.param("alpha", a, R)), stabilize(b, zp, eps))
+    sn = _div(b, _times(b, R, b.param("beta", be, R)), stabilize(b, zn, eps))
     return _times(b, x, b.op("Sub", [t.vjp(x, "pos", sp), t.vjp(x, "neg", sn)], like=x))
 
 

@@ -49,14 +49,22 @@ class Lowered:
     applied: dict = field(default_factory=dict)   # node name -> rule used
     seed_inputs: tuple = ()
     table: object = None                          # dims and dtypes of every value of `graph`
+    params: dict = field(default_factory=dict)    # input name -> (rule parameter, dtype): fed at each run
+
+    def param_feeds(self, rules) -> dict:
+        return {k: np.asarray(rules.params[name], dtype) for k, (name, dtype) in self.params.items()}
 
     @property
     def outputs(self) -> list[str]:
         return self.graph.output_names()
 
 
-def rules_key(rules) -> str:
-    """A stable fingerprint of a RuleSet (it holds dicts, so it is not hashable itself)."""
+SCALAR_PARAMS = ("epsilon", "alpha", "beta")  # graph inputs of a lowered graph, not part of its identity
+
+
+def rules_key(rules, with_values: bool = True) -> str:
+    """A stable fingerprint of a RuleSet (it holds dicts, so it is not hashable itself); without the values
+    of the scalar parameters, which lowered graphs take as inputs."""
     def plain(v):
         if isinstance(v, np.ndarray):
             return v.tolist()
@@ -66,7 +74,8 @@ def rules_key(rules) -> str:
             return v.item()
         return v
     return json.dumps({"default": rules.default, "ops": rules.ops, "seed": rules.seed, "canonize": rules.canonize,
-                       "multiply_input": rules.multiply_input, "params": {k: plain(v) for k, v in rules.params.items()},
+                       "multiply_input": rules.multiply_input,
+                       "params": {k: plain(v) for k, v in rules.params.items() if with_values or k not in SCALAR_PARAMS},
                        "overrides": [o.__dict__ for o in rules.overrides]}, sort_keys=True, default=str)
 
 
@@ -118,12 +127,12 @@ def seed_value(b: GraphBuilder, target: Target, output_seed: bool, suffix: str =
     return seed, used, inputs
 
 
-def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None) -> Lowered:
+def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None, param_inputs=True) -> Lowered:
     """The explainer graph for `rules` (a fvgraph.rules.Rules) from `target` (a Target, or a tuple of them
     seeding several values). wrt: the values whose signal is the result (default: the model's first input),
     keep: values whose signals are returned too."""
     g = model.graph
-    b = GraphBuilder(g, table)
+    b = GraphBuilder(g, table, param_inputs)
     wrt = list(wrt) if wrt is not None else [g.input_names()[0]]
     seeds, used, seed_inputs, values = start(b, rules, target)
     signals, applied = propagate(model, b, rules, seeds, wrt)
@@ -136,7 +145,8 @@ def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None) -
     for v in keep:
         layers[v] = b.named(signals.get(v) or b.zeros(v), f"{RELEVANCE}:{v}")
     outs = outputs + values + ([used] if used else []) + list(layers.values())
-    return Lowered(b.finish(list(dict.fromkeys(outs))), values[0], used, layers, {}, applied, seed_inputs, b.table)
+    return Lowered(b.finish(list(dict.fromkeys(outs))), values[0], used, layers, {}, applied, seed_inputs, b.table,
+                   dict(b.params))
 
 
 def start(b: GraphBuilder, rules, target):

@@ -99,8 +99,14 @@ def test_lowered_graphs_are_cached_per_method_parameters_and_signature():
     model.explain(x1, "gradient")
     model.explain(x3, "gradient")  # another batch size: the same graph (the batch is symbolic)
     assert len(model._lowered) == 1 and len(model.engine._sessions) == 1
-    model.explain(x1, "lrp-epsilon", epsilon=0.1)
-    model.explain(x1, "lrp-epsilon", epsilon=0.2)
+    a = model.explain(x1, "lrp-epsilon", epsilon=0.1)
+    b = model.explain(x1, "lrp-epsilon", epsilon=0.2)  # epsilon is an input of the graph: no new graph
+    assert len(model._lowered) == 2 and len(model.engine._sessions) == 2
+    assert not np.allclose(a.relevance, b.relevance)
+    c = fv.load(proto).explain(x1, "lrp-epsilon", epsilon=0.2)  # a fresh model: the same map
+    assert rel_l2(b.relevance, c.relevance) < 1e-6
+    model.explain(x1, "lrp-alphabeta", alpha=3, beta=2)
+    model.explain(x1, "lrp-alphabeta", alpha=1.5, beta=0.5)
     assert len(model._lowered) == 3
 
 

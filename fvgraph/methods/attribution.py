@@ -216,9 +216,9 @@ def attribute(model, x, rules: Rules, target=None, through_softmax=False, return
     logits = logits_value(model, through_softmax)
     spec, seed, reported = seed_for(model, feeds, target, logits)
     keep = {model.resolve(l): l for l in return_layers}
-    lowered = model.lowered(("explain", rules_key(rules), spec, tuple(keep)), feeds,
+    lowered = model.lowered(("explain", rules_key(rules, with_values=False), spec, tuple(keep)), feeds,
                             lambda table: lower(model, rules, spec, table, keep=tuple(keep)))
-    out = model.engine.run(lowered.graph, {**feeds, **seed}, lowered.outputs)
+    out = model.engine.run(lowered.graph, {**feeds, **seed, **lowered.param_feeds(rules)}, lowered.outputs)
     if lowered.target is not None:
         reported = out[lowered.target]
     layers = {ref: out[lowered.layers[name]] for name, ref in keep.items()}
