@@ -103,6 +103,7 @@ class Service:
         self.methods = preset_names() + list(CAM_METHODS) + ["occlusion", "reconstruction", "random"]
         self.spec = model.preprocessing()
         self._shaped = False
+        self.stopping = threading.Event()
 
     def warm_up(self, methods=("gradient", "guided", "lrp-epsilon", "gradcam")):
         """Build the default panels' graphs and sessions before the first click (a few hundred ms each)."""
@@ -110,6 +111,8 @@ class Service:
         try:
             x = np.zeros(input_shape(self.model), np.float32)
             for m in methods:
+                if self.stopping.is_set():
+                    return
                 with self.lock:
                     self.model.explain(x, m)
         except FvGraphError:
@@ -466,7 +469,8 @@ def serve(model, images_dir=None, host="127.0.0.1", port=8000, quiet=False, max_
     if images_dir is not None and not Path(images_dir).is_dir():
         raise InputError(f"{images_dir}: not a folder of images")
     service = Service(model, images_dir, max_upload)
-    threading.Thread(target=service.warm_up, daemon=True).start()
+    warm = threading.Thread(target=service.warm_up, daemon=True)
+    warm.start()
     if not quiet:
         print(f"fvgraph: serving {service.name} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     config = uvicorn.Config(app(service), host=host, port=port, log_level="warning" if quiet else "info",
@@ -474,6 +478,15 @@ def serve(model, images_dir=None, host="127.0.0.1", port=8000, quiet=False, max_
     server = uvicorn.Server(config)
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal it caught
+        pass
     except OSError as e:
         raise InputError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    finally:  # no thread may be inside onnxruntime when the interpreter goes
+        service.stopping.set()
+        warm.join()
+        with service.lock:
+            pass
+    if not quiet:
+        print("fvgraph: stopped", flush=True)
     return 0
