@@ -151,16 +151,23 @@ def _load(path, args):
 
 def cmd_convert(args) -> int:
     """A MatConvNet .mat to ONNX, written atomically: nothing is left at the output path on failure."""
-    import os
-    import tempfile
-
-    import onnx
-
     from .convert import matconvnet
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
     proto = matconvnet(args.net)
+    _save_onnx(proto, out)
+    if not args.quiet:
+        print(f"wrote {out} ({len(proto.graph.node)} nodes)")
+    return 0
+
+
+def _save_onnx(proto, out: Path):
+    """Write atomically: nothing is left at the output path on failure."""
+    import os
+    import tempfile
+
+    import onnx
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".onnx.part")
     os.close(fd)
@@ -170,9 +177,6 @@ def cmd_convert(args) -> int:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    if not args.quiet:
-        print(f"wrote {out} ({len(proto.graph.node)} nodes)")
-    return 0
 
 
 def explain_images(model, images, methods, out, target=None, params=None, overwrite=False, quiet=False):
@@ -489,10 +493,6 @@ def cmd_serve(args) -> int:
 
 def cmd_export_explainer(args) -> int:
     """A method lowered into one standalone ONNX model, written atomically; never over an existing file."""
-    import os
-    import tempfile
-
-    import onnx
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
@@ -502,15 +502,7 @@ def cmd_export_explainer(args) -> int:
     if args.layer is not None:
         options["layer"] = args.layer
     proto = model.export_explainer(args.method, shape=shape, **options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".onnx.part")
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _save_onnx(proto, out)
     if not args.quiet:
         print(f"wrote {out}: inputs {', '.join(i.name for i in proto.graph.input)} -> outputs "
               f"{', '.join(o.name for o in proto.graph.output)} ({len(proto.graph.node)} nodes)")

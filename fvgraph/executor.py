@@ -1,4 +1,5 @@
-"""Runs a Graph forward and records what the reverse pass needs.
+"""fvgraph's own engine: runs any Graph (a model, or a model with its reverse pass lowered into it) on NumPy or
+CuPy. It is the reference onnxruntime is tested against, and the engine of incremental occlusion.
 
 - Kernels are built once per node at load; every unsupported op type (with its nodes) and every unsupported
   attribute is reported in one UnsupportedModelError before anything runs.

@@ -6,7 +6,10 @@ The walk goes backwards over the nodes that lie between what is differentiated (
 a layer for Grad-CAM) and the value the seed starts at, and emits at each node the nodes of the rule its
 preset chooses (fvgraph.propagation). Signals are summed where a value has several consumers. With
 `canonize`, a BatchNormalization right after a Conv (its only consumer) is folded into the Conv's weights at
-lowering time, and the pair takes the Conv's rule as one linear layer.
+lowering time, and the pair takes the Conv's rule as one linear layer; a zero Pad right before a Conv is merged
+into the Conv's padding for every rule (the adjoint conv then needs no crop). Rule parameters (epsilon,
+alpha, beta) are graph inputs (`param_inputs`), so one graph and one onnxruntime session serve every value;
+exported explainers take them as constants.
 
 The seed is an input of the lowered graph:
 - "class": `target` (int64, one per sample; -1 = the predicted class) becomes a one-hot row on the value;
