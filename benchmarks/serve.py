@@ -85,10 +85,11 @@ def browser(args) -> float:
             driver.execute_script(f"""const s = {panel}.querySelector('.param[data-name="epsilon"] input');
                 window.__t0 = performance.now(); s.value = arguments[0]; s.dispatchEvent(new Event('input'));""",
                                   -1.5 - (i % 12) * 0.25)
-            while driver.execute_script("return window.fvTimings.length") == count:
+            while not driver.execute_script("return window.fvTimings.slice(arguments[0])"
+                                            ".some(t => t.method === 'lrp-epsilon')", count):
                 time.sleep(0.005)
-            times.append(driver.execute_script("return window.fvTimings[window.fvTimings.length - 1].drawn"
-                                               " - window.__t0"))
+            times.append(driver.execute_script("return window.fvTimings.slice(arguments[0]).find("
+                                               "t => t.method === 'lrp-epsilon').drawn - window.__t0", count))
         if args.screenshot:
             driver.save_screenshot(args.screenshot)
         return float(np.median(times))

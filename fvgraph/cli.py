@@ -46,12 +46,19 @@ def cmd_info(args) -> int:
             title = ""
     for k, v in sorted(graph.metadata.items()):
         if k != "classes":
-            out(f"metadata  {k} = {v[:80]}\n")
+            text = " ".join(v.split())  # one line, however the exporter wrote it (paddle2onnx: a char per line)
+            out(f"metadata  {k} = {text[:80]}{' ...' if len(text) > 80 else ''}\n")
     out(f"params    {parameter_count(graph):,}\n\n")
     layers = list_layers(graph, shape_only_nodes(graph))
     at = None
     if model is not None:
-        at = model.concrete_shapes(layers, _shape(args.shape) if args.shape else None)
+        try:
+            at = model.concrete_shapes(layers, _shape(args.shape) if args.shape else None)
+        except InputError as e:
+            if args.shape:
+                raise
+            out(f"shapes    as declared: at the size the preprocessing implies, {str(e).split(': ', 1)[-1][:120]}; "
+                "give the input size with --shape\n\n")
     if at:
         out(f"shapes at input {'x'.join(str(d) for d in at)}"
             f"{'' if args.shape else ' (the size the model or its preprocessing implies; --shape to choose)'}\n\n")

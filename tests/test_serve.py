@@ -219,12 +219,13 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         wait(lambda: "missile" in driver.find_element(By.ID, "predictions").text.lower()
              or "projectile" in driver.find_element(By.ID, "predictions").text.lower())
         panel = "document.querySelector('.panel[data-method=\"lrp-epsilon\"]')"
-        wait(lambda: driver.execute_script(f"return !{panel}.classList.contains('busy')"))
+        wait(lambda: driver.execute_script("return !document.querySelector('.panel.busy')"))  # all drawn
         before = driver.execute_script(f"return {panel}.querySelector('img.map').src")
         count = driver.execute_script("return window.fvTimings.length")
         driver.execute_script(f"""const i = {panel}.querySelector('.param[data-name="epsilon"] input');
                                  i.value = -1; i.dispatchEvent(new Event('input'));""")
-        wait(lambda: driver.execute_script("return window.fvTimings.length") > count)
+        wait(lambda: driver.execute_script(
+            "return window.fvTimings.slice(arguments[0]).some(t => t.method === 'lrp-epsilon')", count))
         after = driver.execute_script(f"return {panel}.querySelector('img.map').src")
         assert after != before and after.startswith("data:image/png;base64,")
         assert "1e-1" in driver.execute_script(f"return {panel}.querySelector('output').textContent")
