@@ -138,7 +138,7 @@ def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None, p
     b = GraphBuilder(g, table, param_inputs)
     wrt = list(wrt) if wrt is not None else [g.input_names()[0]]
     seeds, used, seed_inputs, values = start(b, rules, target)
-    signals, applied = propagate(model, b, rules, seeds, wrt)
+    signals, applied = propagate(model, b, rules, seeds, wrt, keep)
     outputs, layers = [], {}
     for k, v in enumerate(wrt):
         rel = signals.get(v) or b.zeros(v)
@@ -163,14 +163,17 @@ def start(b: GraphBuilder, rules, target):
     return seeds, used, inputs, list(dict.fromkeys(t.value for t in targets))
 
 
-def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt) -> tuple[dict, dict]:
+def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=()) -> tuple[dict, dict]:
     """Emit the reverse pass from `seeds` ({value: seed}) back to the `wrt` values: ({value: signal} for every
-    value reached, {node name: rule applied})."""
+    value reached, {node name: rule applied}); `keep`: values whose own signal is wanted."""
     g, ex = model.graph, model.executor
     order = between(g, ex.static, set(wrt), list(seeds))
     reached = set(wrt) | {o for i in order for o in g.nodes[i].outputs if o}
     chosen = rules.resolve(g, order)
-    merged = _canonical_pairs(model, order) if rules.canonize else {}
+    # BatchNormalization folded into the Conv before it: LRP's canonization, and for the gradient simply a
+    # cheaper VJP (the adjoint conv takes the scaled weights: one Mul less per layer; exact)
+    merged = {bn: conv for bn, conv in _canonical_pairs(model, order).items()
+              if rules.canonize or (chosen[bn] == chosen[conv] == "gradient" and g.nodes[conv].outputs[0] not in keep)}
     padded = _padded_convs(model, b, order)
     skip = set(merged.values()) | set(padded.values())
     signals = dict(seeds)

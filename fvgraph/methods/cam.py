@@ -128,7 +128,7 @@ def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: boo
         if d is None or len(d) != 4:
             raise InputError(f"Grad-CAM needs a 4-D layer (N, C, H, W); {layer!r} has shape {d}")
         seed, used, inputs = seed_value(b, spec, False)
-        signals, applied = propagate(model, b, Rules.load("gradient"), {logits: seed}, [fmap])
+        signals, applied = propagate(model, b, Rules.load("gradient"), {logits: seed}, [fmap], keep=(fmap,))
         grad = signals.get(fmap) or b.zeros(fmap)
         weights = b.op("ReduceMean", [grad, b.ints([2, 3])], keepdims=0, dims=b.dims(fmap)[:2], dtype=b.dtype(fmap))
     d = b.dims(fmap)
