@@ -1,6 +1,7 @@
 """Shared by the benchmarks: thread settings, timing, onnxruntime sessions, peak memory, the table."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,6 +12,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def arguments(doc: str, name: str, **options) -> argparse.Namespace:
+    """The command line every benchmark shares (--threads, --json benchmarks/results/<name>.json) plus its
+    own options given as flag=default (the default's type parses the value); the thread count is applied
+    before NumPy is imported."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    for flag, default in options.items():
+        ap.add_argument("--" + flag, type=str if default is None else type(default), default=default)
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
+    args = ap.parse_args()
+    set_threads(args.threads)
+    return args
 
 
 def set_threads(n: int):

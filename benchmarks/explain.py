@@ -12,10 +12,17 @@ takes (lowering plus session creation), which later calls do not pay.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
-from common import ROOT, alternate, ort_session, peak_rss_mb, saved, set_threads, write_json
+from common import (
+    ROOT,
+    alternate,
+    arguments,
+    ort_session,
+    peak_rss_mb,
+    saved,
+    write_json,
+)
 
 METHODS = ("gradient", "guided", "deconvnet", "lrp-epsilon", "lrp-zplus", "lrp-alphabeta", "gradcam")
 TARGETS = {"run": 1.1, "gradient": 2.6, "guided": 2.6, "deconvnet": 2.6, "lrp-epsilon": 3.0, "lrp-zplus": 4.0,
@@ -39,14 +46,7 @@ def models(names):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--models", default="resnet18,vgg16,efficientnet,yolo")
-    ap.add_argument("--engine", default="onnxruntime")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "explain.json"))
-    args = ap.parse_args()
-    set_threads(args.threads)
+    args = arguments(__doc__, "explain", repeats=5, models="resnet18,vgg16,efficientnet,yolo", engine="onnxruntime")
     import numpy as np
 
     import fvgraph as fv

@@ -1,16 +1,16 @@
-"""Forward-pass speed: fvgraph against onnxruntime on ResNet-18- and VGG-16-shaped models (224x224, seeded
-weights, the real networks' layer shapes), same thread count, side by side in one run.
+"""Forward-pass speed of fvgraph's own executor (the NumPy engine; `--engine` picks another) against
+onnxruntime on ResNet-18- and VGG-16-shaped models (224x224, seeded weights, the real networks' layer shapes),
+same thread count, side by side in one run.
 
     python benchmarks/forward.py [--threads 2] [--repeats 10] [--models resnet18,vgg16] [--json out.json]
 
 Prints a table of medians and ratios and writes JSON. Also reports GFLOP/s against this machine's measured
-float32 matrix-product rate (the physical floor for both runtimes) and fvgraph's peak memory.
+float32 matrix-product rate (the physical floor for both runtimes) and fvgraph's peak memory. The default
+engine, onnxruntime itself, is timed as "run" by explain.py.
 """
 from __future__ import annotations
 
-import argparse
-
-from common import ROOT, ort_session, peak_rss_mb, saved, set_threads, timings, write_json
+from common import arguments, ort_session, peak_rss_mb, saved, timings, write_json
 
 
 def conv_flops(model, x):
@@ -38,14 +38,7 @@ def matmul_rate(repeats=5):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--models", default="resnet18,vgg16")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "forward.json"))
-    args = ap.parse_args()
-    set_threads(args.threads)
+    args = arguments(__doc__, "forward", repeats=10, batches="1,8", models="resnet18,vgg16", engine="numpy")
 
     import numpy as np
 
@@ -58,7 +51,7 @@ def main():
     for name in args.models.split(","):
         proto = builders[name]()
         path = saved(proto, name)
-        model = fv.load(path)
+        model = fv.load(path, engine=args.engine, threads=args.threads)
         sess = ort_session(proto, args.threads)
         for batch in [int(b) for b in args.batches.split(",")]:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
@@ -72,7 +65,7 @@ def main():
             to, tf = float(np.median(t_ort)), float(np.median(t_fv))
             ratios = tf / to
             flops = conv_flops(model, x)
-            peak = peak_rss_mb(f"import numpy as np, fvgraph as fv\nm = fv.load({str(path)!r})\n"
+            peak = peak_rss_mb(f"import numpy as np, fvgraph as fv\nm = fv.load({str(path)!r}, engine={args.engine!r})\n"
                                f"m.run(np.zeros(({batch}, 3, 224, 224), np.float32))", args.threads) \
                 if batch == 1 else float("nan")
             rows.append(dict(model=name, batch=batch, ort_ms=to * 1e3, fvgraph_ms=tf * 1e3, ratio=ratios,

@@ -7,20 +7,13 @@ with 16 steps per image.
 """
 from __future__ import annotations
 
-import argparse
-
-from common import ROOT, alternate, ort_session, saved, set_threads, write_json
+from common import alternate, arguments, ort_session, saved, write_json
 
 TARGETS = {"integrated-gradients (32 steps)": 40.0, "deletion (16 steps)": 4.0}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "methods.json"))
-    args = ap.parse_args()
-    set_threads(args.threads)
+    args = arguments(__doc__, "methods", repeats=3)
     import numpy as np
 
     import fvgraph as fv

@@ -10,21 +10,13 @@ reports seconds per box and the projected time for all boxes; `--sample 0` runs 
 """
 from __future__ import annotations
 
-import argparse
 import time
 
-from common import ROOT, ort_session, set_threads, write_json
+from common import arguments, ort_session, write_json
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--sample", type=int, default=96)
-    ap.add_argument("--models", default="vgg16,resnet18")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "occlusion.json"))
-    args = ap.parse_args()
-    set_threads(args.threads)
+    args = arguments(__doc__, "occlusion", batch=16, sample=96, models="vgg16,resnet18")
     import numpy as np
 
     import fvgraph as fv

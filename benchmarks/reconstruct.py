@@ -6,19 +6,13 @@ against one unit at a time, as throughput per unit.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
-from common import ROOT, alternate, ort_session, set_threads, write_json
+from common import alternate, arguments, ort_session, write_json
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "reconstruct.json"))
-    args = ap.parse_args()
-    set_threads(args.threads)
+    args = arguments(__doc__, "reconstruct", steps=5)
     import numpy as np
 
     import fvgraph as fv

@@ -7,25 +7,18 @@ new map drawn.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
 import time
 
-from common import ROOT, write_json
+from common import ROOT, arguments, write_json
 
 TARGETS = {"api": 100.0, "browser": 200.0}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--requests", type=int, default=30)
-    ap.add_argument("--port", type=int, default=8931)
-    ap.add_argument("--screenshot", help="save the page (after the slider runs) as this PNG")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
-    args = ap.parse_args()
+    args = arguments(__doc__, "serve", requests=30, port=8931, screenshot=None)
     import httpx
     import numpy as np
     proc = subprocess.Popen([sys.executable, "-m", "fvgraph", "serve", "--port", str(args.port), "--quiet",

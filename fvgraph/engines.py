@@ -48,7 +48,7 @@ class ExecutorEngine(Engine):
         key = id(graph)
         if key not in self._executors:
             from .executor import Executor
-            self._executors[key] = (graph, Executor(graph, self.base.backend, shared=self.base.constants))
+            self._executors[key] = (graph, Executor(graph, self.base.backend, shared=self.base.aligned_constants()))
             while len(self._executors) > MAX_SESSIONS:
                 self._executors.popitem(last=False)
         self._executors.move_to_end(key)

@@ -128,6 +128,21 @@ def test_weights_stay_in_the_file_and_reach_onnxruntime_from_there(tmp_path):
     assert rel_l2(fv.load(path, engine="numpy").run(x), ref[0]) < 1e-5
 
 
+def test_the_executor_computes_with_aligned_copies_of_misaligned_weights(tmp_path):
+    """raw_data lies at any byte offset of the file; NumPy's matmul leaves BLAS on misaligned arrays."""
+    path = tmp_path / "net.onnx"
+    proto = vgg_like()
+    onnx.save(proto, path)
+    model = fv.load(path, engine="numpy")
+    consts = model.executor.constants
+    assert any(not a.flags.aligned for a in consts.values())  # the premise: this file has misaligned weights
+    x = _input(proto, 1)
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    assert rel_l2(model.run(x), ref[0]) < 1e-5
+    assert all(a.flags.aligned for a in model.executor.constants.values())
+    assert all(model.executor.constants[k] is a for k, a in consts.items() if a.flags.aligned)  # no other copies
+
+
 def test_engine_options_are_checked():
     proto = vgg_like()
     with pytest.raises(fv.InputError, match="unknown engine"):
