@@ -93,3 +93,32 @@ def test_zz_report_counts_per_op():
     NODE_TEST_REPORT[:] = lines + [f"total: {sum(1 for c in CASES if not _refusal_reason(c.name))} cases run, "
                                    f"{sum(1 for c in CASES if _refusal_reason(c.name))} listed refusals"]
     assert sum(passed.values()) > 500
+
+
+def _ort_passes(proto, case) -> bool:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        for inputs, outputs in case.data_sets:
+            got = sess.run(None, {i.name: _arr(v) for i, v in zip(case.model.graph.input, inputs)})
+            for g, e in zip(got, outputs):
+                np.testing.assert_allclose(g, _arr(e), rtol=case.rtol, atol=case.atol)
+    except Exception:  # noqa: BLE001 -- any failure (refused, raised, wrong numbers) counts as not passing
+        return False
+    return True
+
+
+def test_every_case_onnxruntime_passes_still_passes_after_import_and_export():
+    """The default engine runs fvgraph's graphs exported back to ONNX: the round trip must lose nothing."""
+    from fvgraph.onnx_export import to_onnx
+    checked, lost = 0, []
+    for case in CASES:
+        if _refusal_reason(case.name) or not _ort_passes(case.model, case):
+            continue
+        exported, _ = to_onnx(fv.load(case.model, engine="numpy").graph, embed=True)
+        checked += 1
+        if not _ort_passes(exported, case):
+            lost.append(case.name)
+    assert checked > 900 and not lost, (checked, lost)
