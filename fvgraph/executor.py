@@ -19,7 +19,7 @@ from .backend import Backend, xp_of
 from .errors import ExecutionError, FvGraphError, ModelLoadError, UnsupportedModelError
 from .graph import Graph
 from .ops import REGISTRY, build_kernel
-from .ops.norm import fold_into_conv
+from .ops.norm import conv_parameters
 
 SHAPE_OPS = {"Shape", "Size"}
 
@@ -152,7 +152,7 @@ class Executor:
         if not self._aligned:
             self.constants = {k: np.require(v, requirements="A") if isinstance(v, np.ndarray) else v
                               for k, v in self.constants.items()}
-            self._aligned = False
+            self._aligned = True
         return self.constants
 
     def run(self, feeds: dict, wanted: list[str], keep: bool = False, record: dict | None = None) -> Tape:
@@ -234,16 +234,12 @@ class Executor:
 
     def conv_weights(self, conv: int, bn: int | None = None):
         """A Conv's constant weight and bias, with a following BatchNormalization folded in when given;
-        computed once (shared by the forward fusion and LRP canonization)."""
+        computed once (the fused Conv+BN+activation steps of every run)."""
         key = (conv, bn)
         if key not in self._conv_weights:
-            c = self.constants
-            node = self.graph.nodes[conv]
-            w = c[node.inputs[1]]
-            b = c[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
-            if bn is not None:
-                w, b = fold_into_conv(w, b, self.kernels[bn], [c[v] for v in self.graph.nodes[bn].inputs[1:5]])
-            self._conv_weights[key] = (w, b)
+            nodes = self.graph.nodes
+            self._conv_weights[key] = conv_parameters(nodes[conv], self.constants, None if bn is None else nodes[bn],
+                                                      None if bn is None else self.kernels[bn])
         return self._conv_weights[key]
 
     def _release(self, names, step, last_use, keep_names, values):

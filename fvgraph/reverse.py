@@ -27,9 +27,9 @@ import numpy as np
 from .builder import GraphBuilder
 from .errors import ExecutionError, FvGraphError
 from .graph import Graph, Node
-from .ops import build_kernel
 from .onnx_types import onnx_type
-from .ops.norm import fold_into_conv
+from .ops import build_kernel
+from .ops.norm import conv_parameters
 from .propagation import RULES, Step
 from .shapes import ShapeUnknown
 
@@ -188,7 +188,7 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=()) -> tuple
         grads = [s if s is not None else b.zeros(o) for s, o in zip(grads, node.outputs)]
         if i in merged:
             conv, kernel = _conv_with_pad(model, b, merged[i], padded.get(merged[i]))
-            step, targets = _folded_step(model, b, merged[i], conv, kernel, node, grads, rules), conv.inputs
+            step, targets = _folded_step(model, b, conv, kernel, node, grads, rules), conv.inputs
             rule_name = chosen.get(merged[i], rules.default)
             applied[conv.name] = f"{rule_name} (with {node.name} folded in)"
         elif i in padded:
@@ -217,20 +217,28 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=()) -> tuple
     return signals, applied
 
 
+def _sole_producer(model, consumers, value: str, op_type: str) -> int | None:
+    """Index of the `op_type` node computing `value` when nothing else reads `value` and it is no output of
+    the graph (so the producer and its consumer can be taken as one step), else None."""
+    g = model.graph
+    j = model.executor.producer_index.get(value)
+    if j is None or g.nodes[j].op_type != op_type or len(consumers.get(value, [])) != 1 or value in g.output_names():
+        return None
+    return j
+
+
 def _canonical_pairs(model, order) -> dict[int, int]:
     """BatchNormalization node index -> the Conv node it folds into."""
-    g, ex = model.graph, model.executor
+    g = model.graph
     consumers = g.consumers()
     out = {}
     for i in order:
         n = g.nodes[i]
         if n.op_type != "BatchNormalization" or not all(v in g.initializers for v in n.inputs[1:5]):
             continue
-        j = ex.producer_index.get(n.inputs[0])
-        if j is None or g.nodes[j].op_type != "Conv" or len(consumers.get(n.inputs[0], [])) != 1 \
-                or n.inputs[0] in g.output_names() or not all(v in g.initializers for v in g.nodes[j].inputs[1:] if v):
-            continue
-        out[i] = j
+        j = _sole_producer(model, consumers, n.inputs[0], "Conv")
+        if j is not None and all(v in g.initializers for v in g.nodes[j].inputs[1:] if v):
+            out[i] = j
     return out
 
 
@@ -238,19 +246,17 @@ def _padded_convs(model, b, order) -> dict[int, int]:
     """Conv node index -> the zero Pad before it (its only consumer) whose padding the reverse pass merges into
     the Conv's own: the adjoint conv then yields the unpadded gradient directly, with no crop (EfficientNet's
     exporters pad every strided conv this way)."""
-    g, ex = model.graph, model.executor
+    g = model.graph
     consumers = g.consumers()
     out = {}
     for i in order:
         n = g.nodes[i]
-        j = ex.producer_index.get(n.inputs[0]) if n.op_type == "Conv" else None
-        if j is None or n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or g.nodes[j].op_type != "Pad":
+        if n.op_type != "Conv" or n.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             continue
-        pad = g.nodes[j]
-        if pad.attr("mode", "constant") != "constant" or len(consumers.get(pad.outputs[0], [])) != 1 \
-                or pad.outputs[0] in g.output_names() or _spatial_pads(b, pad) is None:
-            continue
-        out[i] = j
+        j = _sole_producer(model, consumers, n.inputs[0], "Pad")
+        if j is not None and g.nodes[j].attr("mode", "constant") == "constant" \
+                and _spatial_pads(b, g.nodes[j]) is not None:
+            out[i] = j
     return out
 
 
@@ -283,12 +289,9 @@ def _conv_with_pad(model, b, conv_index, pad_index):
     return node, build_kernel(node)
 
 
-def _folded_step(model, b, conv_index, conv, kernel, bn_node, grads, rules) -> Step:
-    g, ex = model.graph, model.executor
-    c = g.initializers
-    w = np.asarray(c[conv.inputs[1]])
-    bias = np.asarray(c[conv.inputs[2]]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+def _folded_step(model, b, conv, kernel, bn_node, grads, rules) -> Step:
+    ex = model.executor
     bn_kernel = ex.kernels[ex.node_index[id(bn_node)]]
-    fw, fb = fold_into_conv(w, bias, bn_kernel, [np.asarray(c[v]) for v in bn_node.inputs[1:5]])
-    ins = [conv.inputs[0], b.const(np.asarray(fw, w.dtype), "folded_w"), b.const(np.asarray(fb, w.dtype), "folded_b")]
+    fw, fb = conv_parameters(conv, model.graph.initializers, bn_node, bn_kernel)
+    ins = [conv.inputs[0], b.const(fw, "folded_w"), b.const(fb, "folded_b")]
     return Step(conv, kernel, ins, [bn_node.outputs[0]], grads, [True, False, False], rules.params, b)

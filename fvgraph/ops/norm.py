@@ -50,10 +50,15 @@ class BatchNormalization(Op):
         return [b.mul(grads[0], a, like=x), None, None, None, None]
 
 
-def fold_into_conv(w, b, bn: "BatchNormalization", bn_params):
-    """Weights and bias of Conv(w, b) followed by inference BatchNormalization, as one Conv. Used by the
-    forward fusion and by LRP canonization (the pair is one linear layer for relevance)."""
-    a, shift = bn.affine(*bn_params)
+def conv_parameters(conv, constants, bn=None, bn_kernel=None):
+    """(weight, bias or None) of a Conv node from `constants` (name -> array), with the inference
+    BatchNormalization node `bn` after it folded in when given, as one Conv. Used by the executor's forward
+    fusion and by the lowering's canonization (the pair is one linear layer for relevance)."""
+    w = constants[conv.inputs[1]]
+    b = constants[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else None
+    if bn is None:
+        return w, b
+    a, shift = bn_kernel.affine(*[constants[v] for v in bn.inputs[1:5]])
     a = a.astype(w.dtype)
     folded_w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
     folded_b = shift.astype(w.dtype) + (b * a if b is not None else 0)
