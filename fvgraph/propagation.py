@@ -56,16 +56,21 @@ def gradient(step: Step):
     return step.kernel.vjp(step.b, step.inputs, step.outputs, step.grads, wrt)
 
 
+def _constant_operand(b, node, k):
+    """The first element of node's k-th input when that input is a constant, else None (absent or computed)."""
+    v = node.inputs[k] if len(node.inputs) > k else ""
+    const = b.constant(v) if v else None
+    return None if const is None else float(np.asarray(const).reshape(-1)[0])
+
+
 def _relu_gate(step: Step):
     """The forward gate of a ReLU-like op as a boolean value, or None when the op is not ReLU-like."""
     b, y = step.b, step.outputs[0]
     if step.node.op_type == "Relu":
         return positive(b, y)
-    if step.node.op_type == "Clip":
+    if step.node.op_type == "Clip" and _constant_operand(b, step.node, 1) == 0.0:
         ins = list(step.inputs) + ["", ""]
-        lo = b.constant(ins[1]) if ins[1] else None
-        if lo is not None and float(np.asarray(lo).reshape(-1)[0]) == 0.0:
-            return step.kernel.gate_graph(b, y, ins[1], ins[2])
+        return step.kernel.gate_graph(b, y, ins[1], ins[2])
     return None
 
 
@@ -101,10 +106,18 @@ def _data_index(step: Step) -> int:
 
 
 # --------------------------------------------------------------------------- the LRP family
+def _pos(b, x):
+    return b.op("Relu", [x], like=x)
+
+
+def _neg(b, x):
+    return b.op("Min", [x, b.scalar(0, x)], like=x)
+
+
 MODIFIERS = {  # name -> (on a constant array, as nodes on a computed value)
     "ident": None,
-    "pos": (lambda w: np.maximum(w, 0), lambda b, v: b.op("Relu", [v], like=v)),
-    "neg": (lambda w: np.minimum(w, 0), lambda b, v: b.op("Min", [v, b.scalar(0, v)], like=v)),
+    "pos": (lambda w: np.maximum(w, 0), _pos),
+    "neg": (lambda w: np.minimum(w, 0), _neg),
     "square": (lambda w: w * w, lambda b, v: b.mul(v, v)),
     "ones": (lambda w: np.ones_like(w), lambda b, v: b.op("Add", [b.zeros(v), b.scalar(1, v)], like=v)),
 }
@@ -176,14 +189,6 @@ class LinearTerms:
         return out
 
 
-def _pos(b, x):
-    return b.op("Relu", [x], like=x)
-
-
-def _neg(b, x):
-    return b.op("Min", [x, b.scalar(0, x)], like=x)
-
-
 def _times(b, x, v):
     return b.mul(x, v, like=x)
 
@@ -241,11 +246,11 @@ def nonnegative(b, v, depth: int = 0) -> bool:
     if op in NONNEGATIVE_OPS:
         return True
     if op == "Clip":
-        lo = b.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
-        return lo is not None and float(np.asarray(lo).reshape(-1)[0]) >= 0
-    if op == "Pad":
-        value = b.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-        return nonnegative(b, node.inputs[0], depth + 1) and (value is None or float(np.asarray(value).reshape(-1)[0]) >= 0)
+        lo = _constant_operand(b, node, 1)
+        return lo is not None and lo >= 0
+    if op == "Pad":  # an absent pad value is 0; a computed one counts as unknown
+        padded_with = _constant_operand(b, node, 2) if len(node.inputs) > 2 and node.inputs[2] else 0.0
+        return nonnegative(b, node.inputs[0], depth + 1) and padded_with is not None and padded_with >= 0
     if op == "Resize":
         return node.attr("mode", "nearest") in ("nearest", "linear") and nonnegative(b, node.inputs[0], depth + 1)
     if op in KEEPS_SIGN:

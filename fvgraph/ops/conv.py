@@ -131,13 +131,11 @@ class Conv(_ConvBase):
         nsp = len(geo.k)
         H = b.tail(x, 2)
         if wv is not None and all(st == 1 for st in geo.s):
-            pad_l = [ke - 1 - pb for ke, pb in zip(geo.keff, geo.pb)]
-            pad_r = [ke - 1 - pe for ke, pe in zip(geo.keff, geo.pe)]
-            g = _crop(b, g, [max(-p, 0) for p in pad_l], [max(-p, 0) for p in pad_r])
+            g, pads = _padded(b, g, [ke - 1 - pb for ke, pb in zip(geo.keff, geo.pb)],
+                              [ke - 1 - pe for ke, pe in zip(geo.keff, geo.pe)])
             wt = b.derived(wv, "adjoint", lambda a: adjoint_weights(a, self.group))
             out[0] = b.op("Conv", [g, wt], like=x, kernel_shape=list(geo.k), strides=[1] * nsp,
-                          dilations=list(geo.d), group=self.group,
-                          pads=[max(p, 0) for p in pad_l] + [max(p, 0) for p in pad_r])
+                          dilations=list(geo.d), group=self.group, pads=pads)
             return out
         op = [(h + pb + pe - ke) % st for h, pb, pe, ke, st in zip(H, geo.pb, geo.pe, geo.keff, geo.s)]
         out[0] = b.op("ConvTranspose", [g, w], like=x, kernel_shape=list(geo.k), strides=list(geo.s),
@@ -237,12 +235,9 @@ class ConvTranspose(_ConvBase):
             return out
         x, w, g = inputs[0], inputs[1], grads[0]
         geo, full, size = self.geometry_from(b.tail(x, 2), b.static(w))
-        pad_b = list(geo.pb)
-        pad_e = [f - pb - o for f, pb, o in zip(full, geo.pb, size)]
-        g = _crop(b, g, [max(-p, 0) for p in pad_b], [max(-p, 0) for p in pad_e])
+        g, pads = _padded(b, g, list(geo.pb), [f - pb - o for f, pb, o in zip(full, geo.pb, size)])
         out[0] = b.op("Conv", [g, w], like=x, kernel_shape=list(geo.k), strides=list(geo.s),
-                      dilations=list(geo.d), group=self.group,
-                      pads=[max(p, 0) for p in pad_b] + [max(p, 0) for p in pad_e])
+                      dilations=list(geo.d), group=self.group, pads=pads)
         return out
 
 
@@ -255,13 +250,16 @@ def adjoint_weights(w, group):
         flipped.reshape(group, Mg, Cg, *w.shape[2:]).swapaxes(1, 2).reshape(group * Cg, Mg, *w.shape[2:]))
 
 
-def _crop(b, g, begin, end):
-    """g without `begin`/`end` elements at the start/end of each spatial axis."""
-    if not any(begin) and not any(end):
-        return g
+def _padded(b, g, begin, end):
+    """Signed pads of g's spatial axes for a Conv: (g with the negative ones cropped by a Slice, the Conv's
+    `pads` for the positive ones)."""
+    pads = [max(p, 0) for p in begin] + [max(p, 0) for p in end]
+    cut_b, cut_e = [max(-p, 0) for p in begin], [max(-p, 0) for p in end]
+    if not any(cut_b) and not any(cut_e):
+        return g, pads
     d = b.tail(g, 2)
-    nsp = len(d)
-    stops = [n - e for n, e in zip(d, end)]
-    dims = b.dims(g)[:2] + tuple(s_ - a for s_, a in zip(stops, begin))
-    return b.op("Slice", [g, b.ints(begin), b.ints(stops), b.ints(list(range(2, 2 + nsp)))], dims=dims,
-                dtype=b.dtype(g))
+    stops = [n - e for n, e in zip(d, cut_e)]
+    dims = b.dims(g)[:2] + tuple(s_ - a for s_, a in zip(stops, cut_b))
+    g = b.op("Slice", [g, b.ints(cut_b), b.ints(stops), b.ints(list(range(2, 2 + len(d))))], dims=dims,
+             dtype=b.dtype(g))
+    return g, pads
