@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .errors import DeviceError, ExecutionError, InputError
+from .errors import DeviceError, ExecutionError
 
 log = logging.getLogger("fvgraph")
 ENGINES = ("auto", "onnxruntime", "numpy", "cupy")
@@ -73,7 +73,7 @@ class OrtEngine(Engine):
         self.threads = threads or os.cpu_count() or 1
         self.device = device
         if device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
+            if not ort_has_cuda():
                 raise DeviceError("device='cuda' with the onnxruntime engine needs onnxruntime-gpu and a GPU "
                                   "(pip install 'fvgraph[gpu]'); or use engine='cupy', or device='cpu'")
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -142,9 +142,17 @@ def _host(a):
     return a if a.flags.c_contiguous else a.copy()
 
 
+def ort_has_cuda() -> bool:
+    """Whether onnxruntime here has its CUDA provider (onnxruntime-gpu)."""
+    try:
+        import onnxruntime as ort
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except Exception:
+        return False
+
+
 def make_engine(name: str, executor, device: str, threads: int | None) -> Engine:
-    if name not in ENGINES:
-        raise InputError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
+    """The engine `name` (one of ENGINES, checked by the caller) for a model whose executor is `executor`."""
     if name in ("numpy", "cupy"):
         return ExecutorEngine(executor)
     return OrtEngine(device, threads, fallback=ExecutorEngine(executor) if name == "auto" else None)

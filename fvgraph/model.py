@@ -27,14 +27,14 @@ class Model:
 
     def __init__(self, graph: Graph, device: str = "cpu", source: str = "", engine: str = "auto",
                  threads: int | None = None):
-        from .engines import ENGINES, make_engine
+        from .engines import ENGINES, make_engine, ort_has_cuda
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
         if device not in ("cpu", "cuda"):
             raise DeviceError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
-        if engine == "auto" and device == "cuda" and not _ort_has_cuda():
+        if engine == "auto" and device == "cuda" and not ort_has_cuda():
             engine = "cupy"
         if engine == "cupy":
             device = "cuda"
@@ -412,14 +412,6 @@ def _free_the_batch(graph: Graph) -> None:
     dims = [table.dims.get(o) for i, n in enumerate(graph.nodes) if i not in static for o in n.outputs if o]
     if dims and all(d is not None and len(d) >= 1 and isinstance(d[0], str) for d in dims):
         graph.inputs[0] = type(v)(v.name, (BATCH,) + tuple(v.shape[1:]), v.dtype)
-
-
-def _ort_has_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-        return "CUDAExecutionProvider" in ort.get_available_providers()
-    except Exception:
-        return False
 
 
 def parameter_count(graph: Graph) -> int:

@@ -33,8 +33,9 @@ def class_indices(target, dims, n: int, value: str) -> np.ndarray:
     (batch, classes, 1, 1): MatConvNet's and other fully convolutional classifiers)."""
     if len(dims) < 2 or any(d != 1 for d in dims[2:]):
         raise InputError(f"class targets need a (batch, classes) output; {value!r} has shape "
-                         f"{tuple('N' if isinstance(d, str) else d for d in dims)}: use fv.OutputTarget(index=...) (e.g. (4 + class, anchor) for a YOLO "
-                         "output), fv.OutputTarget(mask=...) for a region, fv.Unit(...) or a seed array")
+                         f"{tuple('N' if isinstance(d, str) else d for d in dims)}: use fv.OutputTarget(index=...) "
+                         "(e.g. (4 + class, anchor) for a YOLO output), fv.OutputTarget(mask=...) for a region, "
+                         "fv.Unit(...) or a seed array")
     k = dims[1]
     if target is None:
         return np.full(n, -1, np.int64)

@@ -198,8 +198,7 @@ def eigencam(A):
 
 def scorecam(model, x, A, target, through_softmax):
     """Softmax over channels of the target's scores on the input masked by each upsampled, [0, 1]-scaled channel."""
-    from .attribution import target_scores
-    from .sampling import fixed_target, in_model_batches, rows_per_batch
+    from .sampling import copy_scores, fixed_target, rows_per_batch
     n, k = A.shape[:2]
     up = resize_maps(A.reshape(n * k, *A.shape[2:]), x.shape[2:], align_corners=True).reshape(n, k, *x.shape[2:])
     lo, hi = up.min(axis=(2, 3), keepdims=True), up.max(axis=(2, 3), keepdims=True)
@@ -210,10 +209,7 @@ def scorecam(model, x, A, target, through_softmax):
     for i in range(n):
         t = target[i:i + 1] if isinstance(target, np.ndarray) else target
         for c0 in range(0, k, step):
-            masked = x[i:i + 1] * norm[i, c0:c0 + step, None]
-            tt = np.repeat(t, len(masked), axis=0) if isinstance(t, np.ndarray) else t
-            scores[i, c0:c0 + step] = in_model_batches(
-                model, lambda rows, tr: target_scores(model, rows, tr, through_softmax)[0], masked, tt)
+            scores[i, c0:c0 + step] = copy_scores(model, x[i:i + 1] * norm[i, c0:c0 + step, None], t, through_softmax)
     w = np.exp(scores - scores.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
     return _relu_sum(A, w[:, :, None, None].astype(A.dtype)), w

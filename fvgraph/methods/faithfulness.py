@@ -9,10 +9,11 @@
 - insertion: the regions are put back most relevant first onto a canvas (`fill`, default "blur": the image
   blurred with a Gaussian of sigma = size / 10, as Petsiuk et al.); the score rises fast: higher AUC is better.
 
-A pixel's relevance is the sum over channels of the map (maps at another resolution, CAMs with upsample=False,
-are resized first), a region's the sum over its pixels. The score is the target's softmax probability for class targets, otherwise the target's
-score divided by the clean image's; the AUC (trapezoid rule over the fraction of pixels 0..1) is then in [0, 1]
-for probabilities. All steps of an image run as batches on the model's engine.
+A pixel's relevance is the sum over channels of the map (maps at another resolution, CAMs with
+upsample=False, are resized first), a region's the sum over its pixels. The score is the target's softmax
+probability for class targets, otherwise the target's score divided by the clean image's; the AUC (trapezoid
+rule over the fraction of pixels 0..1) is then in [0, 1] for probabilities. All steps of an image run as
+batches on the model's engine.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def evaluate(model, x, relevance, metric="deletion", target=None, steps=16, fill
     relevance, as pixel flipping removes regions (Samek et al. 2017): single pixels scattered at random
     destroy an image like noise, which measures a model's robustness to noise rather than a map's ranking."""
     from .attribution import target_scores
-    from .sampling import fixed_target, in_model_batches, rows_per_batch
+    from .sampling import copy_scores, fixed_target, rows_per_batch
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     if not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -108,13 +109,10 @@ def evaluate(model, x, relevance, metric="deletion", target=None, steps=16, fill
         t = target[i:i + 1] if isinstance(target, np.ndarray) else target
         for b0 in range(0, steps + 1, per_batch):
             chunk = images[b0:b0 + per_batch]
-            tt = np.repeat(t, len(chunk), axis=0) if isinstance(t, np.ndarray) else t
-            scores[i, b0:b0 + len(chunk)] = in_model_batches(
-                model, lambda rows, tr: target_scores(model, rows, tr, through_softmax, probabilities=is_class)[0],
-                chunk, tt)
+            scores[i, b0:b0 + len(chunk)] = copy_scores(model, chunk, t, through_softmax, probabilities=is_class)
     if not is_class:
         clean = target_scores(model, x, target, through_softmax)[0]
         scores = scores / np.where(clean == 0, 1, clean)[:, None]
     auc = np.trapezoid(scores, fractions, axis=1)
-    return Evaluation(metric, auc, scores, fractions, {"fill": fill if isinstance(fill, str) else np.asarray(fill).tolist(),
-                                                       "steps": steps, "patch": patch})
+    shown_fill = fill if isinstance(fill, str) else np.asarray(fill).tolist()
+    return Evaluation(metric, auc, scores, fractions, {"fill": shown_fill, "steps": steps, "patch": patch})

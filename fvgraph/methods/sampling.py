@@ -103,6 +103,14 @@ def in_model_batches(model, fn, x, *per_row):
     return np.concatenate(outs)
 
 
+def copy_scores(model, copies, target, through_softmax=False, probabilities=False) -> np.ndarray:
+    """The target's score on each row of `copies`, variants of one image whose target is `target` (its class
+    as a 1-element array, a Unit or an OutputTarget): Score-CAM's masked inputs, the faithfulness curves."""
+    from .attribution import target_scores
+    return in_model_batches(model, lambda rows, t: target_scores(model, rows, t, through_softmax, probabilities)[0],
+                            copies, _tile(target, len(copies)))
+
+
 def _in_batches(model, copies: list, x, explain_batch):
     """explain_batch(stacked copies, number of copies) for the copies in memory-capped groups; yields the
     per-copy maps (copies, N, ...)."""
