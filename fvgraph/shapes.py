@@ -87,14 +87,25 @@ def _skeleton(graph, input_dims, constants) -> onnx.ModelProto:
     return model
 
 
+def _zeros(inputs, input_dims: dict, batch: int) -> dict:
+    """Host zeros for each input at its signature's dims with the batch set to `batch`."""
+    return {v.name: np.zeros([batch if d == BATCH else d for d in input_dims[v.name]], v.dtype or np.float32)
+            for v in inputs}
+
+
+def _recorded(executor, feeds: dict) -> dict:
+    """(shape, dtype) of every value the executor computes from these feeds."""
+    record = {}
+    used = {v for n in executor.graph.nodes for v in n.inputs}
+    sinks = [o for n in executor.graph.nodes for o in n.outputs if o and o not in used]
+    executor.run(feeds, sinks, record=record)
+    return record
+
+
 def static_constants(executor, inputs, input_dims: dict) -> dict:
     """Values of the shape-only nodes (pad sizes computed from the input's shape, ...) that are the same at
     batch 1 and 2: for the lowering they are constants."""
-    runs = []
-    for batch in (1, 2):
-        feeds = {v.name: np.broadcast_to(np.zeros((), v.dtype or np.float32),
-                                         [batch if d == BATCH else d for d in input_dims[v.name]]) for v in inputs}
-        runs.append(executor.static_values(feeds))
+    runs = [executor.static_values(_zeros(inputs, input_dims, batch)) for batch in (1, 2)]
     return {k: np.asarray(v) for k, v in runs[0].items()
             if k in runs[1] and np.shape(v) == np.shape(runs[1][k]) and np.array_equal(v, runs[1][k])}
 
@@ -102,10 +113,7 @@ def static_constants(executor, inputs, input_dims: dict) -> dict:
 def concrete(executor, feeds: dict) -> ShapeTable:
     """Every value's dims in one run of these feeds, all concrete (no batch axis: single-op tests, graphs
     whose inputs share no batch)."""
-    record = {}
-    used = {v for n in executor.graph.nodes for v in n.inputs}
-    sinks = [o for n in executor.graph.nodes for o in n.outputs if o and o not in used]
-    executor.run(feeds, sinks, record=record)
+    record = _recorded(executor, feeds)
     table = ShapeTable(measured=True)
     for k, a in list(executor.graph.initializers.items()) + list(feeds.items()):
         table.set(k, np.shape(a), np.asarray(a).dtype)
@@ -116,17 +124,9 @@ def concrete(executor, feeds: dict) -> ShapeTable:
 
 def measure(executor, inputs, input_dims: dict) -> ShapeTable:
     """Run the executor on zeros at batch 1 and 2 and record every value's shape."""
-    runs = []
-    for batch in (1, 2):
-        feeds = {}
-        for v in inputs:
-            dims = [batch if d == BATCH else d for d in input_dims[v.name]]
-            feeds[v.name] = executor.backend.to_device(np.zeros(dims, v.dtype or np.float32))
-        record = {}
-        used = {v for n in executor.graph.nodes for v in n.inputs}
-        sinks = [o for n in executor.graph.nodes for o in n.outputs if o and o not in used]
-        executor.run(feeds, sinks, record=record)
-        runs.append(record)
+    to_device = executor.backend.to_device
+    runs = [_recorded(executor, {k: to_device(a) for k, a in _zeros(inputs, input_dims, batch).items()})
+            for batch in (1, 2)]
     table = ShapeTable(measured=True)
     for k, a in executor.graph.initializers.items():
         table.set(k, a.shape, a.dtype)
