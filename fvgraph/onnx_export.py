@@ -84,14 +84,13 @@ def _value_info(name, dims, dtype):
 
 def _reference(name, array, ref, base) -> TensorProto:
     """An external-data reference into a file, or (ref None) a placeholder for a weight given from memory."""
+    from .onnx_file import set_external
     t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
     t.dims.extend(array.shape)
-    t.data_location = TensorProto.EXTERNAL
-    where = (os.path.relpath(ref.path, base), ref.offset, ref.length) if ref else (f"fvgraph-memory/{name}", 0,
-                                                                                     array.nbytes)
-    for k, v in zip(("location", "offset", "length"), map(str, where)):
-        e = t.external_data.add()
-        e.key, e.value = k, v
+    if ref is not None:
+        set_external(t, os.path.relpath(ref.path, base), ref.offset, ref.length)
+    else:
+        set_external(t, f"fvgraph-memory/{name}", 0, array.nbytes)
     return t
 
 

@@ -121,7 +121,7 @@ def read_model(path: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[
     for t, raw in tensors:
         if raw is not None:
             ref = FileRef(path, raw[0], raw[1])
-            _as_reference(t, ref, base)
+            set_external(t, os.path.relpath(ref.path, base), ref.offset, ref.length)
         elif t.data_location == TensorProto.EXTERNAL:
             ref = _external_ref(t, base)
         else:
@@ -133,11 +133,12 @@ def read_model(path: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[
     return proto, arrays, refs
 
 
-def _as_reference(t: TensorProto, ref: FileRef, base: str):
+def set_external(t: TensorProto, location: str, offset: int, length: int):
+    """Declare t's data as ONNX external data: `length` bytes at `offset` of `location` (relative to the
+    model's folder)."""
     t.data_location = TensorProto.EXTERNAL
     del t.external_data[:]
-    for k, v in (("location", os.path.relpath(ref.path, base)), ("offset", str(ref.offset)),
-                 ("length", str(ref.length))):
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
         e = t.external_data.add()
         e.key, e.value = k, v
 
