@@ -200,22 +200,13 @@ class Service:
 
     # ------------------------------------------------------------------ the API's work
     def predict(self, body: dict) -> dict:
-        from .methods.attribution import prediction
+        from .methods.attribution import prediction, top_classes
         image_id, x, shown = self.image(body)
         with self.lock:
             logits = self.model.run(x)[0]
-        flat = logits.reshape(-1) if logits.ndim == 1 or all(d == 1 for d in logits.shape[1:]) else None
-        top = []
-        if flat is not None:
-            p = np.exp(flat - flat.max())
-            p /= p.sum()
-            names = self.model.class_names()
-            for k in np.argsort(-p)[:5]:
-                top.append({"class": int(k), "label": names[k] if names and k < len(names) else str(int(k)),
-                            "p": float(p[k])})
-        else:
-            top.append({"class": None, "label": prediction(self.model, logits)[1], "p": None})
-        return {"image_id": image_id, "top": top, "shown": png64(shown)}
+        top = top_classes(self.model, logits, 5) or [prediction(self.model, logits)]
+        return {"image_id": image_id, "top": [{"class": c, "label": label, "p": p} for c, label, p in top],
+                "shown": png64(shown)}
 
     def explain(self, body: dict, progress=None) -> dict:
         """One map as a PNG (and optionally the array as .npy). progress(done, total, picture) hears

@@ -154,18 +154,25 @@ def output_mask(model, source, output=None, channel=None) -> np.ndarray:
     return mask
 
 
-def prediction(model, logits: np.ndarray):
-    """(class, label, probability) of one sample's first output when it holds class scores, else
-    (None, a description, None): detectors and segmenters have no single class."""
+def top_classes(model, logits: np.ndarray, k: int = 1) -> list | None:
+    """The k most probable (class, label, probability) of one sample's first output when it holds class
+    scores ((classes,), or (classes, 1, 1) from a fully convolutional classifier), else None."""
     if logits.ndim > 1 and all(d == 1 for d in logits.shape[1:]):
-        logits = logits.reshape(-1)  # (classes, 1, 1): a fully convolutional classifier
+        logits = logits.reshape(-1)
     if logits.ndim != 1:
-        return None, f"output {tuple(logits.shape)}", None
-    k = int(np.argmax(logits))
+        return None
     p = np.exp(logits - logits.max())
     p /= p.sum()
     names = model.class_names()
-    return k, names[k] if names and k < len(names) else str(k), float(p[k])
+    return [(int(c), names[c] if names and c < len(names) else str(int(c)), float(p[c]))
+            for c in np.argsort(-p, kind="stable")[:k]]
+
+
+def prediction(model, logits: np.ndarray):
+    """(class, label, probability) of one sample's first output when it holds class scores, else
+    (None, a description, None): detectors and segmenters have no single class."""
+    top = top_classes(model, logits)
+    return top[0] if top else (None, f"output {tuple(logits.shape)}", None)
 
 
 def seed_for(model, feeds, target, value: str):
