@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .engines import host_array
 
 SCHEMA = "fvgraph.check/1"
 
@@ -214,7 +215,7 @@ def parity(model, proto, x, rtol=1e-4):
     feeds = {model.graph.input_names()[0]: x}
     ref = dict(zip(names, sess.run(None, feeds)))
     tape = model.forward(x, [l.output for l in layers])  # fvgraph's own executor, whatever the model's engine
-    got = {k: model._host(v) for k, v in tape.values.items()}
+    got = {k: host_array(model.backend.to_host(v)) for k, v in tape.values.items()}
     rows, first = [], None
     for l in layers:
         if l.output not in ref:

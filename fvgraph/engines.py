@@ -58,7 +58,7 @@ class ExecutorEngine(Engine):
         ex = self.executor(graph)
         backend = ex.backend
         tape = ex.run({k: backend.to_device(v) for k, v in feeds.items()}, list(outputs))
-        return {k: _host(backend.to_host(tape.values[k])) for k in outputs}
+        return {k: host_array(backend.to_host(tape.values[k])) for k in outputs}
 
 
 class OrtEngine(Engine):
@@ -137,7 +137,8 @@ def _first_line(e) -> str:
     return (text[0] if text else type(e).__name__)[:400]
 
 
-def _host(a):
+def host_array(a) -> np.ndarray:
+    """A C-contiguous NumPy array (what every engine hands back)."""
     a = np.asarray(a)
     return a if a.flags.c_contiguous else a.copy()
 

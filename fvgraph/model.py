@@ -350,10 +350,6 @@ class Model:
             return None
         return None
 
-    def _host(self, a):
-        a = np.asarray(self.backend.to_host(a))
-        return a if a.flags.c_contiguous else a.copy()
-
     def __repr__(self):
         ins = ", ".join(f"{v.name}{v.describe()}" for v in self.inputs)
         return f"<fvgraph.Model {os.path.basename(self.source) or '?'}: {len(self.graph.nodes)} nodes, inputs {ins}>"
