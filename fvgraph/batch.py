@@ -67,7 +67,7 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
         if meth in ("cam", "gradcam") and tgt is not None and hasattr(tgt, "layer"):
             mp.setdefault("layer", tgt.layer)  # --layer names the Grad-CAM layer; the class stays predicted
             tgt = None
-        e = run_method(model, x, meth, {**mp, **({"target": tgt} if tgt is not None else {})})
+        e = run_method(model, x, meth, mp, tgt)
         kind = map_kind(meth)
         pic = picture(e.relevance[0], kind, image=shown)
         row.append(pic)

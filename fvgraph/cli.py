@@ -444,44 +444,26 @@ def cmd_evaluate(args) -> int:
     """Faithfulness of each method's maps on each image: a table, evaluation.json and evaluation.png."""
     import json
 
-    from .compare import parse_method, run_method
-    from .image import load_image
-    from .methods.faithfulness import METRICS
+    from .methods.faithfulness import evaluate_methods
     from .render import curves, save_png
     out = Path(args.out)
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
-    bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
-        raise InputError(f"unknown metric(s) {bad}: use {', '.join(METRICS)}")
     for f in (out / "evaluation.json", out / "evaluation.png"):
         if f.exists() and not args.overwrite:
             raise InputError(f"{f} exists; not overwriting it (pass --overwrite, or choose another --out)")
     model = _load(args.model, args)
-    target = _any_target(args, model)
     methods = _methods(args.method)
-    spec = model.preprocessing()
-    results, curves_by = [], {m: {} for m in metrics}
-    for path in args.images:
-        x = load_image(path, spec)
-        for meth in methods:
-            name, params = parse_method(meth)
-            rel = run_method(model, x, name, {**params, **({"target": target} if target is not None else {})}).relevance
-            for metric in metrics:
-                ev = model.evaluate(x, rel, metric, target=target, steps=args.steps)
-                results.append({"image": str(path), "method": meth, "metric": metric, "auc": float(ev.auc[0]),
-                                "curve": [float(v) for v in ev.scores[0]],
-                                "fractions": [float(v) for v in ev.fractions]})
-                curves_by[metric].setdefault(meth, []).append(ev.scores[0])
-    mean = {meth: {metric: float(np.mean([r["auc"] for r in results if r["method"] == meth and r["metric"] == metric]))
-                   for metric in metrics} for meth in methods}
+    found = evaluate_methods(model, args.images, methods, metrics, _any_target(args, model), args.steps)
+    mean = found["mean_auc"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(
         {"model": str(args.model), "images": [str(p) for p in args.images], "methods": methods, "metrics": metrics,
-         "steps": args.steps, "better": {"deletion": "lower", "insertion": "higher"}, "mean_auc": mean,
-         "results": results}, indent=1))
+         "steps": args.steps, "better": {"deletion": "lower", "insertion": "higher"}, **found}, indent=1))
     fractions = np.linspace(0, 1, args.steps + 1)
     panels = {f"{metric} ({'lower' if metric == 'deletion' else 'higher'} is better)":
-              {meth: (fractions, np.mean(c, axis=0)) for meth, c in curves_by[metric].items()} for metric in metrics}
+              {meth: (fractions, np.mean([r["curve"] for r in found["results"]
+                                          if r["metric"] == metric and r["method"] == meth], axis=0))
+               for meth in methods} for metric in metrics}
     save_png(out / "evaluation.png", curves(panels), overwrite=True)
     if not args.quiet:
         print(f"{'method':<24}" + "".join(f"{m + ' AUC':>16}" for m in metrics) + f"   ({len(args.images)} image(s))")

@@ -94,8 +94,11 @@ def parse_value(v: str):
         return v
 
 
-def run_method(model, x, method: str, params: dict):
-    """One method by name (occlusion included), as used by check, figure and evaluate."""
+def run_method(model, x, method: str, params: dict, target=None):
+    """One method by name (occlusion included), as used by check, figure and evaluate; target None: the
+    method's default (the predicted class)."""
+    if target is not None:
+        params = {**params, "target": target}
     if method == "occlusion":
         p = dict(params)
         box = int(p.pop("box", 32))
@@ -105,10 +108,6 @@ def run_method(model, x, method: str, params: dict):
 
 
 # --------------------------------------------------------------------------- record / compare
-def _with_target(params, target):
-    return {**params, "target": target} if target is not None else params
-
-
 def _target_record(target, arrays) -> dict | None:
     """How a target is stored in a reference: a class (ints), or an OutputTarget (index, output; the mask as
     an array in the file)."""
@@ -142,7 +141,7 @@ def record(model, model_path, images, methods, out, overwrite=False, target=None
     arrays = {"input": x, "output": model.run(x)}
     for m in methods:
         name, params = parse_method(m)
-        arrays[f"method/{m}"] = run_method(model, x, name, _with_target(params, target)).relevance
+        arrays[f"method/{m}"] = run_method(model, x, name, params, target).relevance
     meta = {"schema": SCHEMA, "fvgraph": __version__, "model_sha256": file_sha256(model_path),
             "model": str(model_path), "images": [str(p) for p in images], "methods": list(methods),
             "preprocess": spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -173,7 +172,7 @@ def compare(model, model_path, ref_path, rtol=1e-4, atol=1e-6):
     rows = [metrics("output", model.run(x), data["output"], rtol, atol)]
     for m in meta["methods"]:
         name, params = parse_method(m)
-        rows.append(metrics(m, run_method(model, x, name, _with_target(params, target)).relevance,
+        rows.append(metrics(m, run_method(model, x, name, params, target).relevance,
                             data[f"method/{m}"], rtol, atol))
     info = {"reference": str(ref_path), "model": str(model_path), "model_sha256": file_sha256(model_path),
             "reference_model_sha256": meta["model_sha256"], "fvgraph": __version__,

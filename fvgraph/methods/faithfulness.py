@@ -116,3 +116,29 @@ def evaluate(model, x, relevance, metric="deletion", target=None, steps=16, fill
     auc = np.trapezoid(scores, fractions, axis=1)
     shown_fill = fill if isinstance(fill, str) else np.asarray(fill).tolist()
     return Evaluation(metric, auc, scores, fractions, {"fill": shown_fill, "steps": steps, "patch": patch})
+
+
+def evaluate_methods(model, images, methods, metrics=METRICS, target=None, steps=16) -> dict:
+    """Each method's map (names as `fvgraph check` takes them, e.g. 'lrp-epsilon:epsilon=0.01') on each image
+    file, scored by each metric: {"results": [{image, method, metric, auc, curve, fractions}, ...],
+    "mean_auc": {method: {metric: mean AUC over the images}}}."""
+    from ..compare import parse_method, run_method
+    from ..image import load_image
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise InputError(f"unknown metric(s) {bad}: use {', '.join(METRICS)}")
+    spec = model.preprocessing()
+    results = []
+    for path in images:
+        x = load_image(path, spec)
+        for meth in methods:
+            name, params = parse_method(meth)
+            rel = run_method(model, x, name, params, target).relevance
+            for metric in metrics:
+                ev = evaluate(model, x, rel, metric, target=target, steps=steps)
+                results.append({"image": str(path), "method": meth, "metric": metric, "auc": float(ev.auc[0]),
+                                "curve": [float(v) for v in ev.scores[0]],
+                                "fractions": [float(v) for v in ev.fractions]})
+    mean = {meth: {metric: float(np.mean([r["auc"] for r in results if r["method"] == meth and r["metric"] == metric]))
+                   for metric in metrics} for meth in methods}
+    return {"results": results, "mean_auc": mean}
