@@ -225,7 +225,8 @@ def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, t
     if method in ("scorecam", "eigencam"):
         fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, model.shape_table(feeds),
                                                                                    logits)
-        A = model.run(x, outputs=[fmap])[fmap]
+        got = model.run(x, outputs=[fmap, logits])  # one forward for the layer and the reported output
+        A = got[fmap]
         if A.ndim != 4:
             raise InputError(f"{method} needs a 4-D layer (N, C, H, W); {fmap!r} has shape {A.shape}")
         if method == "eigencam":
@@ -235,7 +236,7 @@ def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, t
             extras, reported = {"layer": fmap, "weights": w}, target
         if upsample_maps:
             maps = resize_maps(maps, x.shape[2:])
-        return Explanation(maps, reported, model.run(x, outputs=[logits])[logits], method, extras=extras)
+        return Explanation(maps, reported, got[logits], method, extras=extras)
     spec, seed, reported = seed_for(model, feeds, target, logits)
     ref = model.resolve(layer) if layer is not None else None
     graph_method = "cam" if method == "cam" else "gradcam"
