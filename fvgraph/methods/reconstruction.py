@@ -175,7 +175,7 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
             raise InputError(f"the model's input shape {model.inputs[0].describe()} is not fixed: pass shape=")
         shape = (n,) + tuple(s[1:])
     shape = (n,) + tuple(shape[1:])
-    from .attribution import logits_value, output_seed, output_value, unit_mask
+    from .attribution import logits_value, output_seed, output_value, unit_mask, value_dims
     logits = logits_value(model)
     seeds_at = []
     for t in targets:
@@ -194,10 +194,7 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
     probe = {model.graph.input_names()[0]: np.zeros((n,) + tuple(shape[1:]), np.float32)}
     seeds = {}  # one seed per layer, a row per sample: the mean over each sample's selected activations
     for at in wanted:
-        dims = model.shape_table(probe).dims.get(at)
-        if dims is None or not all(isinstance(d, int) for d in dims[1:]):
-            dims = model.shape_table(probe, measured=True).dims.get(at)
-        seeds[at] = np.zeros([n] + list(dims[1:]), np.float32)
+        seeds[at] = np.zeros([n] + list(value_dims(model, probe, at)[1:]), np.float32)
     rows = {}  # sample -> (value, its seed row), and for redirectable units the pre-activation's
     for i, (t, at) in enumerate(zip(targets, seeds_at)):
         row = np.zeros((1,) + seeds[at].shape[1:], np.float32)
@@ -208,7 +205,8 @@ def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=
             row += output_seed(model, probe, t, 1)[1]
         else:
             if row.ndim != 2 or not 0 <= t < row.shape[1]:
-                raise InputError(f"class {t} is out of range for an output of shape {tuple(['N'] + list(row.shape[1:]))}")
+                shape = tuple(["N"] + list(row.shape[1:]))
+                raise InputError(f"class {t} is out of range for an output of shape {shape}")
             row[0, t] = 1.0
         rows[i] = row
         seeds[at][i:i + 1] = row
