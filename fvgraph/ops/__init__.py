@@ -94,16 +94,23 @@ def scatter_axis(b, g, index, size: int, axis: int):
         col = b.op("Unsqueeze", [index, b.ints([1])], dims=(None, 1), dtype=np.int64)
         hit = b.op("Equal", [col, rng], dims=(None, size), dtype=np.bool_)
         P = b.op("Cast", [hit], to=onnx_type(b.dtype(g)), dims=(None, size), dtype=b.dtype(g))
+    return matmul_along(b, g, P, axis, dims)
+
+
+def matmul_along(b, g, P: str, axis: int, dims) -> str:
+    """g with its axis `axis` multiplied by the matrix value P (g's length there, the new length): one MatMul
+    on that axis moved last (no Transpose when it is last already). dims: the result's."""
+    rank, dtype = b.rank(g), b.dtype(g)
     if axis == rank - 1:
-        return b.op("MatMul", [g, P], dims=dims, dtype=dtype)
+        return b.op("MatMul", [g, P], dims=tuple(dims), dtype=dtype)
     perm = list(range(rank))
     perm[axis], perm[-1] = perm[-1], perm[axis]
     gd = list(b.dims(g))
     gd[axis], gd[-1] = gd[-1], gd[axis]
-    moved = b.op("Transpose", [g], perm=perm, dims=tuple(gd), dtype=b.dtype(g))
-    gd[-1] = size
-    out = b.op("MatMul", [moved, P], dims=tuple(gd), dtype=b.dtype(g))
-    return b.op("Transpose", [out], perm=perm, dims=dims, dtype=dtype)
+    moved = b.op("Transpose", [g], perm=perm, dims=tuple(gd), dtype=dtype)
+    gd[-1] = dims[axis]
+    out = b.op("MatMul", [moved, P], dims=tuple(gd), dtype=dtype)
+    return b.op("Transpose", [out], perm=perm, dims=tuple(dims), dtype=dtype)
 
 
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from ..backend import host_ints, to_host, xp_of
-from . import Op, register
+from . import Op, matmul_along, register
 
 COORD_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
                "half_pixel_symmetric", "tf_crop_and_resize")
@@ -174,12 +174,10 @@ class Resize(Op):
                 A[outside] = 0
             shape[a] = n_in
             rank = len(shape)
-            if a == rank - 1:
-                g = b.op("MatMul", [g, b.const(A.astype(dtype), "resize_adjoint")], dims=tuple(shape), dtype=dtype)
-            elif a == rank - 2:
+            if a == rank - 2:  # the matrix on the left: no transposes
                 g = b.op("MatMul", [b.const(A.T.astype(dtype), "resize_adjoint"), g], dims=tuple(shape), dtype=dtype)
             else:
-                g = _contract(b, g, A.astype(dtype), a, tuple(shape))
+                g = matmul_along(b, g, b.const(A.astype(dtype), "resize_adjoint"), a, tuple(shape))
         return [g] + [None] * (len(inputs) - 1)
 
     def plan_axes(self, b, x, roi, scales, sizes):
@@ -198,16 +196,3 @@ class _Dims:
 
     def __init__(self, shape):
         self.shape, self.ndim = tuple(shape), len(shape)
-
-
-def _contract(b, g, A, axis, dims):
-    """Contract axis `axis` of g with A (n_out, n_in) as a MatMul on the axis moved last."""
-    rank = len(dims)
-    perm = list(range(rank))
-    perm[axis], perm[-1] = perm[-1], perm[axis]
-    gd = list(b.dims(g))
-    gd[axis], gd[-1] = gd[-1], gd[axis]
-    moved = b.op("Transpose", [g], perm=perm, dims=tuple(gd), dtype=b.dtype(g))
-    gd[-1] = A.shape[1]
-    prod = b.op("MatMul", [moved, b.const(A, "resize_adjoint")], dims=tuple(gd), dtype=b.dtype(g))
-    return b.op("Transpose", [prod], perm=perm, dims=dims, dtype=b.dtype(g))
