@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, refuse_overwrite
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -76,8 +76,7 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
         if e.relevance.ndim == 4:
             files[out / f"{stem}_abs.png"] = picture(e.relevance[0], "abs")
         for f in list(files) + [out / f"{stem}.npy"]:
-            if f.exists() and not overwrite:
-                raise InputError(f"{f} exists; not overwriting it (pass --overwrite, or choose another --out)")
+            refuse_overwrite(f, overwrite, other_out=True)
         for f, pic_ in files.items():
             _atomic_save(f, lambda t, pic_=pic_: Image.fromarray(pic_).save(t, format="PNG"))
         _atomic_save(out / f"{stem}.npy", lambda t, a=e.relevance[0]: np.save(open(t, "wb"), a))

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import __version__
 from .compare import parse_value
-from .errors import FvGraphError, InputError
+from .errors import FvGraphError, InputError, refuse_overwrite
 
 DEMO_MODEL = Path(__file__).parent / "data" / "efficientnet_lite0.onnx"
 
@@ -160,8 +160,7 @@ def cmd_convert(args) -> int:
     """A MatConvNet .mat to ONNX, written atomically: nothing is left at the output path on failure."""
     from .convert import matconvnet
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
+    refuse_overwrite(out, args.overwrite)
     proto = matconvnet(args.net)
     _save_onnx(proto, out)
     if not args.quiet:
@@ -449,8 +448,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out)
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
     for f in (out / "evaluation.json", out / "evaluation.png"):
-        if f.exists() and not args.overwrite:
-            raise InputError(f"{f} exists; not overwriting it (pass --overwrite, or choose another --out)")
+        refuse_overwrite(f, args.overwrite, other_out=True)
     model = _load(args.model, args)
     methods = _methods(args.method)
     found = evaluate_methods(model, args.images, methods, metrics, _any_target(args, model), args.steps)
@@ -483,8 +481,7 @@ def cmd_serve(args) -> int:
 def cmd_export_explainer(args) -> int:
     """A method lowered into one standalone ONNX model, written atomically; never over an existing file."""
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
+    refuse_overwrite(out, args.overwrite)
     model = _load(args.model, args)
     shape = _shape(args.shape) if args.shape else None
     options = _parse_params(args.param)
@@ -511,8 +508,7 @@ def _shape(text):
 def cmd_figure(args) -> int:
     from .figures import methods_figure, networks_figure
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
+    refuse_overwrite(out, args.overwrite)
     if args.kind == "methods":
         model = _load(args.model[0], args)
         images = args.model[1:] + (args.image or [])

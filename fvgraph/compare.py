@@ -17,7 +17,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, refuse_overwrite
 from .engines import host_array
 
 SCHEMA = "fvgraph.check/1"
@@ -134,8 +134,7 @@ def _target_from(record, data):
 def record(model, model_path, images, methods, out, overwrite=False, target=None):
     from .image import load_image
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} exists; not overwriting it (pass --overwrite)")
+    refuse_overwrite(out, overwrite)
     spec = model.preprocessing()
     x = np.concatenate([load_image(p, spec) for p in images])
     arrays = {"input": x, "output": model.run(x)}

@@ -34,3 +34,12 @@ class RuleError(FvGraphError):
 
 class FvGraphWarning(UserWarning):
     """Something worth knowing that is not an error (a unit that stayed dead); the CLI prints it on one line."""
+
+
+def refuse_overwrite(path, overwrite: bool, other_out: bool = False):
+    """Never overwrite a user's file unless asked: an InputError naming the file when it exists. Checked
+    before the work, so a refusal costs nothing."""
+    from pathlib import Path
+    if Path(path).exists() and not overwrite:
+        hint = ", or choose another --out" if other_out else ""
+        raise InputError(f"{path} exists; not overwriting it (pass --overwrite{hint})")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, refuse_overwrite
 
 DIVERGING = np.array([[0, 0, 160], [60, 110, 255], [255, 255, 255], [255, 80, 60], [170, 0, 0]], np.float32)
 HEAT = np.array([[0, 0, 0], [170, 20, 0], [255, 120, 0], [255, 230, 60], [255, 255, 255]], np.float32)
@@ -110,8 +110,7 @@ def grid(rows: list[list[np.ndarray]], titles: list[str] | None = None, row_labe
 def save_png(path, rgb: np.ndarray, overwrite: bool = False) -> Path:
     from PIL import Image
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} exists; not overwriting it (pass --overwrite, or choose another --out)")
+    refuse_overwrite(path, overwrite, other_out=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(rgb, np.uint8)).save(path)
     return path
@@ -119,8 +118,7 @@ def save_png(path, rgb: np.ndarray, overwrite: bool = False) -> Path:
 
 def save_npy(path, a: np.ndarray, overwrite: bool = False) -> Path:
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} exists; not overwriting it (pass --overwrite, or choose another --out)")
+    refuse_overwrite(path, overwrite, other_out=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, a)
     return path
