@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 
 import numpy as np
 
 from .errors import DeviceError, ExecutionError
+from .lru import LRU
 
 log = logging.getLogger("fvgraph")
 ENGINES = ("auto", "onnxruntime", "numpy", "cupy")
@@ -40,19 +40,15 @@ class ExecutorEngine(Engine):
     def __init__(self, model_executor):
         self.base = model_executor
         self.name = "numpy" if model_executor.backend.device == "cpu" else "cupy"
-        self._executors: OrderedDict = OrderedDict()
+        self._executors = LRU(MAX_SESSIONS)
 
     def executor(self, graph):
         if graph is self.base.graph:
             return self.base
-        key = id(graph)
-        if key not in self._executors:
-            from .executor import Executor
-            self._executors[key] = (graph, Executor(graph, self.base.backend, shared=self.base.aligned_constants()))
-            while len(self._executors) > MAX_SESSIONS:
-                self._executors.popitem(last=False)
-        self._executors.move_to_end(key)
-        return self._executors[key][1]
+        from .executor import Executor
+        # the graph is kept with its executor: its id() is not reused while the entry lives
+        return self._executors.use(id(graph), lambda: (graph, Executor(graph, self.base.backend,
+                                                                       shared=self.base.aligned_constants())))[1]
 
     def run(self, graph, feeds, outputs):
         ex = self.executor(graph)
@@ -79,39 +75,36 @@ class OrtEngine(Engine):
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             self.providers = ["CPUExecutionProvider"]
-        self._sessions: OrderedDict = OrderedDict()
+        self._sessions = LRU(MAX_SESSIONS)
 
     def session(self, graph, outputs):
-        key = (id(graph), tuple(outputs))
-        if key not in self._sessions:
-            from .onnx_export import to_onnx
-            types = {o: (None, graph.value_info[o].dtype) for o in outputs if o in graph.value_info}
-            memory = {}
-            proto, base = to_onnx(graph, outputs, types=types, memory=memory)
-            so = self.ort.SessionOptions()
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3
-            so.add_session_config_entry("session.disable_prepacking", "1")
-            if base is not None:
-                so.add_session_config_entry("session.model_external_initializers_file_folder_path", base)
-            if memory:  # onnxruntime copies these once; they are not serialized into the model
-                so.add_external_initializers(list(memory), [self.ort.OrtValue.ortvalue_from_numpy(a)
-                                                            for a in memory.values()])
-            log.debug("onnxruntime session: %d nodes, outputs %s", len(proto.graph.node), list(outputs)[:4])
-            try:
-                sess = self.ort.InferenceSession(proto.SerializeToString(), so, providers=self.providers)
-            except Exception as e:
-                if self.fallback is None:
-                    raise ExecutionError(f"onnxruntime could not load the graph ({_first_line(e)}); "
-                                         "engine='numpy' runs it with fvgraph's own executor") from None
-                log.warning("onnxruntime cannot run this graph (%s); fvgraph's own executor runs it", _first_line(e))
-                sess = None
-            self._sessions[key] = (graph, sess)
-            while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
-        self._sessions.move_to_end(key)
-        return self._sessions[key][1]
+        """The session computing `outputs` of `graph` (None: onnxruntime refused it and the fallback runs it)."""
+        return self._sessions.use((id(graph), tuple(outputs)), lambda: (graph, self._new_session(graph, outputs)))[1]
+
+    def _new_session(self, graph, outputs):
+        from .onnx_export import to_onnx
+        types = {o: (None, graph.value_info[o].dtype) for o in outputs if o in graph.value_info}
+        memory = {}
+        proto, base = to_onnx(graph, outputs, types=types, memory=memory)
+        so = self.ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        if base is not None:
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", base)
+        if memory:  # onnxruntime copies these once; they are not serialized into the model
+            so.add_external_initializers(list(memory), [self.ort.OrtValue.ortvalue_from_numpy(a)
+                                                        for a in memory.values()])
+        log.debug("onnxruntime session: %d nodes, outputs %s", len(proto.graph.node), list(outputs)[:4])
+        try:
+            return self.ort.InferenceSession(proto.SerializeToString(), so, providers=self.providers)
+        except Exception as e:
+            if self.fallback is None:
+                raise ExecutionError(f"onnxruntime could not load the graph ({_first_line(e)}); "
+                                     "engine='numpy' runs it with fvgraph's own executor") from None
+            log.warning("onnxruntime cannot run this graph (%s); fvgraph's own executor runs it", _first_line(e))
+            return None
 
     def run(self, graph, feeds, outputs):
         outputs = list(outputs)

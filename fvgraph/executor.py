@@ -10,7 +10,6 @@ CuPy. It is the reference onnxruntime is tested against, and the engine of incre
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from .backend import Backend, xp_of
 from .errors import ExecutionError, FvGraphError, ModelLoadError, UnsupportedModelError
 from .graph import Graph
+from .lru import LRU
 from .ops import REGISTRY, build_kernel
 from .ops.norm import conv_parameters
 
@@ -52,7 +52,7 @@ class Executor:
         self.constants = {k: shared[k] if k in shared else backend.to_device(v) for k, v in graph.initializers.items()}
         self._aligned = False
         self.static = shape_only_nodes(graph)
-        self._static_cache: OrderedDict = OrderedDict()
+        self._static_cache = LRU(8)  # input signature -> the shape-only values
         self._plans: dict = {}
         self._conv_weights: dict = {}
         self.producer_index = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
@@ -206,9 +206,7 @@ class Executor:
             if not keep:
                 self._release(node.inputs, step, last_use, keep_names, values)
         if fresh:
-            self._static_cache[signature] = cached
-            while len(self._static_cache) > 8:
-                self._static_cache.popitem(last=False)
+            self._static_cache.put(signature, cached)
         if not keep:
             values = {k: values[k] for k in wanted}
         return Tape(values, ran)

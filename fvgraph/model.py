@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from typing import Any, Iterable
 
 import numpy as np
@@ -12,6 +11,7 @@ from .backend import Backend
 from .errors import DeviceError, FvGraphError, InputError, ModelLoadError
 from .executor import Executor, Tape
 from .graph import Graph, Layer
+from .lru import LRU
 from .onnx_import import import_model
 
 log = logging.getLogger("fvgraph")
@@ -47,7 +47,7 @@ class Model:
         self._device = device
         self._layers: list[Layer] | None = None
         self._tables: dict = {}
-        self._lowered: OrderedDict = OrderedDict()
+        self._lowered = LRU(MAX_LOWERED)
         self.choices: dict = {}  # decisions made once per model (occlusion: windows or full passes)
 
     # ----------------------------------------------------------------- description
@@ -214,17 +214,15 @@ class Model:
         from .shapes import ShapeUnknown, signature_dims
         full = key + (tuple(sorted((k, signature_dims(np.shape(v)), str(np.asarray(v).dtype))
                                    for k, v in feeds.items())),)
-        if full not in self._lowered:
+
+        def make():
             try:
                 result = build(self.shape_table(feeds))
             except ShapeUnknown:
                 result = build(self.shape_table(feeds, measured=True))
             log.debug("built a lowered graph for %s: %d nodes", key[0], len(result.graph.nodes))
-            self._lowered[full] = result
-            while len(self._lowered) > MAX_LOWERED:
-                self._lowered.popitem(last=False)
-        self._lowered.move_to_end(full)
-        return self._lowered[full]
+            return result
+        return self._lowered.use(full, make)
 
     # ----------------------------------------------------------------- explanations
     def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), **params):

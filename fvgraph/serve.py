@@ -31,12 +31,12 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FvGraphError, InputError
+from .lru import LRU
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 20 << 20
@@ -67,19 +67,6 @@ PARAMS = {
 
 class Cancelled(Exception):
     """The client went away: stop the work."""
-
-
-class LRU(OrderedDict):
-    def __init__(self, size):
-        super().__init__()
-        self.size = size
-
-    def put(self, key, value):
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
 
 
 class Service:
