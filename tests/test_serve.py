@@ -13,16 +13,15 @@ import threading
 import time
 from pathlib import Path
 
+import httpx  # in the test extra: a missing one fails the run, it does not skip these tests
 import numpy as np
 import pytest
 from PIL import Image
 
-httpx = pytest.importorskip("httpx")  # in the test extra; imported lazily so a missing one names itself
-
-import fvgraph as fv  # noqa: E402
-from fvgraph.cli import DEMO_MODEL  # noqa: E402
-from fvgraph.image import demo_images, load_image  # noqa: E402
-from tests.conftest import rel_l2  # noqa: E402
+import fvgraph as fv
+from fvgraph.cli import DEMO_MODEL
+from fvgraph.image import demo_images, load_image
+from tests.conftest import rel_l2
 
 
 def free_port():
