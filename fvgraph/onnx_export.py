@@ -23,8 +23,11 @@ LEGACY_ATTRS = {"consumed_inputs", "is_test"}
 DROPPED = {"BatchNormalization": {"spatial"}, "Dropout": {"ratio", "seed"}, "Gemm": {"broadcast"}}
 
 
+NEWER = {"Gelu": 20}  # ops fvgraph may emit into an older model (decomposed com.microsoft ops): their opset
+
+
 def export_opset(graph) -> int:
-    return max(MIN_OPSET, graph.opset)
+    return max([MIN_OPSET, graph.opset] + [NEWER[n.op_type] for n in graph.nodes if n.op_type in NEWER])
 
 
 def to_onnx(graph, outputs=None, *, embed: bool = False, types: dict | None = None, name: str = "fvgraph",

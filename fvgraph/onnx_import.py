@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
+from .decompose import decompose
 from .errors import ModelLoadError, UnsupportedModelError
 from .graph import Graph, Node, ValueInfo, topological_order
 from .onnx_file import read_model
@@ -151,13 +152,17 @@ class _Importer:
         self.initializers: dict[str, np.ndarray] = {}
         self.used_names: set[str] = set()
 
-    def const(self, base: str, value) -> str:
+    def fresh(self, base: str) -> str:
         name = base
         k = 0
         while name in self.used_names:
             k += 1
             name = f"{base}_{k}"
         self.used_names.add(name)
+        return name
+
+    def const(self, base: str, value) -> str:
+        name = self.fresh(base)
         self.initializers[name] = np.asarray(value)
         return name
 
@@ -187,15 +192,15 @@ class _Importer:
             op_type, domain = _text(n.op_type), _text(n.domain)
             name = _text(n.name) or f"{(op_type or 'node').lower()}_{k}"
             n_in, n_out = [_text(v) for v in n.input], [_text(v) for v in n.output]
-            if domain not in ("", "ai.onnx"):
-                nodes.append(Node(name, f"{domain}.{op_type}", n_in, n_out, {}))
-                continue
             attrs = {_text(a.name): _attr_value(a, f"node {name!r} ({op_type})") for a in n.attribute}
+            if domain not in ("", "ai.onnx"):
+                op_type = f"{domain}.{op_type}"
             node = Node(name, op_type, n_in, n_out, attrs)
             if node.op_type == "Constant":
                 self.initializers[node.outputs[0]] = self.constant_value(node)
                 continue
-            nodes.append(self.normalize(node, opset))
+            parts = decompose(node, self, self.initializers)
+            nodes.extend(parts if parts is not None else [self.normalize(node, opset)])
         names = [n.name for n in nodes]
         if len(set(names)) != len(names):  # layers are addressed by node name: make names unique
             seen: dict[str, int] = {}
@@ -240,6 +245,8 @@ class _Importer:
                         dtype = np.float32
                     inputs[pos] = self.const(f"{node.name}::{attr}", np.asarray(value, dtype=dtype))
             node.inputs = inputs
+        if op == "GroupNormalization" and opset < 21:  # scale and bias per group, not per channel
+            node.attrs["_per_group"] = True
         if op in ("Softmax", "LogSoftmax", "Hardmax") and opset < 13:
             node.attrs["_flatten"] = True
         if op == "Upsample" or (op == "Resize" and opset < 11):

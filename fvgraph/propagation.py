@@ -25,8 +25,9 @@ import numpy as np
 from .errors import RuleError
 from .ops.activation import positive
 
-LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "Resize",
-              "BatchNormalization", "ReduceMean", "ReduceSum", "Pad"}
+LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "AveragePool", "GlobalAveragePool", "Resize",
+              "BatchNormalization", "ReduceMean", "ReduceSum", "Pad", "LayerNormalization", "GroupNormalization",
+              "InstanceNormalization"}
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # the others' constant operands are not weights
 
 
@@ -166,7 +167,7 @@ class LinearTerms:
     def vjp(self, x, mod, s):
         args = self._args(x, mod, False)
         args += [""] * (len(self.step.inputs) - len(args))
-        return self.step.kernel.vjp(self.b, args, self.step.outputs, [s], {self.data})[self.data]
+        return self.step.kernel.vjp_linearized(self.b, args, self.step.outputs, [s], {self.data})[self.data]
 
     def without_bias(self, z):
         """The op's output z minus its bias term (Conv/ConvTranspose b per channel, Gemm beta*C)."""

@@ -212,7 +212,10 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=()) -> tuple
         for v, s in zip(targets, back):
             if s is None or not v or v not in reached:
                 continue
-            b.table.set(s, b.table.dims.get(v), b.table.dtypes.get(v))
+            dtype = b.table.dtypes.get(v)
+            if dtype is not None and np.dtype(dtype).kind != "f":  # an integer value (int8 models): the signal
+                dtype = b.table.dtypes.get(s)                     # through it stays float (see ops.quant)
+            b.table.set(s, b.table.dims.get(v), dtype)
             signals[v] = b.add(signals[v], s, like=v) if v in signals else s
     return signals, applied
 

@@ -16,7 +16,8 @@ from fvgraph.onnx_backend import FvGraphBackend
 from tests.conftest import NODE_TEST_REPORT
 
 EXPECTED_REFUSALS = {
-    r"(FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|E8M0|BFLOAT16|bfloat16|_bf16|no_saturate)":
+    r"(FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|E8M0|BFLOAT16|bfloat16|_bf16|no_saturate|e4m3|e5m2|_int4|_uint4"
+    r"|float4e2m1|_int2|_uint2|e8m0)":
         "element types fvgraph does not compute with (bfloat16, float8/4, 4- and 2-bit integers)",
     r"string": "string tensors",
     r"training": "training-mode Dropout / BatchNormalization (fvgraph runs inference)",

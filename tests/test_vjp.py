@@ -114,15 +114,33 @@ CASES = [
                 "extrapolation_value": 0.5}, [f64(1, 1, 4, 4), np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.2]), None,
                                               I64(1, 1, 5, 4)], [0]),
     ("Resize", {"mode": "linear"}, [f64(2, 3, 2, 4), np.zeros(0), np.array([1, 2, 1.5, 1])], [0]),
+    ("LayerNormalization", {}, [f64(2, 3, 4), f64(4), f64(4)], [0, 1, 2]),
+    ("LayerNormalization", {"axis": 1, "epsilon": 1e-3}, [f64(2, 3, 2, 2), f64(3, 2, 2)], [0, 1]),
+    ("GroupNormalization", {"num_groups": 2}, [f64(2, 4, 3, 3), f64(4), f64(4)], [0, 1, 2]),
+    ("Mish", {}, [f64(3, 4)], [0]),
+    ("CumSum", {}, [f64(2, 5), I64(1)], [0]), ("CumSum", {"exclusive": 1, "reverse": 1}, [f64(4, 3), I64(0)], [0]),
+    ("Einsum", {"equation": "bhqd,bhkd->bhqk"}, [f64(2, 2, 3, 4), f64(2, 2, 5, 4)], [0, 1]),
+    ("Einsum", {"equation": "...ij,jk"}, [f64(2, 3, 4), f64(4, 5)], [0, 1]),
+    ("Einsum", {"equation": "ij,jk->i"}, [f64(3, 4), f64(4, 2)], [0, 1]),
+    ("GatherElements", {"axis": 1}, [f64(2, 4), I64([0, 3, 3], [-1, 1, 0])], [0]),
+    ("GatherND", {}, [f64(3, 4, 2), I64([0, 1], [2, 3], [0, 1])], [0]),
+    ("ScatterND", {}, [f64(4, 3), I64([1], [3]), f64(2, 3)], [0, 2]),
+    ("ScatterND", {"reduction": "add"}, [f64(4, 3), I64([1], [1]), f64(2, 3)], [0, 2]),
+    ("TopK", {"axis": 1}, [distinct(3, 5), I64(2)], [0]),
+    ("Trilu", {"upper": 0}, [f64(2, 3, 4), np.array(1, np.int64)], [0]),
+    ("DepthToSpace", {"blocksize": 2}, [f64(2, 8, 2, 3)], [0]),
+    ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, [f64(1, 8, 3, 2)], [0]),
+    ("SpaceToDepth", {"blocksize": 2}, [f64(2, 3, 4, 6)], [0]),
 ]
 
+STRAIGHT_THROUGH = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")  # test_quantized.py
 CONST_FLOAT = {"Clip", "BatchNormalization", "Resize", "CastLike"}  # float operands that are settings, not data
 
 
 def _model(op, attrs, inputs, wrt, dtype):
     """A one-node model: the differentiated operands are graph inputs, everything else initializers."""
     names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
-    n_out = 2 if op == "Split" else 1
+    n_out = 2 if op in ("Split", "TopK") else 1
     outs = [f"o{k}" for k in range(n_out)]
     cast = lambda a: a.astype(dtype) if a.dtype == np.float64 else a  # noqa: E731
     graph_inputs = [helper.make_tensor_value_info(names[k], helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
@@ -131,23 +149,29 @@ def _model(op, attrs, inputs, wrt, dtype):
              if a is not None and k not in wrt]
     node = helper.make_node(op, names, outs, **attrs)
     out_type = helper.np_dtype_to_tensor_dtype(np.dtype(np.float64 if op == "Cast" else dtype))
-    g = helper.make_graph([node], op, graph_inputs, [helper.make_tensor_value_info(o, out_type, None) for o in outs],
-                          inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20 if op == "Gelu" else 18)])
+    types = [out_type, helper.np_dtype_to_tensor_dtype(np.dtype(np.int64))] if op == "TopK" else [out_type] * n_out
+    g = helper.make_graph([node], op, graph_inputs, [helper.make_tensor_value_info(o, t, None)
+                                                     for o, t in zip(outs, types)], inits)
+    opset = {"Gelu": 20, "GroupNormalization": 21}.get(op, 18)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
     return m
+
+
+def _float_outputs(model):
+    return [v.name for v in model.graph.outputs if v.dtype is None or v.dtype.kind == "f"]
 
 
 def _lowered(model, feeds):
     """The gradient of sum(cotangent * output) w.r.t. every graph input, seeds as inputs."""
     table = concrete(model.executor, feeds)
-    targets = tuple(Target("array", o) for o in model.graph.output_names())
+    targets = tuple(Target("array", o) for o in _float_outputs(model))
     return lower(model, Rules.load("gradient"), targets, table, wrt=model.graph.input_names())
 
 
 def _cotangents(model, feeds):
-    outs = model.run(feeds, outputs=model.graph.output_names())
-    return [R.standard_normal(outs[o].shape) for o in model.graph.output_names()]
+    outs = model.run(feeds, outputs=_float_outputs(model))
+    return [R.standard_normal(outs[o].shape) for o in _float_outputs(model)]
 
 
 def _run(engine_model, lowered, feeds, cots, dtype):
@@ -175,8 +199,8 @@ def test_vjp_matches_finite_differences(case):
             for sign in (1, -1):
                 xx = x.copy()
                 xx[j] += sign * h
-                outs = model.run({**feeds, name: xx}, outputs=model.graph.output_names())
-                num[j] += sign * sum(float(np.sum(c * outs[o])) for c, o in zip(cots, model.graph.output_names())) / (2 * h)
+                outs = model.run({**feeds, name: xx}, outputs=_float_outputs(model))
+                num[j] += sign * sum(float(np.sum(c * outs[o])) for c, o in zip(cots, _float_outputs(model))) / (2 * h)
         assert got.shape == x.shape, (op, name)
         err = np.linalg.norm(got - num) / max(np.linalg.norm(num), 1e-12)
         assert err < 1e-6, (op, name, err)
@@ -213,7 +237,8 @@ def test_onnxruntime_runs_the_lowered_vjp_like_the_executor(case):
 def test_every_differentiable_op_has_a_case():
     covered = {c[0] for c in CASES}
     missing = [op for op, cls in REGISTRY.items() if op not in covered and getattr(cls, "differentiable", True)
-               and op not in ("Floor", "Ceil", "Sign", "Not", "Hardmax") and _is_float_op(op)]
+               and op not in ("Floor", "Ceil", "Sign", "Not", "Hardmax", "Round") and op not in STRAIGHT_THROUGH
+               and _is_float_op(op)]
     assert not missing, f"ops without a VJP test: {missing}"
 
 

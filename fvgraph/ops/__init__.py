@@ -53,6 +53,11 @@ class Op:
     def vjp(self, b, inputs, outputs, grads, wrt):
         raise NotImplementedError(f"{self.op_type} has no VJP")
 
+    def vjp_linearized(self, b, inputs, outputs, grads, wrt):
+        """The VJP the LRP family's linear rules take: the op's own, except where the literature holds a factor
+        constant to make the op linear (the variance of LayerNormalization and its kin)."""
+        return self.vjp(b, inputs, outputs, grads, wrt)
+
 
 class NonDifferentiable(Op):
     """Ops whose outputs are integers, booleans or piecewise constant: nothing flows back."""
@@ -135,8 +140,9 @@ IMPORT_REWRITES = ("Constant", "Upsample")
 
 
 def supported_op_types() -> list[str]:
-    return sorted(set(REGISTRY) | set(IMPORT_REWRITES))
+    from ..decompose import REWRITES
+    return sorted(set(REGISTRY) | set(IMPORT_REWRITES) | set(REWRITES))
 
 
 # Import the op families so that they register themselves.
-from . import activation, conv, elementwise, linear, norm, pool, reduce, resize, shape  # noqa: E402,F401
+from . import activation, conv, elementwise, indexing, linear, norm, pool, quant, reduce, resize, shape  # noqa: E402,F401,E501

@@ -39,6 +39,8 @@ UNARY = {
     "Softplus": lambda xp, x: xp.logaddexp(x, x.dtype.type(0)),
     "Softsign": lambda xp, x: x / (1 + xp.abs(x)),
     "Not": lambda xp, x: xp.logical_not(x),
+    "Round": lambda xp, x: xp.round(x),  # half to even, as ONNX
+    "Mish": lambda xp, x: x * xp.tanh(xp.logaddexp(x, x.dtype.type(0))),
 }
 
 
@@ -71,7 +73,15 @@ UNARY_GRAD = {
     "Softplus": lambda b, x, y, g: _m(b, g, _u(b, "Sigmoid", x)),
     "Softsign": lambda b, x, y, g: b.op("Div", [g, _square(b, b.op("Add", [b.scalar(1, x), _u(b, "Abs", x)],
                                                                      like=x))], like=g),
+    "Mish": lambda b, x, y, g: _mish_grad(b, x, g),
 }
+
+
+def _mish_grad(b, x, g):
+    """d/dx x tanh(softplus(x)) = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)."""
+    t = _u(b, "Tanh", _u(b, "Softplus", x))
+    slope = b.op("Sub", [b.scalar(1, x), _m(b, t, t)], like=x)
+    return _m(b, g, b.op("Add", [t, _m(b, x, _u(b, "Sigmoid", x), slope)], like=x))
 
 
 def _square(b, v):
@@ -202,7 +212,7 @@ class Clip(Op):
     """Clip(x, min, max); min/max are inputs after import (opset < 11 attributes are moved there)."""
 
     def forward(self, x, lo=None, hi=None):
-        return (self.forward_inplace(x.copy(), lo, hi),)
+        return (self.forward_inplace(xp_of(x).array(x, copy=True), lo, hi),)
 
     def gate_graph(self, b, y, lo, hi):
         """The gate lo < x < hi as a boolean value, from the output y (y = lo or hi exactly where clipped)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..backend import xp_of
+from ..errors import RuleError
 from . import Op, register, upcast_half
 
 
@@ -100,3 +101,57 @@ def _swap_last(b, v):
     d = list(b.dims(v))
     d[-1], d[-2] = d[-2], d[-1]
     return b.op("Transpose", [v], perm=perm, dims=tuple(d), dtype=b.dtype(v))
+
+
+@register("Einsum")
+class Einsum(Op):
+    """np.einsum's semantics. The VJP of operand k is another Einsum: the gradient against the other operands,
+    written to k's subscripts; letters only k has (summed away in the forward) are broadcast back."""
+
+    def setup(self, node):
+        eq = str(node.attr("equation", "")).replace(" ", "")
+        if not eq:
+            self.unsupported("no equation")
+        self.equation = eq
+
+    @upcast_half
+    def forward(self, *xs):
+        return (xp_of(*xs).einsum(self.equation, *xs),)
+
+    def subscripts(self, ranks):
+        """(per-operand subscripts, output subscripts) with '...' spelled out as capital letters."""
+        lhs, _, rhs = self.equation.partition("->")
+        terms = lhs.split(",")
+        ell = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks) if "..." in t), default=0)
+        spell = lambda t, r: t.replace("...", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[26 - (r - len(t) + 3):])  # noqa: E731
+        full = [spell(t, r) for t, r in zip(terms, ranks)]
+        if "->" in self.equation:
+            out = rhs.replace("...", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[26 - ell:])
+        else:  # implicit output: the letters used once, sorted, after the broadcast ones
+            letters = "".join(full)
+            out = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[26 - ell:] + "".join(
+                sorted(c for c in set(letters) if c.islower() and letters.count(c) == 1))
+        return full, out
+
+    def vjp(self, b, inputs, outputs, grads, wrt):
+        ranks = [b.rank(x) for x in inputs]
+        terms, out = self.subscripts(ranks)
+        if any(len(set(t)) != len(t) for t in terms + [out]):
+            raise RuleError(f"node {self.node.name!r} (Einsum {self.equation}): no gradient for repeated subscripts")
+        result = [None] * len(inputs)
+        for k in wrt:
+            others = [t for j, t in enumerate(terms) if j != k]
+            seen = set(out).union(*map(set, others))
+            kept = "".join(c for c in terms[k] if c in seen)
+            eq = ",".join([out] + others) + "->" + kept
+            ops = [grads[0]] + [x for j, x in enumerate(inputs) if j != k]
+            dims = tuple(b.dims(inputs[k])[terms[k].index(c)] for c in kept)
+            g = b.op("Einsum", ops, equation=eq, dims=dims, dtype=b.dtype(inputs[k]))
+            if kept != terms[k]:  # broadcast back over the letters the forward summed away
+                missing = [i for i, c in enumerate(terms[k]) if c not in seen]
+                g = b.op("Unsqueeze", [g, b.ints(missing)], dims=tuple(1 if i in missing else d for i, d in
+                                                                        enumerate(b.dims(inputs[k]))),
+                         dtype=b.dtype(inputs[k]))
+                g = b.op("Expand", [g, b.shape_of(inputs[k])], like=inputs[k])
+            result[k] = b.sum_to(g, inputs[k]) if b.dims(g) != b.dims(inputs[k]) else g
+        return result

@@ -1,9 +1,11 @@
-"""Normalizations (inference): BatchNormalization, InstanceNormalization, LRN."""
+"""Normalizations (inference): BatchNormalization, and the statistics-over-axes family (InstanceNormalization,
+LayerNormalization, GroupNormalization, which share one forward and one VJP), LRN."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import xp_of
+from ..shapes import ShapeUnknown
 from . import Op, register
 
 
@@ -65,45 +67,155 @@ def conv_parameters(conv, constants, bn=None, bn_kernel=None):
     return folded_w, folded_b
 
 
-@register("InstanceNormalization")
-class InstanceNormalization(Op):
+def normalize(x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over `axes`, with the mean and 1/std (keepdims): the statistics-over-axes
+    family's forward, in float32 at least (ONNX's stash_type)."""
+    xp = xp_of(x)
+    work = x.astype(np.float32) if x.dtype == np.float16 else x
+    mean = work.mean(axis=axes, keepdims=True)
+    centred = work - mean
+    inv = 1 / xp.sqrt((centred * centred).mean(axis=axes, keepdims=True) + work.dtype.type(eps))
+    return centred * inv, mean, inv
+
+
+def normalize_vjp(b, x, gh, axes, eps, detach_variance=False):
+    """d/dx of xhat = normalize(x) over `axes` given the gradient gh at xhat (nodes):
+    inv * (gh - mean(gh) - xhat * mean(gh * xhat)); with `detach_variance` the 1/std factor is held constant
+    (LRP's linearization, Ali et al. 2022): inv * (gh - mean(gh)). Returns (dx, xhat)."""
+    kd = tuple(1 if a in axes else d for a, d in enumerate(b.dims(x)))
+    ax = b.ints(list(axes))
+
+    def mean(v):
+        return b.op("ReduceMean", [v, ax], keepdims=1, dims=kd, dtype=b.dtype(x))
+    centred = b.op("Sub", [x, mean(x)], like=x)
+    var = b.op("Add", [mean(b.mul(centred, centred)), b.scalar(eps, x)], dims=kd, dtype=b.dtype(x))
+    inv = b.op("Reciprocal", [b.op("Sqrt", [var], dims=kd, dtype=b.dtype(x))], dims=kd, dtype=b.dtype(x))
+    xhat = b.mul(centred, inv, like=x)
+    inner = b.op("Sub", [gh, mean(gh)], like=gh)
+    if not detach_variance:
+        inner = b.op("Sub", [inner, b.mul(xhat, mean(b.mul(gh, xhat)), like=x)], like=gh)
+    return b.mul(inner, inv, like=x), xhat
+
+
+class StatisticsNorm(Op):
+    """Normalize over some axes, then scale and shift: y = xhat * scale + bias. Subclasses say which axes
+    (`axes(rank)`), how scale and bias broadcast (`param_shape`) and, for groups, the view the statistics
+    are taken on (`view`)."""
+
     def setup(self, node):
         self.eps = float(node.attr("epsilon", 1e-5))
 
-    def forward(self, x, scale, bias):
-        xp = xp_of(x)
-        axes = tuple(range(2, x.ndim))
-        mean = x.mean(axis=axes, keepdims=True)
-        var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-        s = channel_shape(x)
-        y = (x - mean) / xp.sqrt(var + x.dtype.type(self.eps)) * scale.reshape(s) + bias.reshape(s)
-        return (y.astype(x.dtype, copy=False),)
+    def view(self, shape):
+        return None  # statistics on x as it is
 
-    def vjp(self, b, inputs, outputs, grads, wrt):
-        x, scale, bias = inputs
+    def forward(self, x, scale, bias=None):
+        view = self.view(x.shape)
+        xv = x if view is None else x.reshape(view)
+        xhat, mean, inv = normalize(xv, self.axes(xv.ndim), self.eps)
+        ps = self.param_shape(x.ndim, scale.shape)
+        y = xhat.reshape(x.shape) * scale.reshape(ps).astype(xhat.dtype)
+        if bias is not None:
+            y = y + bias.reshape(ps).astype(xhat.dtype)
+        return (y.astype(x.dtype, copy=False), mean, inv)[:max(1, len(self.node.outputs))]
+
+    def vjp(self, b, inputs, outputs, grads, wrt, detach_variance=False):
+        x, scale = inputs[0], inputs[1]
+        bias = inputs[2] if len(inputs) > 2 and inputs[2] else None
         g = grads[0]
-        r = b.rank(x)
-        axes = b.ints(list(range(2, r)))
-        kd = tuple(b.dims(x)[:2]) + (1,) * (r - 2)
 
-        def mean(v):
-            return b.op("ReduceMean", [v, axes], keepdims=1, dims=kd, dtype=b.dtype(x))
-        centred = b.op("Sub", [x, mean(x)], like=x)
-        inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [mean(b.mul(centred, centred)), b.scalar(self.eps, x)],
-                                                     dims=kd, dtype=b.dtype(x))], dims=kd, dtype=b.dtype(x))],
-                   dims=kd, dtype=b.dtype(x))
-        xhat = b.mul(centred, inv, like=x)
-        s = b.op("Reshape", [scale, b.ints([-1] + [1] * (r - 2))], dims=(b.dims(x)[1],) + (1,) * (r - 2),
-                 dtype=b.dtype(x))
+        def broadcast(p):
+            ps = self.param_shape(b.rank(x), b.static(p))
+            return p if tuple(ps) == tuple(b.dims(p)) else b.op("Reshape", [p, b.ints(list(ps))], dtype=b.dtype(p),
+                                                                dims=tuple(1 if d == 1 else b.static(p)[0] if d == -1
+                                                                           else d for d in ps))
+        s = broadcast(scale)
         gh = b.mul(g, s, like=g)
-        inner = b.op("Sub", [b.op("Sub", [gh, mean(gh)], like=g), b.mul(xhat, mean(b.mul(gh, xhat)), like=x)], like=g)
-        out = [b.mul(inner, inv, like=x) if 0 in wrt else None, None, None]
-        every = b.ints([0] + list(range(2, r)))
+        view = self.view(b.dims(x))
+        if view is None:
+            xv, ghv = x, gh
+        else:
+            dims = (b.dims(x)[0],) + tuple(view[1:2]) + (int(np.prod(b.tail(x, 1))) // view[1],)
+            xv = b.op("Reshape", [x, b.ints([0, view[1], -1])], dims=dims, dtype=b.dtype(x))
+            ghv = b.op("Reshape", [gh, b.ints([0, view[1], -1])], dims=dims, dtype=b.dtype(x))
+        dx, xhat = normalize_vjp(b, xv, ghv, self.axes(b.rank(xv)), self.eps, detach_variance)
+        if view is not None:
+            dx, xhat = b.reshape_like(dx, x), b.reshape_like(xhat, x)
+        out = [None] * len(inputs)
+        if 0 in wrt:
+            out[0] = dx
         if 1 in wrt:
-            out[1] = b.op("ReduceSum", [b.mul(g, xhat), every], keepdims=0, like=scale)
-        if 2 in wrt:
-            out[2] = b.op("ReduceSum", [g, every], keepdims=0, like=bias)
+            out[1] = b.reshape_like(b.sum_to(b.mul(g, xhat, like=g), s), scale)
+        if bias is not None and 2 in wrt:
+            out[2] = b.reshape_like(b.sum_to(g, broadcast(bias)), bias)
         return out
+
+    def vjp_linearized(self, b, inputs, outputs, grads, wrt):
+        """LRP's view: the variance held constant (Ali et al. 2022), so the map is linear in x: the centring
+        and the scale; the mean keeps its share, which makes the rule conserve."""
+        return self.vjp(b, inputs, outputs, grads, wrt, detach_variance=True)
+
+
+@register("InstanceNormalization")
+class InstanceNormalization(StatisticsNorm):
+    def axes(self, rank):
+        return tuple(range(2, rank))
+
+    def param_shape(self, rank, shape):
+        return (1, -1) + (1,) * (rank - 2)
+
+
+@register("LayerNormalization")
+class LayerNormalization(StatisticsNorm):
+    """Over the axes from `axis` on; scale and bias broadcast against those trailing axes (opset 17)."""
+
+    def setup(self, node):
+        super().setup(node)
+        self.axis = int(node.attr("axis", -1))
+
+    def axes(self, rank):
+        return tuple(range(self.axis % rank, rank))
+
+    def param_shape(self, rank, shape):
+        return tuple(shape)
+
+
+@register("GroupNormalization")
+class GroupNormalization(StatisticsNorm):
+    """Channels in `num_groups` groups, each normalized over its channels and space; scale and bias per channel
+    (opset 21), or per group (opset 18's form, marked `_per_group` by the importer)."""
+
+    def setup(self, node):
+        super().setup(node)
+        self.groups = int(node.attr("num_groups"))
+        self.per_group = bool(node.attr("_per_group", False))
+        if self.groups < 1:
+            self.unsupported(f"num_groups={self.groups}")
+
+    def view(self, shape):
+        if len(shape) < 2 or shape[1] % self.groups:
+            raise ValueError(f"{shape[1] if len(shape) > 1 else '?'} channels do not split into {self.groups} groups")
+        return (shape[0], self.groups, -1)
+
+    def axes(self, rank):
+        return (2,)
+
+    def param_shape(self, rank, shape):
+        return (1, -1) + (1,) * (rank - 2)
+
+    def forward(self, x, scale, bias=None):
+        if self.per_group:  # opset 18: one scale per group, repeated over its channels
+            k = x.shape[1] // self.groups
+            scale, bias = scale.repeat(k), None if bias is None else bias.repeat(k)
+        return super().forward(x, scale, bias)
+
+    def vjp(self, b, inputs, outputs, grads, wrt, detach_variance=False):
+        if self.per_group:  # the opset-18 form: per-group parameters repeated to per-channel constants
+            k = b.static(inputs[0], [1])[0] // self.groups
+            params = [b.constant(v) for v in inputs[1:3] if v]
+            if any(p is None for p in params) or 1 in wrt or 2 in wrt:
+                raise ShapeUnknown(inputs[1])
+            inputs = [inputs[0]] + [b.const(np.asarray(p).repeat(k), "group_param") for p in params]
+        return super().vjp(b, inputs, outputs, grads, wrt, detach_variance)
 
 
 @register("LRN")

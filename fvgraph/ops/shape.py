@@ -277,10 +277,15 @@ class Cast(Op):
         return (x.astype(self.dtype),)
 
     def vjp(self, b, inputs, outputs, grads, wrt):
-        x = inputs[0]
-        if b.dtype(x).kind != "f" or self.dtype.kind != "f":
+        """Between floats the gradient is cast back. An integer-to-float cast passes a float gradient to the
+        integer value (int8 models: see ops.quant); a float-to-integer cast cuts it, unless fvgraph marked it
+        `_exact` (the integer accumulators of decomposed ConvInteger/MatMulInteger)."""
+        x, src = inputs[0], b.dtype(inputs[0])
+        if self.dtype.kind != "f" and not self.node.attr("_exact"):
             return [None]
-        return [b.op("Cast", [grads[0]], like=x, to=onnx_type(b.dtype(x)))]
+        if src.kind == "f":
+            return [b.op("Cast", [grads[0]], like=x, to=onnx_type(src))]
+        return [grads[0]] if src.kind in "iu" and b.dtype(grads[0]).kind == "f" else [None]
 
 
 @register("CastLike")

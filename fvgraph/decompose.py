@@ -1,0 +1,217 @@
+"""Ops written at import as standard ONNX ops, so that every kernel, VJP and rule of fvgraph applies to them and
+onnxruntime runs them as it runs the rest (its optimizer fuses them back where it has a fused kernel):
+
+- onnxruntime's own fusions (domain com.microsoft, in models saved after its optimizer): FusedConv, Gelu,
+  FastGelu, BiasGelu, QuickGelu, SkipLayerNormalization, and its quantized ops;
+- quantized operators (QOperator format): QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, and
+  com.microsoft's QLinearAdd, QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool, QLinearSigmoid,
+  QLinearLeakyRelu, QLinearConcat, DynamicQuantizeMatMul, MatMulIntegerToFloat: each becomes DequantizeLinear
+  on its integer operands, the float op, and QuantizeLinear on its result (the QDQ form). The integer
+  accumulators of ConvInteger/MatMulInteger are summed in float (exact for integer sums below 2^24) and cast to
+  the declared int32 by a Cast marked exact, which the reverse pass crosses.
+
+Any other com.microsoft op stays as it is and is refused at load with its name and nodes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UnsupportedModelError
+from .graph import Node
+
+MS = "com.microsoft."
+
+
+class Rewriter:
+    """Emits the replacement nodes of one node: `const(base, array)` makes an initializer, names are fresh."""
+
+    def __init__(self, node: Node, names, constants: dict):
+        self.node, self.names, self.constants = node, names, constants
+        self.nodes: list[Node] = []
+        self._count = 0
+
+    def value(self, tag: str) -> str:
+        self._count += 1
+        return self.names.fresh(f"{self.node.name}::{tag}{self._count}")
+
+    def op(self, op_type, inputs, out=None, **attrs) -> str:
+        out = out or self.value(op_type.lower())
+        self.nodes.append(Node(f"{self.node.name}::{op_type}{len(self.nodes)}", op_type, list(inputs), [out], attrs))
+        return out
+
+    def const(self, tag, array) -> str:
+        return self.names.const(f"{self.node.name}::{tag}", np.asarray(array))
+
+    def arg(self, k) -> str:
+        return self.node.inputs[k] if len(self.node.inputs) > k else ""
+
+    def dq(self, x, scale, zp, axis=1) -> str:
+        return self.op("DequantizeLinear", [x, scale] + ([zp] if zp else []), axis=axis)
+
+    def q(self, y, scale, zp, out) -> str:
+        return self.op("QuantizeLinear", [y, scale] + ([zp] if zp else []), out=out)
+
+
+def _activation(r: Rewriter, x, kind, params, out):
+    if kind == "Relu":
+        return r.op("Relu", [x], out)
+    if kind in ("Tanh", "Sigmoid"):
+        return r.op(kind, [x], out)
+    if kind == "LeakyRelu":
+        return r.op("LeakyRelu", [x], out, alpha=float(params[0]) if params else 0.01)
+    if kind == "HardSigmoid":
+        return r.op("HardSigmoid", [x], out, alpha=float(params[0]), beta=float(params[1]))
+    if kind == "Clip":
+        return r.op("Clip", [x, r.const("min", np.float32(params[0])), r.const("max", np.float32(params[1]))], out)
+    raise UnsupportedModelError(f"node {r.node.name!r} (FusedConv): activation {kind!r} is not supported")
+
+
+def fused_conv(r: Rewriter):
+    n = r.node
+    attrs = {k: v for k, v in n.attrs.items() if k not in ("activation", "activation_params")}
+    y = r.op("Conv", [v for v in n.inputs[:3] if v], **attrs)
+    if r.arg(3):
+        y = r.op("Add", [y, r.arg(3)])
+    kind = n.attrs.get("activation")
+    if not kind:
+        return r.op("Identity", [y], n.outputs[0])
+    return _activation(r, y, kind, n.attrs.get("activation_params") or [], n.outputs[0])
+
+
+def gelu(r: Rewriter, approximate="none"):
+    x = r.arg(0)
+    if r.arg(1):  # BiasGelu / FastGelu's bias
+        x = r.op("Add", [x, r.arg(1)])
+    return r.op("Gelu", [x], r.node.outputs[0], approximate=approximate)
+
+
+def quick_gelu(r: Rewriter):
+    x = r.arg(0)
+    alpha = float(r.node.attrs.get("alpha", 1.702))
+    s = r.op("Sigmoid", [r.op("Mul", [x, r.const("alpha", np.float32(alpha))])])
+    return r.op("Mul", [x, s], r.node.outputs[0])
+
+
+def skip_layer_norm(r: Rewriter):
+    n = r.node
+    total = r.op("Add", [r.arg(0), r.arg(1)])
+    if r.arg(4):
+        total = r.op("Add", [total, r.arg(4)])
+    outs = list(n.outputs) + [""] * 4
+    r.nodes.append(Node(f"{n.name}::LayerNormalization", "LayerNormalization",
+                        [total, r.arg(2)] + ([r.arg(3)] if r.arg(3) else []), [outs[0]],
+                        {"axis": -1, "epsilon": float(n.attrs.get("epsilon", 1e-12))}))
+    if outs[3]:
+        r.op("Identity", [total], outs[3])
+
+
+def qlinear(float_op, operands, out_scale, attrs_from_node=True, weight_axis=None):
+    """A QOperator op: `operands` = [(x, scale, zero point) input positions]; the result quantized with the
+    scale and zero point at `out_scale` (positions), or left float (None)."""
+    def rewrite(r: Rewriter):
+        n = r.node
+        if n.attrs.get("channels_last"):
+            raise UnsupportedModelError(f"node {n.name!r} ({n.op_type}): channels_last=1 is not supported")
+        ins = []
+        for k, (x, s, z) in enumerate(operands):
+            axis = weight_axis if (weight_axis is not None and k == 1) else 1
+            ins.append(r.dq(r.arg(x), r.arg(s), r.arg(z) if z is not None else "", axis=axis))
+        attrs = {k: v for k, v in n.attrs.items() if k != "channels_last"} if attrs_from_node else {}
+        y = r.op(float_op, ins, **attrs)
+        if out_scale is None:
+            return r.op("Identity", [y], n.outputs[0])
+        s, z = out_scale
+        return r.q(y, r.arg(s), r.arg(z) if z is not None else "", n.outputs[0])
+    return rewrite
+
+
+def qlinear_conv(r: Rewriter):
+    """QLinearConv(x, xs, xz, w, ws, wz, ys, yz, B): the int32 bias dequantized with scale xs * ws."""
+    n = r.node
+    x = r.dq(r.arg(0), r.arg(1), r.arg(2))
+    w = r.dq(r.arg(3), r.arg(4), r.arg(5), axis=0)
+    ins = [x, w]
+    if r.arg(8):
+        xs, ws = r.constants.get(r.arg(1)), r.constants.get(r.arg(4))
+        scale = r.const("bias_scale", (np.asarray(xs, np.float32) * np.asarray(ws, np.float32)).reshape(-1)) \
+            if xs is not None and ws is not None else r.op("Mul", [r.arg(1), r.arg(4)])
+        ins.append(r.dq(r.arg(8), scale, "", axis=0))
+    y = r.op("Conv", ins, **n.attrs)
+    return r.q(y, r.arg(6), r.arg(7), n.outputs[0])
+
+
+def integer_op(float_op, w_axis):
+    """ConvInteger / MatMulInteger (a, b, a_zero_point, b_zero_point): the operands minus their zero points as
+    float (DequantizeLinear with scale 1), then the float op."""
+    def rewrite(r: Rewriter):
+        one = r.const("one", np.float32(1))
+        a = r.dq(r.arg(0), one, r.arg(2))
+        w = r.dq(r.arg(1), one if not r.arg(3) or np.asarray(r.constants.get(r.arg(3), 0)).size <= 1
+                 else r.const("ones", np.ones(np.asarray(r.constants[r.arg(3)]).size, np.float32)), r.arg(3),
+                 axis=w_axis)
+        y = r.op(float_op, [a, w], **r.node.attrs)
+        return r.op("Cast", [y], r.node.outputs[0], to=6, _exact=True)  # int32, as declared (exact: see Cast)
+    return rewrite
+
+
+def matmul_to_float(r: Rewriter, dynamic: bool):
+    """DynamicQuantizeMatMul(A, B, b_scale, b_zp, bias) / MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zp,
+    b_zp, bias): the float MatMul of the dequantized operands, plus the bias."""
+    if dynamic:
+        a, w, bias = r.arg(0), r.dq(r.arg(1), r.arg(2), r.arg(3), axis=-1), r.arg(4)
+    else:
+        a, w, bias = r.dq(r.arg(0), r.arg(2), r.arg(4)), r.dq(r.arg(1), r.arg(3), r.arg(5), axis=-1), r.arg(6)
+    y = r.op("MatMul", [a, w])
+    return r.op("Add" if bias else "Identity", [y, bias] if bias else [y], r.node.outputs[0])
+
+
+def qlinear_concat(r: Rewriter):
+    """QLinearConcat(y_scale, y_zp, (x, x_scale, x_zp)...)."""
+    n = r.node
+    parts = [r.dq(n.inputs[k], n.inputs[k + 1], n.inputs[k + 2]) for k in range(2, len(n.inputs), 3)]
+    y = r.op("Concat", parts, axis=int(n.attrs.get("axis", 1)))
+    return r.q(y, r.arg(0), r.arg(1), n.outputs[0])
+
+
+def renamed(op_type):
+    def rewrite(r: Rewriter):
+        r.nodes.append(Node(r.node.name, op_type, list(r.node.inputs), list(r.node.outputs), dict(r.node.attrs)))
+    return rewrite
+
+
+UNARY_Q = [(0, 1, 2)]
+REWRITES = {
+    "QLinearConv": qlinear_conv,
+    "QLinearMatMul": qlinear("MatMul", [(0, 1, 2), (3, 4, 5)], (6, 7), weight_axis=-1),
+    "ConvInteger": integer_op("Conv", 0),
+    "MatMulInteger": integer_op("MatMul", -1),
+    MS + "FusedConv": fused_conv,
+    MS + "Gelu": gelu,
+    MS + "BiasGelu": gelu,
+    MS + "FastGelu": lambda r: gelu(r, "tanh"),
+    MS + "QuickGelu": quick_gelu,
+    MS + "SkipLayerNormalization": skip_layer_norm,
+    MS + "QLinearAdd": qlinear("Add", [(0, 1, 2), (3, 4, 5)], (6, 7)),
+    MS + "QLinearMul": qlinear("Mul", [(0, 1, 2), (3, 4, 5)], (6, 7)),
+    MS + "QLinearGlobalAveragePool": qlinear("GlobalAveragePool", UNARY_Q, (3, 4)),
+    MS + "QLinearAveragePool": qlinear("AveragePool", UNARY_Q, (3, 4)),
+    MS + "QLinearSigmoid": qlinear("Sigmoid", UNARY_Q, (3, 4)),
+    MS + "QLinearLeakyRelu": qlinear("LeakyRelu", UNARY_Q, (3, 4)),
+    MS + "QLinearSoftmax": qlinear("Softmax", UNARY_Q, (3, 4)),
+    MS + "QLinearConcat": qlinear_concat,
+    MS + "DynamicQuantizeMatMul": lambda r: matmul_to_float(r, True),
+    MS + "MatMulIntegerToFloat": lambda r: matmul_to_float(r, False),
+    MS + "QuantizeLinear": renamed("QuantizeLinear"),
+    MS + "DequantizeLinear": renamed("DequantizeLinear"),
+}
+
+
+def decompose(node: Node, names, constants: dict) -> list[Node] | None:
+    """The standard ops replacing `node`, or None when it is kept as it is. `names` makes initializers
+    (`const(base, array)`) and fresh value names (`fresh(base)`)."""
+    rewrite = REWRITES.get(node.op_type)
+    if rewrite is None:
+        return None
+    r = Rewriter(node, names, constants)
+    rewrite(r)
+    return r.nodes
