@@ -1,10 +1,11 @@
-"""Ops written at import as standard ONNX ops, so that every kernel, VJP and rule of fvgraph applies to them and
-onnxruntime runs them as it runs the rest (its optimizer fuses them back where it has a fused kernel):
+"""Ops rewritten as standard ONNX ops in the graph fvgraph explains (the model's twin, see fvgraph.precision), so
+that every kernel, VJP and rule of fvgraph applies to them; `Model.run` on onnxruntime keeps running the model
+as written, equal to onnxruntime's own fused and integer kernels:
 
 - onnxruntime's own fusions (domain com.microsoft, in models saved after its optimizer): FusedConv, Gelu,
   FastGelu, BiasGelu, QuickGelu, SkipLayerNormalization, and its quantized ops;
 - quantized operators (QOperator format): QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, and
-  com.microsoft's QLinearAdd, QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool, QLinearSigmoid,
+  com.microsoft's QGemm, QLinearAdd, QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool, QLinearSigmoid,
   QLinearLeakyRelu, QLinearConcat, DynamicQuantizeMatMul, MatMulIntegerToFloat: each becomes DequantizeLinear
   on its integer operands, the float op, and QuantizeLinear on its result (the QDQ form). The integer
   accumulators of ConvInteger/MatMulInteger are summed in float (exact for integer sums below 2^24) and cast to
@@ -140,6 +141,24 @@ def qlinear_conv(r: Rewriter):
     return r.q(y, r.arg(6), r.arg(7), n.outputs[0])
 
 
+def qgemm(r: Rewriter):
+    """com.microsoft QGemm(A, as, az, B, bs, bz, C, ys, yz): C int32 with scale as * bs; float out without ys."""
+    n = r.node
+    a = r.dq(r.arg(0), r.arg(1), r.arg(2))
+    w = r.dq(r.arg(3), r.arg(4), r.arg(5), axis=0 if n.attrs.get("transB", 0) else 1)
+    ins = [a, w]
+    if r.arg(6):
+        xs, ws = r.constants.get(r.arg(1)), r.constants.get(r.arg(4))
+        scale = r.const("bias_scale", (np.asarray(xs, np.float32) * np.asarray(ws, np.float32)).reshape(-1)) \
+            if xs is not None and ws is not None else r.op("Mul", [r.arg(1), r.arg(4)])
+        ins.append(r.dq(r.arg(6), scale, "", axis=0))
+    attrs = {k: v for k, v in n.attrs.items() if k in ("alpha", "transA", "transB")}
+    y = r.op("Gemm", ins, **attrs)
+    if not r.arg(7):
+        return r.op("Identity", [y], n.outputs[0])
+    return r.q(y, r.arg(7), r.arg(8), n.outputs[0])
+
+
 def integer_op(float_op, w_axis):
     """ConvInteger / MatMulInteger (a, b, a_zero_point, b_zero_point): the operands minus their zero points as
     float (DequantizeLinear with scale 1), then the float op."""
@@ -185,6 +204,7 @@ REWRITES = {
     "QLinearMatMul": qlinear("MatMul", [(0, 1, 2), (3, 4, 5)], (6, 7), weight_axis=-1),
     "ConvInteger": integer_op("Conv", 0),
     "MatMulInteger": integer_op("MatMul", -1),
+    MS + "QGemm": qgemm,
     MS + "FusedConv": fused_conv,
     MS + "Gelu": gelu,
     MS + "BiasGelu": gelu,
@@ -204,6 +224,40 @@ REWRITES = {
     MS + "QuantizeLinear": renamed("QuantizeLinear"),
     MS + "DequantizeLinear": renamed("DequantizeLinear"),
 }
+
+
+class Names:
+    """Fresh value names and new initializers for the rewritten graph."""
+
+    def __init__(self, graph, initializers: dict):
+        self.taken = {v for n in graph.nodes for v in list(n.inputs) + list(n.outputs)} | set(initializers)
+        self.initializers = initializers
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def const(self, base: str, value) -> str:
+        name = self.fresh(base)
+        self.initializers[name] = np.asarray(value)
+        return name
+
+
+def decompose_nodes(graph, initializers: dict) -> list[Node] | None:
+    """The graph's nodes with every rewritable op rewritten (new constants go into `initializers`), or None
+    when there is none."""
+    if not any(n.op_type in REWRITES for n in graph.nodes):
+        return None
+    names = Names(graph, initializers)
+    out = []
+    for n in graph.nodes:
+        parts = decompose(n, names, initializers)
+        out.extend(parts if parts is not None else [n])
+    return out
 
 
 def decompose(node: Node, names, constants: dict) -> list[Node] | None:

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .backend import Backend
-from .errors import DeviceError, FvGraphError, InputError, ModelLoadError
+from .errors import DeviceError, ExecutionError, FvGraphError, InputError, ModelLoadError
 from .executor import Executor, Tape
 from .graph import Graph, Layer
 from .lru import LRU
@@ -38,9 +38,19 @@ class Model:
             engine = "cupy"
         if engine == "cupy":
             device = "cuda"
-        self.graph = graph
+        from .precision import explainable_twin
+        from .decompose import REWRITES
+        twin = explainable_twin(graph)
+        # the model as written (float16, fused or QOperator ops) is what `run` runs, on any engine that can
+        # (fvgraph's executor has no kernels for the fused and QOperator ops: it runs their decomposition)
+        runs_native = engine in ("auto", "onnxruntime") or not any(n.op_type in REWRITES for n in graph.nodes)
+        self.native = graph if twin is not None and runs_native else None
+        self.graph = twin if twin is not None else graph
+        graph = self.graph
         self.source = source
-        _free_the_batch(graph)
+        self._fixed_input = _free_the_batch(graph)
+        if self.native is not None:
+            _free_the_batch(self.native)
         self.backend = Backend(device if engine in ("numpy", "cupy") else "cpu")
         self.executor = Executor(graph, self.backend)
         self.engine = make_engine(engine, self.executor, device, threads)
@@ -183,13 +193,18 @@ class Model:
     def run(self, x, outputs: list | None = None):
         """First graph output as a NumPy array; with `outputs=[...]` (value names, layer names or layer
         indices), a dict from each reference as given to its NumPy array. Runs on the model's engine."""
+        graph, feeds = self.graph, self.feeds(x)
+        if self.native is not None:  # the model as written (see fvgraph.precision)
+            graph = self.native
+            feeds = {v.name: feeds[v.name].astype(v.dtype) if v.dtype is not None else feeds[v.name]
+                     for v in graph.inputs}
         if outputs is None:
-            name = self.graph.output_names()[0]
-            return self.engine.run(self.graph, self.feeds(x), [name])[name]
+            name = graph.output_names()[0]
+            return self.engine.run(graph, feeds, [name])[name]
         if isinstance(outputs, (str, int)):
             outputs = [outputs]
         names = [self.resolve(r) for r in outputs]
-        got = self.engine.run(self.graph, self.feeds(x), list(dict.fromkeys(names)))
+        got = self.engine.run(graph, feeds, list(dict.fromkeys(names)))
         return {r: got[n] for r, n in zip(outputs, names)}
 
     # ----------------------------------------------------------------- lowered graphs
@@ -199,7 +214,19 @@ class Model:
         dims = {k: signature_dims(np.shape(v)) for k, v in feeds.items()}
         key = (tuple(sorted(dims.items())), measured)
         if key not in self._tables:
-            constants = static_constants(self.executor, self.graph.inputs, dims)
+            try:
+                constants = static_constants(self.executor, self.graph.inputs, dims)
+            except ExecutionError:
+                if self._fixed_input is None:
+                    raise
+                # the batch looked free to shape inference but is not (a class token expanded to a constant
+                # batch of 1): the model keeps the batch its exporter fixed
+                from dataclasses import replace
+                self.graph.inputs[0], self._fixed_input = self._fixed_input, None
+                if self.native is not None:
+                    self.native.inputs[0] = replace(self.native.inputs[0], shape=self.graph.inputs[0].shape)
+                self._tables.clear()
+                return self.shape_table(feeds, measured)
             table = None if measured else infer(self.graph, dims, constants)
             if table is None or not complete(table, self.graph, self.executor.static):
                 table = measure(self.executor, self.graph.inputs, dims)
@@ -387,10 +414,11 @@ def load(source: Any, engine: str = "auto", device: str = "cpu", threads: int | 
         raise ModelLoadError(f"malformed model ({type(e).__name__}: {e})") from None
 
 
-def _free_the_batch(graph: Graph) -> None:
+def _free_the_batch(graph: Graph):
     """Exporters often fix the batch at 1 (torch.onnx's default). Where shape inference shows every computed
     value following a symbolic batch (nothing reshapes it to a constant), the input's batch is made symbolic:
-    integrated gradients, SmoothGrad, occlusion and the faithfulness curves then run their copies as batches."""
+    integrated gradients, SmoothGrad, occlusion and the faithfulness curves then run their copies as batches.
+    Returns the input as declared when it was freed (the model restores it if a run at batch 2 fails)."""
     from .executor import shape_only_nodes
     from .shapes import BATCH, infer
     if len(graph.inputs) != 1 or not graph.inputs[0].shape or not isinstance(graph.inputs[0].shape[0], int):
@@ -406,6 +434,8 @@ def _free_the_batch(graph: Graph) -> None:
     dims = [table.dims.get(o) for i, n in enumerate(graph.nodes) if i not in static for o in n.outputs if o]
     if dims and all(d is not None and len(d) >= 1 and isinstance(d[0], str) for d in dims):
         graph.inputs[0] = type(v)(v.name, (BATCH,) + tuple(v.shape[1:]), v.dtype)
+        return v
+    return None
 
 
 def parameter_count(graph: Graph) -> int:

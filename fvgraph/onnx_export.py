@@ -71,7 +71,9 @@ def to_onnx(graph, outputs=None, *, embed: bool = False, types: dict | None = No
             outs.append(onnx.ValueInfoProto(name=o))
     g = helper.make_graph(nodes, name, ins, outs, inits)
     opset = export_opset(graph)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="fvgraph")
+    domains = sorted({n.op_type.rsplit(".", 1)[0] for n in graph.nodes if "." in n.op_type})
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)] +
+                              [helper.make_opsetid(d, 1) for d in domains], producer_name="fvgraph")
     model.ir_version = min(helper.find_min_ir_version_for([helper.make_opsetid("", opset)]), onnx.IR_VERSION)
     for k, v in graph.metadata.items():
         model.metadata_props.add(key=k, value=v)
@@ -120,4 +122,6 @@ def _node_protos(node) -> list:
                 helper.make_node(node.op_type, [flat], [y], name=node.name, axis=1),
                 helper.make_node("Shape", [node.inputs[0]], [shape], name=f"{node.name}::shape"),
                 helper.make_node("Reshape", [y, shape], [node.outputs[0]], name=f"{node.name}::reshape")]
-    return [helper.make_node(node.op_type, list(node.inputs), list(node.outputs), name=node.name, **attrs)]
+    domain, _, op_type = node.op_type.rpartition(".")  # another domain's op (com.microsoft.FusedConv)
+    return [helper.make_node(op_type, list(node.inputs), list(node.outputs), name=node.name, domain=domain or None,
+                             **attrs)]

@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from .decompose import decompose
 from .errors import ModelLoadError, UnsupportedModelError
 from .graph import Graph, Node, ValueInfo, topological_order
 from .onnx_file import read_model
@@ -152,17 +151,13 @@ class _Importer:
         self.initializers: dict[str, np.ndarray] = {}
         self.used_names: set[str] = set()
 
-    def fresh(self, base: str) -> str:
+    def const(self, base: str, value) -> str:
         name = base
         k = 0
         while name in self.used_names:
             k += 1
             name = f"{base}_{k}"
         self.used_names.add(name)
-        return name
-
-    def const(self, base: str, value) -> str:
-        name = self.fresh(base)
         self.initializers[name] = np.asarray(value)
         return name
 
@@ -199,8 +194,7 @@ class _Importer:
             if node.op_type == "Constant":
                 self.initializers[node.outputs[0]] = self.constant_value(node)
                 continue
-            parts = decompose(node, self, self.initializers)
-            nodes.extend(parts if parts is not None else [self.normalize(node, opset)])
+            nodes.append(self.normalize(node, opset))
         names = [n.name for n in nodes]
         if len(set(names)) != len(names):  # layers are addressed by node name: make names unique
             seen: dict[str, int] = {}

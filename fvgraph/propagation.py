@@ -99,11 +99,33 @@ def passthrough(step: Step):
 
 
 def _data_index(step: Step) -> int:
-    """The operand relevance flows to: the dynamic one (the first, if several)."""
-    for k, d in enumerate(step.dynamic):
-        if d:
-            return k
-    return 0
+    """The operand relevance flows to: the dynamic one; of several, the first that is no gate (attention's
+    softmax weights, a SiLU's sigmoid, a GELU's erf: held constant, as Ali et al. 2022 and Achtibat et al. 2024
+    do, so relevance takes the value path); the first if all are."""
+    dynamic = [k for k, d in enumerate(step.dynamic) if d]
+    if not dynamic:
+        return 0
+    plain = [k for k in dynamic if not is_gate(step.b, step.inputs[k])]
+    return (plain or dynamic)[0]
+
+
+GATE_OPS = {"Softmax", "Sigmoid", "HardSigmoid", "Tanh", "Erf"}
+GATE_PATH = {"Add", "Mul", "Div", "Sub", "Reshape", "Transpose", "Cast", "Identity", "Expand", "Squeeze",
+             "Unsqueeze", "Dropout"}
+
+
+def is_gate(b, v, depth: int = 0) -> bool:
+    """Whether v is a squashing function of the data (a softmax, sigmoid, tanh or erf, up to an affine map or a
+    reshaping): a multiplicative gate rather than a carrier of relevance."""
+    node = b.producer(v)
+    if node is None or depth > 6:
+        return False
+    if node.op_type in GATE_OPS:
+        return True
+    if node.op_type not in GATE_PATH:
+        return False
+    data = [i for i in node.inputs if i and b.constant(i) is None]
+    return len(data) == 1 and is_gate(b, data[0], depth + 1)
 
 
 # --------------------------------------------------------------------------- the LRP family
@@ -345,13 +367,16 @@ def proportional(step: Step):
 
 
 def gate(step: Step):
-    """Mul/Div: all relevance to the data operand (the larger, dynamic one), none to a gate or constant."""
+    """Mul/Div: all relevance to the data operand, none to a gate or constant: the dynamic operand that is no
+    squashing function (SiLU = x * sigmoid(x), GELU = x * (1 + erf(x / sqrt 2)) / 2, SE blocks), and of several
+    the larger."""
     b = step.b
     if step.node.op_type not in ("Mul", "Div"):
         return gradient(step)
     cands = [k for k, d in enumerate(step.dynamic) if d]
     if step.node.op_type == "Div":
         cands = [0] if step.dynamic[0] else cands
+    cands = [k for k in cands if not is_gate(b, step.inputs[k])] or cands
 
     def size(k):
         return int(np.prod([d if isinstance(d, int) else 1 << 20 for d in b.dims(step.inputs[k])]))

@@ -93,6 +93,13 @@ def _zeros(inputs, input_dims: dict, batch: int) -> dict:
             for v in inputs}
 
 
+def _batches(inputs) -> tuple:
+    """The batch sizes shapes are measured at: 1 and 2 (what differs is the batch axis), or 1 alone for a
+    model whose first input fixes its batch."""
+    shape = inputs[0].shape if inputs else None
+    return (1,) if shape and isinstance(shape[0], (int, np.integer)) else (1, 2)
+
+
 def _recorded(executor, feeds: dict) -> dict:
     """(shape, dtype) of every value the executor computes from these feeds."""
     record = {}
@@ -105,7 +112,15 @@ def _recorded(executor, feeds: dict) -> dict:
 def static_constants(executor, inputs, input_dims: dict) -> dict:
     """Values of the shape-only nodes (pad sizes computed from the input's shape, ...) that are the same at
     batch 1 and 2: for the lowering they are constants."""
-    runs = [executor.static_values(_zeros(inputs, input_dims, batch)) for batch in (1, 2)]
+    runs = [executor.static_values(_zeros(inputs, input_dims, batch)) for batch in _batches(inputs)]
+    g = executor.graph
+    missing = [o for i in sorted(executor.static) for o in g.nodes[i].outputs if o and o not in runs[0]]
+    if missing:  # shapes of activations (TF-"same" pads computed layer by layer): run the model on zeros
+        to_device = executor.backend.to_device
+        runs = [{**r, **{k: executor.backend.to_host(v) for k, v in executor.run(
+            {k: to_device(a) for k, a in _zeros(inputs, input_dims, batch).items()}, missing).values.items()
+            if k in missing}} for r, batch in zip(runs, _batches(inputs))]
+    runs = runs * (3 - len(runs))
     return {k: np.asarray(v) for k, v in runs[0].items()
             if k in runs[1] and np.shape(v) == np.shape(runs[1][k]) and np.array_equal(v, runs[1][k])}
 
@@ -126,14 +141,14 @@ def measure(executor, inputs, input_dims: dict) -> ShapeTable:
     """Run the executor on zeros at batch 1 and 2 and record every value's shape."""
     to_device = executor.backend.to_device
     runs = [_recorded(executor, {k: to_device(a) for k, a in _zeros(inputs, input_dims, batch).items()})
-            for batch in (1, 2)]
+            for batch in _batches(inputs)]
     table = ShapeTable(measured=True)
     for k, a in executor.graph.initializers.items():
         table.set(k, a.shape, a.dtype)
     for v in inputs:
         table.set(v.name, input_dims[v.name], v.dtype)
     for name, (shape1, dtype) in runs[0].items():
-        shape2 = runs[1].get(name, (shape1, dtype))[0]
+        shape2 = runs[-1].get(name, (shape1, dtype))[0]
         dims = shape1 if len(shape1) != len(shape2) else \
             tuple(a if a == b else BATCH for a, b in zip(shape1, shape2))
         table.set(name, dims, dtype)
