@@ -33,32 +33,42 @@ def cmd_info(args) -> int:
     graph = import_model(_source(args.model))
     problem, model = None, None
     try:
-        model = Model(graph, engine="numpy")
+        model = Model(graph, engine="numpy", preprocess=getattr(args, "preprocess", None),
+                      labels=getattr(args, "labels", None))
     except UnsupportedModelError as e:
         problem = str(e)
     out = sys.stdout.write
-    out(f"model     {args.model}\n")
-    out(f"producer  {graph.producer or '?'}\nopset     {graph.opset}\n")
-    for title, vals in (("inputs", graph.inputs), ("outputs", graph.outputs)):
-        for v in vals:
-            dt = v.dtype if v.dtype is not None else "?"
-            out(f"{title:<9} {v.name} {v.describe()} {dt}\n")
-            title = ""
-    for k, v in sorted(graph.metadata.items()):
-        if k != "classes":
-            text = " ".join(v.split())  # one line, however the exporter wrote it (paddle2onnx: a char per line)
-            out(f"metadata  {k} = {text[:80]}{' ...' if len(text) > 80 else ''}\n")
-    out(f"params    {parameter_count(graph):,}\n\n")
     layers = list_layers(graph, shape_only_nodes(graph))
-    at = None
+    at, note = None, None
     if model is not None:
         try:
             at = model.concrete_shapes(layers, _shape(args.shape) if args.shape else None)
         except InputError as e:
             if args.shape:
                 raise
-            out(f"shapes    as declared: at the size the preprocessing implies, {str(e).split(': ', 1)[-1][:120]}; "
-                "give the input size with --shape\n\n")
+            note = (f"shapes    as declared: at the size the preprocessing implies, {str(e).split(': ', 1)[-1][:120]}; "
+                    "give the input size with --shape\n\n")
+    concrete = {l.output: l.shape for l in layers} if at else {}
+    out(f"model     {args.model}\n")
+    out(f"producer  {graph.producer or '?'}\nopset     {graph.opset}\n")
+    if model is not None and model.nhwc_input is not None:
+        out("layout    NHWC input, shown channels first (fvgraph puts a Transpose in front)\n")
+    for title, vals in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        for v in vals:
+            dt = v.dtype if v.dtype is not None else "?"
+            shown = ValueInfo(v.name, concrete[v.name], None) if v.name in concrete else v  # never floor(...)
+            out(f"{title:<9} {v.name} {shown.describe()} {dt}\n")
+            title = ""
+    for k, v in sorted(graph.metadata.items()):
+        if k != "classes":
+            text = " ".join(v.split())  # one line, however the exporter wrote it (paddle2onnx: a char per line)
+            out(f"metadata  {k} = {text[:80]}{' ...' if len(text) > 80 else ''}\n")
+    if model is not None and model.class_names():
+        names = model.class_names()
+        out(f"labels    {len(names)}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}\n")
+    out(f"params    {parameter_count(graph):,}\n\n")
+    if note:
+        out(note)
     if at:
         out(f"shapes at input {'x'.join(str(d) for d in at)}"
             f"{'' if args.shape else ' (the size the model or its preprocessing implies; --shape to choose)'}\n\n")
@@ -147,7 +157,8 @@ def _target(text):
 
 def _load_options(args) -> dict:
     return {"engine": getattr(args, "engine", "auto"), "device": getattr(args, "device", "cpu"),
-            "threads": getattr(args, "threads", None)}
+            "threads": getattr(args, "threads", None), "preprocess": getattr(args, "preprocess", None),
+            "labels": getattr(args, "labels", None)}
 
 
 def _load(path, args):
@@ -165,6 +176,37 @@ def cmd_convert(args) -> int:
     _save_onnx(proto, out)
     if not args.quiet:
         print(f"wrote {out} ({len(proto.graph.node)} nodes)")
+    return 0
+
+
+def cmd_preprocess(args) -> int:
+    """The model with fvgraph's preprocessing and labels in its metadata (checked by loading it first)."""
+    import json
+
+    import onnx
+
+    from .contract import load_labels, parse_preprocess
+    spec, labels = parse_preprocess(getattr(args, "preprocess", None)), load_labels(getattr(args, "labels", None))
+    if not spec and not labels:
+        raise InputError("give --preprocess and/or --labels to write into the model")
+    out = Path(args.output)
+    if out.resolve() == Path(args.model).resolve():
+        raise InputError(f"{out} is the model itself; write the copy elsewhere")
+    refuse_overwrite(out, args.overwrite)
+    _load(args.model, args)  # a model fvgraph can load, with this preprocessing
+    proto = onnx.load(args.model)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if spec:
+        meta["fvgraph.preprocess"] = json.dumps({**json.loads(meta.get("fvgraph.preprocess", "{}")), **spec})
+    if labels:
+        meta["fvgraph.classes"] = json.dumps(labels)
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    _save_onnx(proto, out)
+    if not args.quiet:
+        print(f"wrote {out}" + (f": preprocessing {json.dumps(spec)}" if spec else "") +
+              (f", {len(labels)} labels" if labels else ""))
     return 0
 
 
@@ -546,6 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default=argparse.SUPPRESS, choices=["cpu", "cuda"],
                         help="cuda: onnxruntime's CUDA provider (onnxruntime-gpu), else CuPy")
     common.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="CPU threads (default: all cores)")
+    common.add_argument("--preprocess", metavar="SPEC", default=argparse.SUPPRESS,
+                        help="how pictures become the model's input: a preset (imagenet, caffe, tf, raw) and/or "
+                             "key=value items, comma-separated, e.g. caffe,size=227 or layout=NHWC "
+                             "(default: the model's metadata, else imagenet)")
+    common.add_argument("--labels", metavar="FILE", default=argparse.SUPPRESS,
+                        help="class names: a text file (one per line), a JSON list or dict, or 'imagenet' "
+                             "(default: the model's metadata)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="log what is built (lowered graphs, sessions) and show tracebacks on errors")
     p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).",
@@ -556,6 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="an .onnx file")
     s.add_argument("--shape", help="the input shape to compute layer shapes at, e.g. 1x3x320x320")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("preprocess", help="write a preprocessing (--preprocess) and labels (--labels) into a copy of "
+                                          "a model's metadata, so later commands need neither")
+    s.add_argument("model", help="an .onnx file")
+    s.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    s.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_preprocess)
 
     s = sub.add_parser("convert", help="convert a MatConvNet network (.mat) to ONNX")
     s.add_argument("net", help="a MatConvNet .mat file (SimpleNN or DagNN)")

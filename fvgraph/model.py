@@ -26,7 +26,7 @@ class Model:
     reference, incremental occlusion, `check parity`)."""
 
     def __init__(self, graph: Graph, device: str = "cpu", source: str = "", engine: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, preprocess=None, labels=None):
         from .engines import ENGINES, make_engine, ort_has_cuda
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
@@ -46,6 +46,14 @@ class Model:
         runs_native = engine in ("auto", "onnxruntime") or not any(n.op_type in REWRITES for n in graph.nodes)
         self.native = graph if twin is not None and runs_native else None
         self.graph = twin if twin is not None else graph
+        from .contract import channels_first, detect_layout, load_labels, parse_preprocess
+        self._preprocess, self._labels = parse_preprocess(preprocess), load_labels(labels)
+        layout = self._preprocess.get("layout") or self.preprocessing().get("layout") or detect_layout(self.graph)
+        self.nhwc_input = None  # the model's own NHWC input, when fvgraph shows it channels first
+        if layout == "NHWC":
+            if len(self.graph.inputs) != 1 or not self.graph.inputs[0].shape or len(self.graph.inputs[0].shape) != 4:
+                raise InputError("layout=NHWC is for models with one rank-4 image input")
+            self.graph, self.nhwc_input = channels_first(self.graph)
         graph = self.graph
         self.source = source
         self._fixed_input = _free_the_batch(graph)
@@ -162,6 +170,9 @@ class Model:
         out = {}
         for vi in self.graph.inputs:
             a = x[vi.name]
+            if self.nhwc_input is not None and vi.name == self.nhwc_input.name and hasattr(a, "ndim"):
+                from .contract import as_channels_first
+                a = as_channels_first(np.asarray(a), self.nhwc_input)
             if type(a).__module__.startswith("cupy"):
                 a = a.get()
             try:
@@ -351,8 +362,11 @@ class Model:
         return invert(self, x, layer, **options)
 
     def preprocessing(self, **overrides) -> dict:
+        """How a picture becomes this model's input: its metadata's spec (or ImageNet's), then what
+        `fv.load(preprocess=)` said, then `overrides` (see fvgraph.contract)."""
         from .image import spec_from_metadata
-        return spec_from_metadata(self.metadata, self.inputs[0].shape if self.inputs else None, **overrides)
+        return spec_from_metadata(self.metadata, self.inputs[0].shape if self.inputs else None,
+                                  **{**getattr(self, "_preprocess", {}), **overrides})
 
     def input_bounds(self):
         """Per-channel (low, high) of valid inputs under the model's preprocessing (for the z^B rule)."""
@@ -360,20 +374,9 @@ class Model:
         return input_range(self.preprocessing())
 
     def class_names(self) -> list[str] | None:
-        """From fvgraph's metadata key, or an ultralytics export's `names` ({0: 'person', ...})."""
-        import ast
-        import json
-        try:
-            if "fvgraph.classes" in self.metadata:
-                return json.loads(self.metadata["fvgraph.classes"])
-            if "names" in self.metadata:
-                names = ast.literal_eval(self.metadata["names"])
-                if isinstance(names, dict):
-                    return [str(names[k]) for k in sorted(names)]
-                return [str(n) for n in names]
-        except (ValueError, SyntaxError, TypeError, KeyError):
-            return None
-        return None
+        """What `fv.load(labels=)` gave, else what the export's metadata names (see fvgraph.contract)."""
+        from .contract import labels_from_metadata
+        return self._labels or labels_from_metadata(self.metadata)
 
     def __repr__(self):
         ins = ", ".join(f"{v.name}{v.describe()}" for v in self.inputs)
@@ -395,19 +398,23 @@ def list_layers(graph: Graph, shape_only: set[int]) -> list[Layer]:
     return layers
 
 
-def load(source: Any, engine: str = "auto", device: str = "cpu", threads: int | None = None) -> Model:
+def load(source: Any, engine: str = "auto", device: str = "cpu", threads: int | None = None, preprocess=None,
+         labels=None) -> Model:
     """Load an ONNX model from a path, bytes or an onnx.ModelProto (external data is read beside the path);
     a MatConvNet .mat path is converted on the fly. engine: "auto" (= "onnxruntime"), "onnxruntime",
     "numpy" or "cupy"; device "cuda" runs onnxruntime's CUDA provider (or CuPy); threads: all cores unless
-    set."""
+    set. preprocess: a preset ("imagenet", "caffe", "tf", "raw"), a text spec or a dict; labels: a file,
+    a list or "imagenet" (see fvgraph.contract); both override the model's metadata."""
+    extra = dict(preprocess=preprocess, labels=labels)
     if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".mat"):
         from .convert import matconvnet
         graph = import_model(matconvnet(source))
-        return Model(graph, device=device, source=os.fspath(source), engine=engine, threads=threads)
+        return Model(graph, device=device, source=os.fspath(source), engine=engine, threads=threads, **extra)
     graph = import_model(source)
     src = source if isinstance(source, (str, os.PathLike)) else ""
     try:
-        return Model(graph, device=device, source=os.fspath(src) if src else "", engine=engine, threads=threads)
+        return Model(graph, device=device, source=os.fspath(src) if src else "", engine=engine, threads=threads,
+                     **extra)
     except FvGraphError:
         raise
     except Exception as e:  # what a corrupt but parseable file can still break

@@ -1,0 +1,137 @@
+"""A model's contract: NHWC inputs (as tf2onnx writes them), preprocessing presets and overrides, labels from
+files and from exporters' metadata, `fvgraph preprocess`, and `info` at concrete shapes."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fvgraph as fv
+from fvgraph.cli import main
+from fvgraph.contract import labels_from_metadata, load_labels, parse_preprocess
+from fvgraph.image import demo_images, load_image, to_input
+from tests.conftest import ort_session, rel_l2
+
+R = np.random.default_rng(5)
+W = R.standard_normal((6, 3, 3, 3)).astype(np.float32)
+G = R.standard_normal((4, 6)).astype(np.float32)
+
+
+def _net(nhwc: bool, size=24, metadata=None):
+    """x -> [Transpose NHWC->NCHW] -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm."""
+    shape = [1, size, size, 3] if nhwc else [1, 3, size, size]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])] if nhwc else []
+    nodes += [helper.make_node("Conv", ["xt" if nhwc else "x", "w"], ["c"], pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+              helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "n", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                          [numpy_helper.from_array(W, "w"), numpy_helper.from_array(G, "g")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    for k, v in (metadata or {}).items():
+        m.metadata_props.add(key=k, value=v)
+    return m
+
+
+def test_nhwc_model_is_recognized_runs_as_written_and_explains_channels_first():
+    m = _net(True)
+    model = fv.load(m)
+    assert model.nhwc_input is not None and model.inputs[0].shape[1] == 3
+    x = R.standard_normal((1, 24, 24, 3)).astype(np.float32)
+    ref = ort_session(m).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model.run(x), ref, rtol=1e-5, atol=1e-5)           # the model's own layout
+    xc = x.transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(model.run(xc), ref, rtol=1e-5, atol=1e-5)          # or channels first
+    same = fv.load(_net(False))
+    for method in ("gradient", "guided", "lrp-epsilon", "gradcam"):
+        a, b = model.explain(x, method, target=1).relevance, same.explain(xc, method, target=1).relevance
+        assert a.shape == b.shape and rel_l2(a, b) < 1e-5, method
+    occ = model.occlusion(x, box=(8, 8), stride=(8, 8))
+    assert occ.relevance.shape == (1, 24, 24)
+
+
+def test_nhwc_from_the_command_line(tmp_path):
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(_net(True), str(path))
+    img = str(demo_images()[0])
+    assert main(["explain", str(path), img, "-m", "gradient,gradcam", "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert len(list((tmp_path / "o").glob("*.png"))) >= 2
+    assert main(["occlude", str(path), img, "--out", str(tmp_path / "occ"), "--box", "8", "--stride", "8",
+                 "-q"]) == 0
+
+
+def test_layout_can_be_forced_and_refused():
+    m = _net(False)
+    with pytest.raises(fv.InputError):
+        fv.load(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r",
+                                                    [helper.make_tensor_value_info("x", 1, [2, 3])],
+                                                    [helper.make_tensor_value_info("y", 1, [2, 3])])),
+                preprocess="layout=NHWC")
+    assert fv.load(m).nhwc_input is None
+
+
+def test_presets_and_overrides():
+    assert parse_preprocess("caffe")["channels"] == "BGR"
+    spec = parse_preprocess("imagenet,size=227,mean=0.5,0.5,0.5,std=0.25,0.25,0.25,resize=stretch")
+    assert spec["size"] == 227 and spec["mean"] == [0.5, 0.5, 0.5] and spec["std"] == [0.25] * 3
+    assert spec["resize"] == "stretch"
+    for bad in ("nonsense", "size=", "colour=red", "channels=CMYK"):
+        with pytest.raises(fv.InputError):
+            parse_preprocess(bad)
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red
+    caffe = {**parse_preprocess("caffe"), "size": 2}
+    x = to_input(rgb, caffe)
+    np.testing.assert_allclose(x[0, :, 0, 0], [0 - 103.939, 0 - 116.779, 255 - 123.68], rtol=1e-6)  # B, G, R
+    tf = to_input(rgb, {**parse_preprocess("tf"), "size": 2})
+    np.testing.assert_allclose(tf[0, :, 0, 0], [1.0, -1.0, -1.0])
+    raw = to_input(rgb, {**parse_preprocess("raw"), "size": 2})
+    np.testing.assert_allclose(raw[0, :, 0, 0], [1.0, 0.0, 0.0])
+
+
+def test_preprocess_and_labels_from_load_and_the_command_line(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zero\none\ntwo\nthree\n")
+    model = fv.load(_net(False), preprocess="caffe", labels=str(labels))
+    assert model.preprocessing()["channels"] == "BGR" and model.class_names()[3] == "three"
+    img = demo_images()[0]
+    np.testing.assert_allclose(load_image(img, model.preprocessing()),
+                               load_image(img, {**model.preprocessing(), **parse_preprocess("caffe")}))
+    path, out = tmp_path / "m.onnx", tmp_path / "m-pre.onnx"
+    onnx.save(_net(False), str(path))
+    assert main(["preprocess", str(path), "--preprocess", "caffe,size=24", "--labels", str(labels), "-o", str(out),
+                 "-q"]) == 0
+    again = fv.load(out)
+    assert again.preprocessing()["channels"] == "BGR" and again.preprocessing()["size"] == 24
+    assert again.class_names() == ["zero", "one", "two", "three"]
+    assert main(["preprocess", str(path), "--labels", str(labels), "-o", str(out), "-q"]) == 2  # never overwritten
+    assert main(["preprocess", str(path), "--labels", str(labels), "-o", str(path), "-q"]) == 2  # nor the model
+    assert main(["explain", str(path), str(img), "--preprocess", "caffe", "--labels", str(labels), "-m", "gradient",
+                 "--out", str(tmp_path / "e"), "-q"]) == 0
+
+
+def test_labels_from_files_and_exporters_metadata(tmp_path):
+    (tmp_path / "l.json").write_text(json.dumps({"1": "b", "0": "a"}))
+    assert load_labels(str(tmp_path / "l.json")) == ["a", "b"]
+    (tmp_path / "l2.json").write_text(json.dumps(["x", "y"]))
+    assert load_labels(str(tmp_path / "l2.json")) == ["x", "y"]
+    assert len(load_labels("imagenet")) == 1000 and load_labels("imagenet")[0] == "tench"
+    with pytest.raises(fv.InputError):
+        load_labels(str(tmp_path / "missing.txt"))
+    assert labels_from_metadata({"names": "{0: 'person', 1: 'bicycle'}"}) == ["person", "bicycle"]
+    assert labels_from_metadata({"character": "0 180"}) == ["0", "180"]           # PaddleOCR's angle classifier
+    assert labels_from_metadata({"character": "a\nb\nc"}) == ["a", "b", "c"]
+    assert labels_from_metadata({"classes": "cat,dog"}) == ["cat", "dog"]
+    assert fv.load(_net(False, metadata={"character": "0 180 90 270"})).class_names()[1] == "180"
+
+
+def test_info_prints_output_shapes_at_the_concrete_size(tmp_path, capsys):
+    m = _net(False)
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "floor(floor(N/2))"
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    assert main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    outputs = [line for line in text.splitlines() if line.startswith("outputs")][0]
+    assert "floor" not in outputs and "4)" in outputs
