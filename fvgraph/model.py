@@ -277,6 +277,13 @@ class Model:
                              f"or a seed array; got {type(target).__name__}")
         if isinstance(method, str) and method == "random":
             return self._random(x, target, params)
+        if isinstance(method, str) and method == "rollout":
+            from .methods.rollout import rollout
+            unknown = set(params) - {"head_fusion", "discard_ratio", "upsample"}
+            if unknown or return_layers:
+                raise InputError(f"unknown option(s) {sorted(unknown) or ['return_layers']} for rollout "
+                                 "(options: head_fusion=, discard_ratio=, upsample=)")
+            return rollout(self, x, **params)
         if isinstance(method, str) and method in CAM_METHODS:
             from .rules import SMOOTH, check_sampling, _refuse
             smooth = params.pop("smooth", None)

@@ -356,3 +356,55 @@ def seg_like(size=32, classes=4, seed=0, opset=13):
         x = b.op("Resize", [x, "", b.const([1, 1, 2, 2])], mode="nearest")
         x = b.relu(b.conv(x, cin, cout, 3))
     return b.model(b.conv(x, 8, classes, 1))
+
+
+def vit_like(size=32, patch=8, dim=16, heads=2, depth=2, classes=5, seed=0, prefix=1, pool="token", opset=18,
+             swin_like=False):
+    """A vision transformer as timm exports one: patch conv -> tokens (+ class token) -> [LayerNorm -> attention
+    (softmax(QK^T / sqrt d) V) -> residual -> LayerNorm -> GELU MLP -> residual] x depth -> LayerNorm -> class
+    token (or mean) -> head. swin_like: the last blocks' tokens kept as an (N, h, w, C) map, mean-pooled."""
+    b = NetBuilder((1, 3, size, size), opset, seed=seed, name="vit_like")
+    g = size // patch
+    t = g * g + prefix
+    dh = dim // heads
+    x = b.conv("input", 3, dim, patch, stride=patch, pad=[0, 0, 0, 0])                # (N, dim, g, g)
+    x = b.op("Transpose", [b.op("Reshape", [x, b.const([0, dim, -1], dtype=np.int64)])], perm=[0, 2, 1])
+    if prefix:
+        cls = b.param((1, prefix, dim), fan_in=dim)
+        shape = b.op("Concat", [b.op("Slice", [b.op("Shape", ["input"]), b.const([0], dtype=np.int64),
+                                                b.const([1], dtype=np.int64)]), b.const([prefix, dim], dtype=np.int64)],
+                     axis=0)
+        x = b.op("Concat", [b.op("Expand", [cls, shape]), x], axis=1)
+    x = b.op("Add", [x, b.param((1, t, dim), fan_in=dim)])
+
+    def ln(v):
+        return b.op("LayerNormalization", [v, b.const(1 + 0.1 * b.rng.standard_normal(dim)),
+                                           b.const(0.1 * b.rng.standard_normal(dim))], axis=-1, epsilon=1e-6)
+
+    def dense(v, cin, cout):
+        return b.op("Add", [b.op("MatMul", [v, b.param((cin, cout), fan_in=cin)]),
+                            b.const(0.1 * b.rng.standard_normal(cout))])
+    for _ in range(depth):
+        h = ln(x)
+        qkv = b.op("Reshape", [dense(h, dim, 3 * dim), b.const([0, t, 3, heads, dh], dtype=np.int64)])
+        qkv = b.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])                                 # (3, N, heads, t, dh)
+        q, k, v = (b.op("Squeeze", [s, b.const([0], dtype=np.int64)])
+                   for s in b.op("Split", [qkv, b.const([1, 1, 1], dtype=np.int64)], n_out=3, axis=0))
+        att = b.op("Softmax", [b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])]),
+                                            b.const(dh ** -0.5)])], axis=-1)
+        o = b.op("Reshape", [b.op("Transpose", [b.op("MatMul", [att, v])], perm=[0, 2, 1, 3]),
+                             b.const([0, t, dim], dtype=np.int64)])
+        x = b.op("Add", [x, dense(o, dim, dim)])
+        m = b.op("Gelu", [dense(ln(x), dim, 2 * dim)]) if opset >= 20 else \
+            b.op("Mul", [dense(ln(x), dim, 2 * dim), b.op("Sigmoid", [dense(ln(x), dim, 2 * dim)])])
+        x = b.op("Add", [x, dense(m, 2 * dim, dim)])
+    x = ln(x)
+    if swin_like:  # (N, g, g, dim), pooled over both grid axes
+        x = b.op("Reshape", [b.op("Slice", [x, b.const([prefix], dtype=np.int64), b.const([t], dtype=np.int64),
+                                            b.const([1], dtype=np.int64)]), b.const([0, g, g, dim], dtype=np.int64)])
+        x = b.op("ReduceMean", [x, b.const([1, 2], dtype=np.int64)], keepdims=0)
+    elif pool == "token":
+        x = b.op("Gather", [x, b.const(0, dtype=np.int64)], axis=1)
+    else:
+        x = b.op("ReduceMean", [x, b.const([1], dtype=np.int64)], keepdims=0)
+    return b.model(b.gemm(x, dim, classes))

@@ -6,7 +6,7 @@ occlusion (+ incremental), reconstruction, and faithfulness (deletion, insertion
 MAP_KIND = {"gradient": "abs", "smoothgrad": "abs", "input-x-gradient": "signed", "integrated-gradients": "signed",
             "deconvnet": "rgb", "guided": "rgb", "random": "heat", "occlusion": "heat",
             **{m: "heat" for m in ("cam", "gradcam", "gradcam++", "layercam", "xgradcam", "hirescam", "scorecam",
-                                   "eigencam")}}
+                                   "eigencam", "rollout")}}
 
 DEMO_METHODS = ("gradient", "deconvnet", "guided", "input-x-gradient", "lrp-epsilon", "lrp-zplus", "lrp-alphabeta",
                 "lrp-composite", "cam", "gradcam")

@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..reverse import RELEVANCE, Lowered, Target, propagate, seed_value
 from ..rules import Rules
+from ..tokens import as_map, as_map_array, map_view
 from .attribution import logits_value, seed_for
 
 PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
@@ -61,23 +62,64 @@ def cam_structure(model, logits: str):
     return node.inputs[0], np.asarray(w, np.float32)
 
 
-def default_gradcam_layer(model, table, target_value: str) -> str:
-    """The last 4-D value with spatial size above 1 that every path from the input to the target passes
-    through: the last conv block of a classifier; for a detector, the last backbone map that all its heads
-    read (a head's own maps would give a detection of another level an all-zero map)."""
+def default_gradcam_layer(model, feeds, target_value: str) -> str:
+    """The layer Grad-CAM reads by default, chosen once per model, target value and input size:
+    - CNNs: the last map (N, C, h, w) every path from the input to the target passes through: the last conv block
+      of a classifier; for a detector, the last backbone map all its heads read;
+    - transformers (maps after it that are tokens (N, T, C) or channels last (N, h, w, C)): the last of those at
+      which the target's gradient reaches the patch grid (a class-token ViT: the last block's first norm, as
+      pytorch-grad-cam users pick; Swin, ConvNeXt: the last stage's output), among values of the residual
+      stream's width, found by one gradient pass."""
+    from ..shapes import signature_dims
+    key = ("gradcam-layer", target_value, tuple((k, signature_dims(np.shape(v))) for k, v in sorted(feeds.items())))
+    if key in model.choices:
+        return model.choices[key]
+    table = model.shape_table(feeds)
     g, static = model.graph, model.executor.static
+    hw = tuple(b for b in table.dims[g.input_names()[0]][2:4])
     candidates = []
     for i, n in enumerate(g.nodes):
         if i in static:
             continue
         for o in n.outputs:
-            d = table.dims.get(o)
-            if d is not None and len(d) == 4 and all(isinstance(v, int) for v in d[2:]) and d[2] * d[3] > 1:
-                candidates.append(o)
-    for v in reversed(candidates):
-        if not _reaches(g, static, g.input_names()[0], target_value, blocked=v):
+            view = map_view(table.dims.get(o), hw) if o else None
+            if view is not None and view.grid[0] * view.grid[1] > 1 and o != target_value:
+                candidates.append((o, view))
+    pick = None
+    for k in range(len(candidates) - 1, -1, -1):
+        v, view = candidates[k]
+        if view.kind == "nchw" and not _reaches(g, static, g.input_names()[0], target_value, blocked=v):
+            pick = k
+            break
+    later = [c for c in candidates[(pick + 1 if pick is not None else 0):] if c[1].kind != "nchw"]
+    if later:  # the residual stream's width (the last one's): not a block's wider qkv or MLP values
+        width = table.dims[later[-1][0]][-1]
+        later = [c for c in later if table.dims[c[0]][-1] == width]
+    choice = _last_reached(model, feeds, table, target_value, later) if later else None
+    if choice is None and pick is not None:
+        choice = candidates[pick][0]
+    if choice is None:
+        raise InputError("Grad-CAM found no map-shaped layer (N, C, h, w), (N, h, w, C) or tokens (N, T, C) on a "
+                         "patch grid that the target depends on; pass layer=")
+    model.choices[key] = choice
+    return choice
+
+
+def _last_reached(model, feeds, table, target_value, candidates):
+    """The last candidate at whose patch grid the gradient of the sum of the target value is non-zero."""
+    from ..reverse import lower
+    keep = tuple(v for v, _ in candidates)
+    lowered = model.lowered(("gradcam-probe", target_value, keep), feeds,
+                            lambda t: lower(model, Rules.load("gradient"), Target("array", target_value), t, keep=keep))
+    n = np.shape(next(iter(feeds.values())))[0]
+    seed = np.ones([d if isinstance(d, int) else n for d in lowered.table.dims[target_value]],
+                   lowered.table.dtypes.get(target_value, np.float32))
+    out = model.engine.run(lowered.graph, {**feeds, **dict(zip(lowered.seed_inputs, [seed]))},
+                           list(lowered.layers.values()))
+    for v, view in reversed(candidates):
+        if np.any(as_map_array(out[lowered.layers[v]], view)):
             return v
-    raise InputError("Grad-CAM found no 4-D layer with spatial size above 1 that the target depends on; pass layer=")
+    return None
 
 
 def _reaches(g, static, source, sink, blocked) -> bool:
@@ -99,6 +141,20 @@ def upsample(b: GraphBuilder, maps: str, size) -> str:
     sizes = b.op("Concat", [lead, b.ints(list(size))], axis=0, dims=(4,), dtype=np.int64)
     up = b.op("Resize", [four, "", "", sizes], mode="linear", dims=(d[0], 1) + tuple(size), dtype=b.dtype(maps))
     return b.op("Squeeze", [up, b.ints([1])], dims=(d[0],) + tuple(size), dtype=b.dtype(maps))
+
+
+def layer_view(model, table, value) -> "MapView":
+    """How the Grad-CAM layer reads as (N, C, h, w); a clear error when it does not."""
+    g = model.graph
+    d = table.dims.get(value)
+    view = map_view(d, tuple(table.dims[g.input_names()[0]][2:4]))
+    if view is None and d is not None and len(d) == 4:
+        from ..tokens import MapView
+        view = MapView("nchw", tuple(d[2:]))
+    if view is None:
+        raise InputError(f"the CAM family needs a map-shaped layer: (N, C, h, w), (N, h, w, C), or tokens (N, T, C) "
+                         f"on a patch grid of the input; {value!r} has shape {d}")
+    return view
 
 
 def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: bool) -> Lowered:
@@ -123,13 +179,12 @@ def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: boo
                        dims=(n, w.shape[1]), dtype=b.dtype(fmap))
         applied = {}
     else:
-        fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, table, logits)
-        d = table.dims.get(fmap)
-        if d is None or len(d) != 4:
-            raise InputError(f"Grad-CAM needs a 4-D layer (N, C, H, W); {layer!r} has shape {d}")
+        value = model.resolve(layer)
+        view = layer_view(model, table, value)
         seed, used, inputs = seed_value(b, spec, False)
-        signals, applied = propagate(model, b, Rules.load("gradient"), {logits: seed}, [fmap], keep=(fmap,))
-        grad = signals.get(fmap) or b.zeros(fmap)
+        signals, applied = propagate(model, b, Rules.load("gradient"), {logits: seed}, [value], keep=(value,))
+        fmap = as_map(b, value, view)
+        grad = as_map(b, signals.get(value) or b.zeros(value), view)
         weights = b.op("ReduceMean", [grad, b.ints([2, 3])], keepdims=0, dims=b.dims(fmap)[:2], dtype=b.dtype(fmap))
     d = b.dims(fmap)
     wide = b.op("Unsqueeze", [weights, b.ints([2, 3])], dims=d[:2] + (1, 1), dtype=b.dtype(fmap))
@@ -140,7 +195,7 @@ def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: boo
     if upsample_maps:
         maps = upsample(b, maps, size)
     rel = b.named(maps, RELEVANCE)
-    extras = {"layer": fmap, "weights": b.named(weights, "weights")}
+    extras = {"layer": fmap if method == "cam" else value, "weights": b.named(weights, "weights")}
     if method == "gradcam":  # what the other gradient-weighted CAMs are computed from
         extras.update(activations=b.named(fmap, "activations"), gradients=b.named(grad, "gradients"))
     graph = b.finish([o for o in [rel, logits, used] + list(extras.values())[1:] if o])
@@ -222,13 +277,12 @@ def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, t
     x = feeds[first]
     if np.ndim(x) != 4:
         raise InputError(f"{method} needs an image batch (N, C, H, W), got shape {np.shape(x)}")
+    if method != "cam" and layer is None:
+        layer = default_gradcam_layer(model, feeds, logits)
     if method in ("scorecam", "eigencam"):
-        fmap = model.resolve(layer) if layer is not None else default_gradcam_layer(model, model.shape_table(feeds),
-                                                                                   logits)
+        fmap = model.resolve(layer)
         got = model.run(x, outputs=[fmap, logits])  # one forward for the layer and the reported output
-        A = got[fmap]
-        if A.ndim != 4:
-            raise InputError(f"{method} needs a 4-D layer (N, C, H, W); {fmap!r} has shape {A.shape}")
+        A = as_map_array(got[fmap], layer_view(model, model.shape_table(feeds), fmap))
         if method == "eigencam":
             maps, extras, reported = eigencam(A), {"layer": fmap}, None
         else:
