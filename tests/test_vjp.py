@@ -131,6 +131,11 @@ CASES = [
     ("DepthToSpace", {"blocksize": 2}, [f64(2, 8, 2, 3)], [0]),
     ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, [f64(1, 8, 3, 2)], [0]),
     ("SpaceToDepth", {"blocksize": 2}, [f64(2, 3, 4, 6)], [0]),
+    ("GridSample", {}, [f64(2, 3, 4, 5), R.uniform(-1.2, 1.2, (2, 3, 6, 2))], [0]),
+    ("GridSample", {"mode": "cubic", "padding_mode": "reflection", "align_corners": 1},
+     [f64(1, 2, 5, 4), R.uniform(-1.4, 1.4, (1, 4, 3, 2))], [0]),
+    ("GridSample", {"mode": "nearest", "padding_mode": "border"}, [f64(1, 2, 4, 4), R.uniform(-1, 1, (1, 3, 3, 2))],
+     [0]),
 ]
 
 STRAIGHT_THROUGH = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")  # test_quantized.py
@@ -152,7 +157,7 @@ def _model(op, attrs, inputs, wrt, dtype):
     types = [out_type, helper.np_dtype_to_tensor_dtype(np.dtype(np.int64))] if op == "TopK" else [out_type] * n_out
     g = helper.make_graph([node], op, graph_inputs, [helper.make_tensor_value_info(o, t, None)
                                                      for o, t in zip(outs, types)], inits)
-    opset = {"Gelu": 20, "GroupNormalization": 21}.get(op, 18)
+    opset = {"Gelu": 20, "GroupNormalization": 21, "GridSample": 20}.get(op, 18)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
     return m
