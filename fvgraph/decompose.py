@@ -2,8 +2,9 @@
 that every kernel, VJP and rule of fvgraph applies to them; `Model.run` on onnxruntime keeps running the model
 as written, equal to onnxruntime's own fused and integer kernels:
 
-- onnxruntime's own fusions (domain com.microsoft, in models saved after its optimizer): FusedConv, Gelu,
-  FastGelu, BiasGelu, QuickGelu, SkipLayerNormalization, and its quantized ops;
+- onnxruntime's own fusions (domain com.microsoft, in models saved after its optimizer): FusedConv, FusedGemm,
+  FusedMatMul, Gelu, FastGelu, BiasGelu, QuickGelu, BiasAdd, SkipLayerNormalization, (Skip)Simplified-
+  LayerNormalization (RMSNorm), and its quantized ops;
 - quantized operators (QOperator format): QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, and
   com.microsoft's QGemm, QLinearAdd, QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool, QLinearSigmoid,
   QLinearLeakyRelu, QLinearConcat, DynamicQuantizeMatMul, MatMulIntegerToFloat: each becomes DequantizeLinear
@@ -95,15 +96,72 @@ def quick_gelu(r: Rewriter):
 
 def skip_layer_norm(r: Rewriter):
     n = r.node
-    total = r.op("Add", [r.arg(0), r.arg(1)])
-    if r.arg(4):
-        total = r.op("Add", [total, r.arg(4)])
+    skip = r.op("Add", [r.arg(1), r.arg(4)]) if r.arg(4) else r.arg(1)  # input + (skip + bias): a dense layer's
+    total = r.op("Add", [r.arg(0), skip])                                # output and its bias, then the residual
     outs = list(n.outputs) + [""] * 4
     r.nodes.append(Node(f"{n.name}::LayerNormalization", "LayerNormalization",
                         [total, r.arg(2)] + ([r.arg(3)] if r.arg(3) else []), [outs[0]],
                         {"axis": -1, "epsilon": float(n.attrs.get("epsilon", 1e-12))}))
     if outs[3]:
         r.op("Identity", [total], outs[3])
+
+
+def _swap_last(r: Rewriter, v):
+    """A constant v with its last two axes swapped."""
+    if v not in r.constants:  # a computed operand: its rank is not known here
+        raise UnsupportedModelError(f"node {r.node.name!r} ({r.node.op_type}): a transposed computed operand is "
+                                    "not supported")
+    rank = np.asarray(r.constants[v]).ndim
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    return r.op("Transpose", [v], perm=perm)
+
+
+def fused_matmul(r: Rewriter):
+    """FusedMatMul(A, B; alpha, transA, transB): alpha * A' B' (the batch transposes are refused)."""
+    n = r.node
+    if n.attrs.get("transBatchA") or n.attrs.get("transBatchB"):
+        raise UnsupportedModelError(f"node {n.name!r} (FusedMatMul): transBatchA/transBatchB are not supported")
+    a = _swap_last(r, r.arg(0)) if n.attrs.get("transA") else r.arg(0)
+    b = _swap_last(r, r.arg(1)) if n.attrs.get("transB") else r.arg(1)
+    alpha = float(n.attrs.get("alpha", 1.0))
+    if alpha == 1.0:
+        return r.op("MatMul", [a, b], n.outputs[0])
+    return r.op("Mul", [r.op("MatMul", [a, b]), r.const("alpha", np.float32(alpha))], n.outputs[0])
+
+
+def fused_gemm(r: Rewriter):
+    """FusedGemm: Gemm, then the activation it names."""
+    n = r.node
+    attrs = {k: v for k, v in n.attrs.items() if k in ("alpha", "beta", "transA", "transB")}
+    y = r.op("Gemm", [v for v in n.inputs[:3] if v], **attrs)
+    kind = n.attrs.get("activation")
+    if not kind:
+        return r.op("Identity", [y], n.outputs[0])
+    params = [n.attrs[k] for k in ("activation_alpha", "activation_beta") if k in n.attrs]
+    return _activation(r, y, kind, params, n.outputs[0])
+
+
+def rms_norm(r: Rewriter, skip: bool):
+    """(Skip)SimplifiedLayerNormalization: x / sqrt(mean(x^2) + eps) * scale over the last axis (RMSNorm); the
+    skip form adds the skip (and bias) first and may return that sum."""
+    n = r.node
+    x = r.arg(0)
+    outs = list(n.outputs) + [""] * 4
+    if skip:
+        x = r.op("Add", [x, r.op("Add", [r.arg(1), r.arg(3)]) if r.arg(3) else r.arg(1)])
+        scale = r.arg(2)
+    else:
+        scale = r.arg(1)
+    ms = r.op("ReduceMean", [r.op("Mul", [x, x]), r.const("axes", np.array([-1], np.int64))], keepdims=1)
+    root = r.op("Sqrt", [r.op("Add", [ms, r.const("eps", np.float32(n.attrs.get("epsilon", 1e-5)))])])
+    r.op("Mul", [r.op("Div", [x, root]), scale], outs[0])
+    if skip and outs[3]:
+        r.op("Identity", [x], outs[3])
+
+
+def bias_add(r: Rewriter):
+    """BiasAdd(X, bias, skip) = X + bias + skip."""
+    return r.op("Add", [r.op("Add", [r.arg(0), r.arg(1)]), r.arg(2)], r.node.outputs[0])
 
 
 def qlinear(float_op, operands, out_scale, attrs_from_node=True, weight_axis=None):
@@ -205,6 +263,12 @@ REWRITES = {
     "ConvInteger": integer_op("Conv", 0),
     "MatMulInteger": integer_op("MatMul", -1),
     MS + "QGemm": qgemm,
+    MS + "FusedMatMul": fused_matmul,
+    MS + "FusedGemm": fused_gemm,
+    MS + "BiasAdd": bias_add,
+    MS + "SimplifiedLayerNormalization": lambda r: rms_norm(r, False),
+    MS + "SkipSimplifiedLayerNormalization": lambda r: rms_norm(r, True),
+    "SimplifiedLayerNormalization": lambda r: rms_norm(r, False),
     MS + "FusedConv": fused_conv,
     MS + "Gelu": gelu,
     MS + "BiasGelu": gelu,

@@ -204,11 +204,22 @@ class Model:
     def run(self, x, outputs: list | None = None):
         """First graph output as a NumPy array; with `outputs=[...]` (value names, layer names or layer
         indices), a dict from each reference as given to its NumPy array. Runs on the model's engine."""
-        graph, feeds = self.graph, self.feeds(x)
+        feeds = self.feeds(x)
         if self.native is not None:  # the model as written (see fvgraph.precision)
-            graph = self.native
-            feeds = {v.name: feeds[v.name].astype(v.dtype) if v.dtype is not None else feeds[v.name]
-                     for v in graph.inputs}
+            native = {}
+            for v in self.native.inputs:
+                a = feeds[v.name]
+                if self.nhwc_input is not None and v.name == self.nhwc_input.name:
+                    a = np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # its own layout
+                native[v.name] = a.astype(v.dtype) if v.dtype is not None else a
+            try:
+                return self._run(self.native, native, outputs)
+            except FvGraphError:  # onnxruntime lacks a kernel of the model as written (a CUDA-only fused op)
+                log.debug("the model as written does not run here; its decomposition runs instead")
+                self.native = None
+        return self._run(self.graph, feeds, outputs)
+
+    def _run(self, graph, feeds, outputs):
         if outputs is None:
             name = graph.output_names()[0]
             return self.engine.run(graph, feeds, [name])[name]

@@ -135,3 +135,17 @@ def test_info_prints_output_shapes_at_the_concrete_size(tmp_path, capsys):
     text = capsys.readouterr().out
     outputs = [line for line in text.splitlines() if line.startswith("outputs")][0]
     assert "floor" not in outputs and "4)" in outputs
+
+
+def test_half_precision_nhwc_model_runs_in_its_own_layout_and_explains():
+    import onnxruntime as ort
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    m = convert_float_to_float16(_net(True))
+    model = fv.load(m)
+    assert model.nhwc_input is not None and model.native is not None
+    x = R.standard_normal((1, 24, 24, 3)).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.astype(np.float16)})[0]
+    assert rel_l2(model.run(x), ref) < 3e-3
+    r = model.explain(x, "guided", target=1).relevance
+    assert r.shape == (1, 3, 24, 24) and np.all(np.isfinite(r)) and np.abs(r).sum() > 0
