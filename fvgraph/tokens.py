@@ -19,39 +19,32 @@ class MapView:
     prefix: int = 0      # tokens before the grid (class, distillation, registers)
 
 
-def _stride(size, n):
-    return size / n if n else 0.0
-
-
-def _same_stride(hw, h, w) -> bool:
-    """Whether an h x w grid covers an H x W input with one stride (an integer up to rounding) on both axes."""
-    if h < 1 or w < 1:
-        return False
-    sh, sw = _stride(hw[0], h), _stride(hw[1], w)
-    return sh >= 1 and abs(sh - sw) <= 0.5 * max(1.0, min(sh, sw) / 8) and abs(sh - round(sh)) < 0.5
+def _grid(hw, h, w) -> bool:
+    """Whether an h x w grid tiles an H x W input with one integer stride (patches)."""
+    return h >= 1 and w >= 1 and hw[0] % h == 0 and hw[1] % w == 0 and hw[0] // h == hw[1] // w
 
 
 def map_view(dims, input_hw) -> MapView | None:
-    """How a value of these dims reads as a map over an input of size input_hw, or None."""
+    """How a value of these dims reads as a map over an input of size input_hw, or None. A 4-D value is
+    channels first unless its middle axes tile the input and its last two do not (channels last); a 3-D value
+    is tokens when, after up to MAX_PREFIX leading tokens, the rest tile the input as a patch grid."""
     if dims is None or not all(isinstance(d, (int, np.integer)) for d in dims[1:]):
         return None
     if len(dims) == 4:
         a, b, c = (int(d) for d in dims[1:])
-        if _same_stride(input_hw, b, c):
-            return MapView("nchw", (b, c))
-        if _same_stride(input_hw, a, b):
+        if _grid(input_hw, a, b) and not _grid(input_hw, b, c):
             return MapView("nhwc", (a, b))
-        return None
+        return MapView("nchw", (b, c))
     if len(dims) == 3:
         t = int(dims[1])
+        ratio = input_hw[0] / input_hw[1]
         for k in range(0, MAX_PREFIX + 1):
             n = t - k
-            if n < 1:
+            if n < 2:
                 break
-            ratio = input_hw[0] / input_hw[1]
             h = int(round(np.sqrt(n * ratio)))
             for hh in (h - 1, h, h + 1):
-                if hh >= 1 and n % hh == 0 and _same_stride(input_hw, hh, n // hh) and n > 1:
+                if hh >= 1 and n % hh == 0 and _grid(input_hw, hh, n // hh):
                     return MapView("tokens", (hh, n // hh), k)
     return None
 

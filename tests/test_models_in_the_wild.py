@@ -282,9 +282,13 @@ def test_a_dead_unit_is_redirected_until_it_turns_on():
     model = _net_with_a_dead_unit(-2.5)
     x0 = np.zeros((1, 3, 16, 16), np.float32)
     assert not model.run(x0, outputs=["act"])["act"][0, 0].any()  # dead where the search starts
-    r = model.reconstruct(fv.Unit("act", channel=0), steps=60, shape=(1, 3, 16, 16), lp=None, tv=None)
+    r = model.reconstruct(fv.Unit("act", channel=0), steps=60, shape=(1, 3, 16, 16), lp=None, tv=None, param="pixel")
     assert r.history["redirected"][0] == 1 and r.history["redirected"][-1] == 0
     assert r.history["objective"][0] == 0 and r.history["objective"][-1] > 1 and r.history["dead"] == []
+    for param in ("fourier", "maco"):  # the defaults too: the picture found turns the unit on
+        r = model.reconstruct(fv.Unit("act", channel=0), steps=60, shape=(1, 3, 16, 16), param=param)
+        assert r.history["redirected"][0] == 1 and r.history["dead"] == [], param
+        assert model.run(r.image, outputs=["act"])["act"][0, 0].max() > 0, param
 
 
 def test_a_unit_that_stays_dead_is_reported(tmp_path):

@@ -92,6 +92,8 @@ def default_gradcam_layer(model, feeds, target_value: str) -> str:
             pick = k
             break
     later = [c for c in candidates[(pick + 1 if pick is not None else 0):] if c[1].kind != "nchw"]
+    if not _transformer_like(model, table):  # a detector's (N, 4, anchors) is no token map
+        later = []
     if later:  # the residual stream's width (the last one's): not a block's wider qkv or MLP values
         width = table.dims[later[-1][0]][-1]
         later = [c for c in later if table.dims[c[0]][-1] == width]
@@ -103,6 +105,22 @@ def default_gradcam_layer(model, feeds, target_value: str) -> str:
                          "patch grid that the target depends on; pass layer=")
     model.choices[key] = choice
     return choice
+
+
+def _transformer_like(model, table) -> bool:
+    """Whether the model normalizes over its last axis (LayerNorm, or the ReduceMean of its decomposed form):
+    what transformers, Swin and ConvNeXt do to their token and channels-last maps, and CNNs do not."""
+    g = model.graph
+    for n in g.nodes:
+        if n.op_type == "LayerNormalization":
+            return True
+        if n.op_type == "ReduceMean" and len(n.inputs) > 1 and n.inputs[1]:
+            axes = g.initializers.get(n.inputs[1])
+            d = table.dims.get(n.inputs[0])
+            if axes is not None and d is not None and [int(a) % len(d) for a in np.asarray(axes).reshape(-1)] == \
+                    [len(d) - 1] and len(d) >= 3:
+                return True
+    return False
 
 
 def _last_reached(model, feeds, table, target_value, candidates):

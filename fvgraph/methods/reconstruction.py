@@ -34,6 +34,7 @@ class Reconstruction:
     picture: np.ndarray                     # (N, H, W, 3) uint8, de-normalized for display
     history: dict = field(default_factory=dict)   # term -> per-step values (means over the batch)
     target: object = None
+    transparency: np.ndarray = None         # (N, H, W) in [0, 1]: where the objective looked (MACO's map)
 
 
 def lp_term(x, p):
@@ -109,138 +110,313 @@ def _check_reg(name, v):
     return a, w
 
 
-def optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet, label, progress=None):
-    """The shared loop: `objective(x) -> (value per sample, gradient)` is maximized under the priors."""
+PIXEL_PRIORS = {"lp": (2, 1e-2), "tv": (2, 0.1)}  # the paper's priors, for the pixel parameterization
+DEFAULTS = {"param": "fourier", "steps": 256, "lr": None, "transforms": "default"}
+LR = {"pixel": None, "fourier": 0.05, "maco": 0.5}   # Adam's step in the parameters' units (pixel: 2% of range)
+
+
+def _bounds(model, channels):
+    from ..image import input_range
+    lo, hi = (a.reshape(1, -1, 1, 1).astype(np.float64) for a in input_range(model.preprocessing()))
+    if lo.shape[1] != channels:
+        lo, hi = np.full((1, channels, 1, 1), lo.min()), np.full((1, channels, 1, 1), hi.max())
+    return lo, hi
+
+
+def search(model, objective, shape, steps=256, param="fourier", transforms=None, lr=None, lp=None, tv=None,
+           jitter=0, optimizer="adam", seed=0, init=None, quiet=None, label="reconstruct", progress=None,
+           param_options=None, relax=None):
+    """The shared loop: parameterization x transforms x objective. `objective(xb, owner) -> (value per copy,
+    d value / d xb)` on the model-space copies xb (owner: the picture each copy comes from) is maximized; the
+    picture v in [0, 1] comes from the parameterization and maps linearly into the input range the
+    preprocessing allows. `relax()` -> per-picture factors (0 or 1) for the priors (dead units being redirected).
+    Returns (x, pictures, history, transparency)."""
     from ..image import to_display
+    from . import param as params
+    from .transforms import NONE, Sampling, parse
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
     if optimizer not in ("adam", "momentum"):
         raise InputError(f"optimizer must be 'adam' or 'momentum', got {optimizer!r}")
     lp, tv = _check_reg("lp", lp), _check_reg("tv", tv)
-    spec = model.preprocessing()
-    from ..image import input_range
-    lo, hi = (a.reshape(1, -1, 1, 1) for a in input_range(spec))
-    if lo.shape[1] != shape[1]:
-        lo, hi = np.full((1, shape[1], 1, 1), lo.min(), np.float32), np.full((1, shape[1], 1, 1), hi.max(), np.float32)
+    t = parse(transforms) if transforms is not None else NONE
+    n, c, h, w = shape
+    lo, hi = _bounds(model, c)
+    span = hi - lo
     rng = np.random.default_rng(seed)
-    if init is None:
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        x = (mid + 0.1 * half * rng.standard_normal(shape)).astype(np.float64)
-    else:
-        x = np.array(init, dtype=np.float64).reshape(shape)
-    span = float(np.mean(hi - lo))
-    opt = (_Adam if optimizer == "adam" else _Momentum)(lr if lr is not None else 0.02 * span)
+    P = params.make(param, n, c, (h, w), rng, **(param_options or {}))
+    if init is not None:
+        P.set_image((np.asarray(init, np.float64).reshape(shape) - lo) / span)
+    step = lr if lr is not None else LR.get(param) or 0.02
+    opt = (_Adam if optimizer == "adam" else _Momentum)(step)
     history = {"objective": [], "lp": [], "tv": [], "total": []}
+    transparency = np.zeros((n, h, w))
     bar = Progress(steps, label, quiet, progress)
+    per_image = c * h * w  # priors are means over each image's elements
+
+    def picture():
+        return lo + span * P.image()
     for k in range(steps):
-        shift = tuple(int(s) for s in rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
-        xs = np.roll(x, shift, axis=(2, 3)) if jitter else x
-        value, g = objective(xs.astype(np.float32))
-        g = np.asarray(g, np.float64)
+        v = P.image()
+        shift = tuple(int(a) for a in rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
+        vs = np.roll(v, shift, axis=(2, 3)) if jitter else v
+        sampling = Sampling(t, rng, n, (h, w), (h, w)) if t is not NONE else None
+        vb = sampling.forward(vs) if sampling is not None else vs
+        owner = sampling.owner if sampling is not None else np.arange(n)
+        values, g = objective((lo + span * vb).astype(np.float32), owner)
+        gv = np.asarray(g, np.float64) * span
+        if sampling is not None:
+            gv = sampling.backward(gv) / t.crops
         if jitter:
-            g = np.roll(g, (-shift[0], -shift[1]), axis=(2, 3))
-        total = -float(np.mean(value))
-        grad = -g
+            gv = np.roll(gv, (-shift[0], -shift[1]), axis=(2, 3))
+        per_sample = np.bincount(owner, np.asarray(values, np.float64), n) / np.bincount(owner, minlength=n)
+        transparency += np.abs(gv).sum(axis=1)
+        grad = -gv  # the optimizer minimizes
+        total = -float(np.mean(per_sample))
         lp_v = tv_v = 0.0
-        per_image = x[0].size  # priors are means over each image's elements
+        factor = (relax() if relax is not None else np.ones(n)).reshape(n, 1, 1, 1)
+        x = lo + span * v
         if lp and lp[1]:
             lp_v, lg = lp_term(x, lp[0])
-            lp_v /= per_image * shape[0]
-            grad = grad + lp[1] / per_image * lg
+            lp_v /= per_image * n
+            grad = grad + factor * lp[1] / per_image * lg * span
             total += lp[1] * lp_v
         if tv and tv[1]:
             tv_v, tg = tv_term(x, tv[0])
-            tv_v /= per_image * shape[0]
-            grad = grad + tv[1] / per_image * tg
+            tv_v /= per_image * n
+            grad = grad + factor * tv[1] / per_image * tg * span
             total += tv[1] * tv_v
-        history["objective"].append(float(np.mean(value)))
+        history["objective"].append(float(np.mean(per_sample)))
         history["lp"].append(lp_v)
         history["tv"].append(tv_v)
         history["total"].append(total)
-        x = np.clip(opt.step(x, grad), lo, hi)
-        bar.update(k + 1, f"objective {np.mean(value):.4g}", partial=lambda: x.astype(np.float32))
-    x = x.astype(np.float32)
-    pictures = np.stack([to_display(xi, spec) for xi in x]) if shape[1] == 3 else None
-    return x, pictures, history
+        P.params = opt.step(P.params, P.backward(grad))
+        if hasattr(P, "after_step"):
+            P.after_step()
+        bar.update(k + 1, f"objective {np.mean(per_sample):.4g}", partial=lambda: picture().astype(np.float32))
+    x = picture().astype(np.float32)
+    pictures = np.stack([to_display(xi, model.preprocessing()) for xi in x]) if c in (1, 3) else None
+    top = transparency.reshape(n, -1).max(axis=1).reshape(n, 1, 1)
+    return x, pictures, history, (transparency / np.maximum(top, 1e-30)).astype(np.float32)
 
 
-def reconstruct(model, target, shape=None, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitter=0,
-                optimizer="adam", seed=0, init=None, quiet=None, progress=None):
-    """Activation maximization of a class (int), a unit (fv.Unit), or a list of them (one image each)."""
-    targets = target if isinstance(target, (list, tuple)) else [target]
-    n = len(targets)
+def _picture_shape(model, n, shape):
     if shape is None:
         s = model.inputs[0].shape
         if s is None or not all(isinstance(d, int) and d > 0 for d in s[1:]):
-            raise InputError(f"the model's input shape {model.inputs[0].describe()} is not fixed: pass shape=")
+            from ..image import input_shape
+            s = input_shape(model)
         shape = (n,) + tuple(s[1:])
-    shape = (n,) + tuple(shape[1:])
-    from .attribution import logits_value, output_seed, output_value, unit_mask, value_dims
+    return (n,) + tuple(shape[1:])
+
+
+def reconstruct(model, target, shape=None, steps=None, lr=None, lp="auto", tv="auto", jitter=0, optimizer="adam",
+                seed=0, init=None, quiet=None, progress=None, param=None, transforms="auto", param_options=None,
+                diversity=0.0):
+    """Activation maximization: one picture per target (a class index, fv.Unit, fv.OutputTarget or fv.Objective,
+    or a list of them). param: "fourier" (the default), "maco" or "pixel"; transforms: "default", "none", a
+    dict or fv Transforms (the default: random crops, zooms, rotations and noise, except for pixel);
+    diversity: Lucid's diversity weight across the pictures, at the layer of the first unit term (or give it
+    in an Objective). Returns a Reconstruction (image, picture, history, target, transparency)."""
+    from ..reverse import Target as _T  # noqa: F401 -- Target is the lowering's seed spec
+    from .attribution import logits_value, output_seed, output_value, value_dims
+    from .objectives import Objective, diversity as diversity_term
+    from ..tokens import map_view
+    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    objectives = [Objective.of(t) for t in targets]
+    n = len(objectives)
+    param = param or DEFAULTS["param"]
+    steps = steps if steps is not None else DEFAULTS["steps"]
+    if transforms == "auto":
+        transforms = None if param == "pixel" else DEFAULTS["transforms"]
+    lp = (PIXEL_PRIORS["lp"] if param == "pixel" else None) if isinstance(lp, str) and lp == "auto" else lp
+    tv = (PIXEL_PRIORS["tv"] if param == "pixel" else None) if isinstance(tv, str) and tv == "auto" else tv
+    shape = _picture_shape(model, n, shape)
+    probe = {model.graph.input_names()[0]: np.zeros((1,) + tuple(shape[1:]), np.float32)}
+    hw = tuple(shape[2:])
     logits = logits_value(model)
-    seeds_at = []
-    for t in targets:
-        if isinstance(t, Unit):
-            seeds_at.append(model.resolve(t.layer))
-        elif isinstance(t, OutputTarget):
-            seeds_at.append(output_value(model, t))
-        elif isinstance(t, (int, np.integer)):
-            seeds_at.append(logits)
-        else:
-            raise InputError(f"reconstruct targets are class indices, fv.Unit(...) or fv.OutputTarget(...), "
-                             f"got {t!r}")
-    pre = {i: _preactivation(model, at) for i, (t, at) in enumerate(zip(targets, seeds_at)) if isinstance(t, Unit)}
-    pre = {i: v for i, v in pre.items() if v is not None}
-    wanted = list(dict.fromkeys(seeds_at + list(pre.values())))
-    probe = {model.graph.input_names()[0]: np.zeros((n,) + tuple(shape[1:]), np.float32)}
-    seeds = {}  # one seed per layer, a row per sample: the mean over each sample's selected activations
-    for at in wanted:
-        seeds[at] = np.zeros([n] + list(value_dims(model, probe, at)[1:]), np.float32)
-    rows = {}  # sample -> (value, its seed row), and for redirectable units the pre-activation's
-    for i, (t, at) in enumerate(zip(targets, seeds_at)):
-        row = np.zeros((1,) + seeds[at].shape[1:], np.float32)
-        if isinstance(t, Unit):
-            mask = unit_mask(model, t, seeds[at].shape, 1)
-            row += mask / max(mask.sum(), 1)
-        elif isinstance(t, OutputTarget):
-            row += output_seed(model, probe, t, 1)[1]
-        else:
-            if row.ndim != 2 or not 0 <= t < row.shape[1]:
-                shape = tuple(["N"] + list(row.shape[1:]))
-                raise InputError(f"class {t} is out of range for an output of shape {shape}")
-            row[0, t] = 1.0
-        rows[i] = row
-        seeds[at][i:i + 1] = row
-    specs = tuple(Target("array", at) for at in wanted)
+    if diversity:
+        layer = next((t.layer for o in objectives for t in o.terms if t.layer is not None), None)
+        if layer is None:
+            raise InputError("diversity needs a layer: maximize a unit, or add fv.Objective.diversity(layer, w)")
+        objectives = [o + Objective.diversity(layer, diversity) for o in objectives]
+
+    def value_of(term):
+        if term.kind == "class":
+            return logits
+        if term.kind == "output":
+            return output_value(model, term.target)
+        return model.resolve(term.layer)
+    linear_values = list(dict.fromkeys(value_of(t) for o in objectives for t in o.linear))
+    div_values = list(dict.fromkeys(value_of(t) for o in objectives for t in o.nonlinear))
+    dims = {v: tuple(value_dims(model, probe, v)[1:]) for v in linear_values + div_values}
+    rows = {v: np.zeros((n,) + dims[v]) for v in linear_values}
+    units = {}  # picture -> (value, its seed row): a single unit term, redirected while dead
+    for i, o in enumerate(objectives):
+        for term in o.linear:
+            v = value_of(term)
+            rows[v][i] += term.weight * _term_seed(model, term, dims[v], hw, probe)
+        if len(o.linear) == 1 and o.linear[0].kind in ("channel", "neuron"):
+            units[i] = value_of(o.linear[0])
+    pre = {i: _preactivation(model, v) for i, v in units.items()}
+    pre = {i: p for i, p in pre.items() if p is not None}
+    for p in set(pre.values()):
+        dims.setdefault(p, tuple(value_dims(model, probe, p)[1:]))
+    wanted = list(dict.fromkeys(linear_values + div_values + list(pre.values())))
+    specs = tuple(Target("array", v) for v in wanted)
     lowered = model.lowered(("reconstruct", specs), probe,
                             lambda table: lower(model, Rules.load("gradient"), specs, table))
     redirected = np.zeros(n, bool)
     history_redirected = []
+    weights = {v: [t.weight for o in objectives for t in o.nonlinear if value_of(t) == v][0] for v in div_values}
 
-    def objective(x):
-        feeds = dict(zip(lowered.seed_inputs, [seeds[at] for at in wanted]))
-        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: x, **feeds}, lowered.outputs)
-        values = np.array([float(np.sum(out[at][i] * rows[i][0])) for i, at in enumerate(seeds_at)])
+    def objective(xb, owner):
+        k = len(xb)
+        seeds = {v: np.zeros((k,) + dims[v], np.float32) for v in wanted}
+        for v in linear_values:
+            seeds[v][:] = rows[v][owner]
+        for i, p in pre.items():
+            if redirected[i]:
+                mine = owner == i
+                seeds[p][mine] = rows[units[i]][i]
+                seeds[units[i]][mine] = 0
+        extra = 0.0
+        if div_values:  # the diversity seed needs this batch's activations
+            acts = model.run(xb, outputs=div_values)
+            for v in div_values:
+                a = acts[v]
+                view = map_view((None,) + dims[v], hw)
+                if view is not None and view.kind != "nchw":
+                    from ..tokens import as_map_array
+                    a = as_map_array(a, view)
+                value, grad = diversity_term(a, owner)
+                if view is not None and view.kind != "nchw":
+                    grad = _from_map(grad, view, acts[v].shape)
+                seeds[v] += (weights[v] * grad).astype(np.float32)
+                extra += weights[v] * value
+        feeds = dict(zip(lowered.seed_inputs, [seeds[v] for v in wanted]))
+        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: xb, **feeds}, lowered.outputs)
+        values = np.zeros(k)
+        for v in linear_values:
+            values += (out[v].reshape(k, -1).astype(np.float64) * rows[v][owner].reshape(k, -1)).sum(axis=1)
         grad = out[RELEVANCE]
         for i, p in pre.items():  # a dead unit (zero activation and gradient): climb its pre-activation
-            dead = values[i] == 0 and not np.any(grad[i])
-            if dead != redirected[i] and (dead or values[i] > 0):
+            mine = owner == i
+            dead = not np.any(values[mine]) and not np.any(grad[mine])
+            if dead != redirected[i] and (dead or values[mine].mean() > 0):
                 redirected[i] = dead
-                seeds[seeds_at[i]][i:i + 1] = 0 if dead else rows[i]
-                seeds[p][i:i + 1] = rows[i] if dead else 0
         history_redirected.append(int(redirected.sum()))
-        return values, grad
+        return values + extra, grad
 
-    x, pic, hist = optimize(model, objective, shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet,
-                            "reconstruct", progress)
+    def relax():  # the priors would fight the climb of a redirected (dead) unit: off while it is
+        return (~redirected).astype(np.float64)
+    x, pic, hist, transparency = search(model, objective, shape, steps, param, transforms, lr, lp, tv, jitter,
+                                        optimizer, seed, init, quiet, "reconstruct", progress, param_options, relax)
     if pre:
         hist["redirected"] = history_redirected
-        final, _ = objective(x)
+        final, _ = objective(x, np.arange(n))
+        still = [i for i in pre if final[i] == 0]
+        for i in still:  # a last resort: plain gradient ascent on the pre-activation, from the picture found
+            x[i:i + 1] = _climb(model, lowered, wanted, dims, rows, units[i], pre[i], x[i:i + 1], steps)
+        final, _ = objective(x, np.arange(n))
         hist["dead"] = [i for i in pre if final[i] == 0]
+        if still:
+            from ..image import to_display
+            pic = np.stack([to_display(xi, model.preprocessing()) for xi in x]) if shape[1] in (1, 3) else None
         for i in hist["dead"]:
             warnings.warn(FvGraphWarning(f"unit {targets[i]} stayed dead: its activation is 0 for every input the "
                                          f"optimization reached ({steps} steps climbing its pre-activation); try more "
                                          "steps, a larger lr, or another unit"))
-    return Reconstruction(x, pic, hist, targets if isinstance(target, (list, tuple)) else target)
+    r = Reconstruction(x, pic, hist, targets if isinstance(target, (list, tuple)) else target)
+    r.transparency = transparency
+    return r
+
+
+def _climb(model, lowered, wanted, dims, rows, value, pre, x, steps):
+    """Gradient ascent on a dead unit's pre-activation in pixel space, with no priors and no transforms, until
+    the unit turns on: what is left when the picture's own search could not wake it."""
+    lo, hi = _bounds(model, x.shape[1])
+    opt = _Adam(0.05 * float(np.mean(hi - lo)))
+    xx = x.astype(np.float64)
+    for _ in range(steps):
+        seeds = {v: np.zeros((1,) + dims[v], np.float32) for v in wanted}
+        seeds[pre][0] = rows[value][0] if rows[value].shape[0] == 1 else rows[value].sum(axis=0)
+        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: xx.astype(np.float32),
+                                               **dict(zip(lowered.seed_inputs, [seeds[v] for v in wanted]))},
+                               lowered.outputs)
+        if np.sum(out[value] * (rows[value].sum(axis=0) != 0)) > 0:
+            break
+        xx = np.clip(opt.step(xx, -out[RELEVANCE].astype(np.float64)), lo, hi)
+    return xx.astype(np.float32)
+
+
+def _from_map(grad, view, shape):
+    """A gradient on the (N, C, h, w) map view back to the layer's own layout."""
+    if view.kind == "nhwc":
+        return grad.transpose(0, 2, 3, 1)
+    out = np.zeros(shape)
+    out[:, view.prefix:] = grad.transpose(0, 2, 3, 1).reshape(shape[0], -1, shape[-1])
+    return out
+
+
+def _term_seed(model, term, dims, hw, probe):
+    """One picture's seed row for a linear term at its value (dims without the batch)."""
+    from .attribution import output_seed
+    from ..tokens import map_view
+    seed = np.zeros(dims)
+    if term.kind == "class":
+        if len(dims) not in (1, 3) or not 0 <= term.index < dims[0]:
+            raise InputError(f"class {term.index} is out of range for an output of shape {('N',) + dims}")
+        seed[(term.index,) + (0,) * (len(dims) - 1)] = 1.0
+        return seed
+    if term.kind == "output":
+        return output_seed(model, probe, term.target, 1)[1][0]
+    view = map_view((None,) + dims, hw)
+    channel_axis = 0 if view is None or view.kind == "nchw" else len(dims) - 1
+    channels = dims[channel_axis]
+    if term.kind == "channel" and term.index is None:  # a whole layer
+        seed[:] = 1.0 / seed.size
+        return seed
+    if term.kind in ("channel", "neuron") and not 0 <= term.index < channels:
+        raise InputError(f"channel {term.index} is out of range for layer {term.layer!r} of shape {('N',) + dims}")
+    spatial = [a for a in range(len(dims)) if a != channel_axis]
+    if view is not None and view.kind == "tokens":
+        spatial_shape = view.grid
+        offset = view.prefix
+    else:
+        spatial_shape, offset = tuple(dims[a] for a in spatial), 0
+    count = int(np.prod(spatial_shape)) if spatial_shape else 1
+    if term.kind == "channel":
+        sl = [slice(None)] * len(dims)
+        sl[channel_axis] = term.index
+        if view is not None and view.kind == "tokens":
+            sl[0] = slice(offset, None)
+        seed[tuple(sl)] = 1.0 / count
+        return seed
+    if term.kind == "direction":
+        vec = np.asarray(term.vector)
+        if vec.size != channels:
+            raise InputError(f"a direction of {vec.size} values for layer {term.layer!r} with {channels} channels")
+        shape = [1] * len(dims)
+        shape[channel_axis] = channels
+        seed = np.broadcast_to(vec.reshape(shape), dims).copy() / count
+        if view is not None and view.kind == "tokens":
+            seed[:offset] = 0
+        return seed
+    # a neuron: the channel at one position (the centre of the grid by default)
+    y, x = term.position if term.position is not None else (spatial_shape[0] // 2 if spatial_shape else 0,
+                                                            spatial_shape[1] // 2 if len(spatial_shape) > 1 else 0)
+    if len(spatial_shape) != 2 or not (0 <= y < spatial_shape[0] and 0 <= x < spatial_shape[1]):
+        raise InputError(f"neuron position {(y, x)} is out of range for layer {term.layer!r} of shape "
+                         f"{('N',) + dims}")
+    index = [0] * len(dims)
+    index[channel_axis] = term.index
+    if view is not None and view.kind == "tokens":
+        index[0] = offset + y * spatial_shape[1] + x
+    else:
+        index[spatial[0]], index[spatial[1]] = y, x
+    seed[tuple(index)] = 1.0
+    return seed
 
 
 def _preactivation(model, value: str):
@@ -257,8 +433,9 @@ def _preactivation(model, value: str):
 
 
 def invert(model, x, layer, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitter=0, optimizer="adam", seed=0,
-           init=None, quiet=None):
-    """Find an input whose representation at `layer` matches that of x (normalized squared distance)."""
+           init=None, quiet=None, param="pixel", param_options=None):
+    """Find an input whose representation at `layer` matches that of x (normalized squared distance), in any
+    parameterization (the whole picture is compared: no random transforms)."""
     value = model.resolve(layer)
     x = np.asarray(x, np.float32)
     phi0 = model.run(x, outputs=[value])[value].astype(np.float64)
@@ -269,14 +446,16 @@ def invert(model, x, layer, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitte
     lowered = model.lowered(("invert", spec), feeds, lambda table: lower(model, Rules.load("gradient"), spec, table))
     scale, offset = (-2 / norm).astype(np.float32), (2 * phi0 / norm).astype(np.float32)  # d(-distance)/d(phi)
 
-    def objective(xx):
-        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: xx, "seed_scale": scale,
-                                               "seed_offset": offset}, lowered.outputs)
+    def objective(xx, owner):
+        out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: xx, "seed_scale": scale[owner],
+                                               "seed_offset": offset[owner]}, lowered.outputs)
         phi = out[value].astype(np.float64)
-        dist = np.sum(((phi - phi0) ** 2 / norm).reshape(len(phi), -1), axis=1)
+        dist = np.sum(((phi - phi0[owner]) ** 2 / norm[owner]).reshape(len(phi), -1), axis=1)
         return -dist, out[RELEVANCE]
 
-    xr, pic, hist = optimize(model, objective, x.shape, steps, lr, lp, tv, jitter, optimizer, seed, init, quiet,
-                             "invert")
+    xr, pic, hist, transparency = search(model, objective, x.shape, steps, param, None, lr, lp, tv, jitter, optimizer,
+                                         seed, init, quiet, "invert", param_options=param_options)
     hist["distance"] = [-v for v in hist.pop("objective")]
-    return Reconstruction(xr, pic, hist, layer)
+    r = Reconstruction(xr, pic, hist, layer)
+    r.transparency = transparency
+    return r
