@@ -92,9 +92,33 @@ def _worker_init(model_path, options=None):
     _WORKER["model"] = load(model_path, **(options or {}))
 
 
-def _worker_run(job):
+def _worker_call(task):
+    func, job = task
+    return func(_WORKER["model"], job)
+
+
+def map_jobs(model_path, jobs, func, workers=1, ray_address=None, load_options=None):
+    """func(model, job) for every job, yielded as each finishes (in any order), on this process, on `workers`
+    local processes or on a Ray cluster; each worker loads the model once (fv.load with load_options). func
+    must be a module-level function (it travels to the workers by name)."""
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if ray_address:
+        yield from _run_on_ray(model_path, jobs, func, ray_address, load_options)
+    elif workers == 1:
+        _worker_init(model_path, load_options)
+        for job in jobs:
+            yield func(_WORKER["model"], job)
+    else:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(workers, initializer=_worker_init,
+                                          initargs=(str(model_path), load_options)) as pool:
+            yield from pool.imap_unordered(_worker_call, [(func, job) for job in jobs])
+
+
+def _explain_one(model, job):
     path, name, methods, out, target, params = job
-    write_explanations(_WORKER["model"], path, name, methods, out, target, params, overwrite=True)
+    write_explanations(model, path, name, methods, out, target, params, overwrite=True)
     return name
 
 
@@ -109,27 +133,14 @@ def explain_folder(model_path, inputs, methods, out, target=None, params=None, w
     todo = [(str(f), n) for f, n in images
             if overwrite or not all(p.exists() for p in expected_files(n, methods, out))]
     skipped = len(images) - len(todo)
-    if workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
     jobs = [(f, n, list(methods), str(out), target, params or {}) for f, n in todo]
     bar = Progress(len(jobs), "explain", quiet)
-    if ray_address:
-        _run_on_ray(model_path, jobs, ray_address, bar, load_options)
-    elif workers == 1:
-        _worker_init(model_path, load_options)
-        for k, job in enumerate(jobs, 1):
-            _worker_run(job)
-            bar.update(k)
-    else:
-        import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers, initializer=_worker_init,
-                                          initargs=(str(model_path), load_options)) as pool:
-            for k, _ in enumerate(pool.imap_unordered(_worker_run, jobs), 1):
-                bar.update(k)
+    for k, _ in enumerate(map_jobs(model_path, jobs, _explain_one, workers, ray_address, load_options), 1):
+        bar.update(k)
     return len(jobs), skipped
 
 
-def _run_on_ray(model_path, jobs, address, bar, load_options=None):
+def _run_on_ray(model_path, jobs, func, address, load_options=None):
     try:
         import ray
     except ImportError:
@@ -142,12 +153,10 @@ def _run_on_ray(model_path, jobs, address, bar, load_options=None):
     def run_chunk(model_path, chunk):
         if "model" not in _WORKER:
             _worker_init(model_path, load_options)
-        return [_worker_run(job) for job in chunk]
+        return [func(_WORKER["model"], job) for job in chunk]
 
     size = max(1, len(jobs) // (4 * max(1, int(ray.available_resources().get("CPU", 1)))))
     pending = [run_chunk.remote(str(model_path), jobs[i:i + size]) for i in range(0, len(jobs), size)]
-    done = 0
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        done += len(ray.get(ready[0]))
-        bar.update(done)
+        yield from ray.get(ready[0])

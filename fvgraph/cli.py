@@ -353,6 +353,57 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def cmd_examples(args) -> int:
+    """Dataset examples of a layer's channels over images or folders: examples.json and a picture per channel."""
+    import json
+
+    from PIL import Image
+
+    from .methods.examples import example_pictures, examples_json, top_examples
+    out = Path(args.out)
+    refuse_overwrite(out / "examples.json", args.overwrite, other_out=True)
+    model = _load(args.model, args)
+    ex = top_examples(model, args.images, args.layer, _channels(args.channel) if args.channel else None, args.k,
+                      args.batch, args.workers, args.ray, out / "examples.state.json", args.model,
+                      _load_options(args), args.quiet or None)
+    out.mkdir(parents=True, exist_ok=True)
+    data = examples_json(model.resolve(args.layer), ex)
+    if not args.no_pictures:
+        for c, pic in example_pictures(model, ex, args.layer).items():
+            if pic is not None:
+                Image.fromarray(pic).save(out / f"channel_{c:04d}.png")
+    tmp = out / "examples.json.part"
+    tmp.write_text(json.dumps(data, indent=1))
+    import os
+    os.replace(tmp, out / "examples.json")
+    (out / "examples.state.json").unlink(missing_ok=True)
+    if not args.quiet:
+        print(f"wrote {out / 'examples.json'}: the top {args.k} of {len(ex)} channel(s)"
+              + ("" if args.no_pictures else " and a picture per channel"))
+    return 0
+
+
+def cmd_replace(args) -> int:
+    """Patch replacement (Long et al. 2014) with a cached bank over a folder."""
+    from PIL import Image
+
+    from .cache import cache_dir
+    from .methods.examples import build_bank, replace_patches
+    out = Path(args.out)
+    refuse_overwrite(out, args.overwrite)
+    model = _load(args.model, args)
+    cache = None if args.no_cache else (Path(args.cache) if args.cache else cache_dir())
+    bank = build_bank(model, [args.bank], args.layer, cache, quiet=args.quiet or None)
+    pic, neighbours = replace_patches(model, args.image, bank, args.layer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pic).save(out)
+    if not args.quiet:
+        files = len({n[0] for n in neighbours})
+        print(f"wrote {out}: {len(neighbours)} positions rebuilt from patches of {files} image(s); mean cosine "
+              f"similarity {np.mean([n[3] for n in neighbours]):.3f}")
+    return 0
+
+
 def cmd_invert(args) -> int:
     from .image import load_image
     model = _load(args.model, args)
@@ -668,6 +719,35 @@ def build_parser() -> argparse.ArgumentParser:
     _optimizer_options(s)
     _target_options(s)
     s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("examples", help="dataset examples: the images and patches that drive a layer's channels "
+                                        "most, with their deconvnet and guided projections")
+    s.add_argument("model")
+    s.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    s.add_argument("--layer", required=True)
+    s.add_argument("--channel", help="channels, e.g. 0-63 or 3,7 (default: all)")
+    s.add_argument("-k", type=int, default=9, help="images per channel (default 9)")
+    s.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
+    s.add_argument("--workers", type=int, default=1, help="local processes (default 1)")
+    s.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster ('local' for a local one)")
+    s.add_argument("--no-pictures", action="store_true", help="examples.json only")
+    s.add_argument("--out", "-o", default="fvgraph-examples")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_examples)
+
+    s = sub.add_parser("replace", help="patch replacement (Long et al. 2014): an image rebuilt from the patches of "
+                                       "its nearest neighbours at a layer, over a folder")
+    s.add_argument("model")
+    s.add_argument("image")
+    s.add_argument("--bank", required=True, help="a folder of images (its feature bank is built once and cached)")
+    s.add_argument("--layer", required=True)
+    s.add_argument("--out", "-o", required=True, help="the .png to write")
+    s.add_argument("--cache", help="where banks are kept (default: $FVGRAPH_CACHE or ~/.cache/fvgraph)")
+    s.add_argument("--no-cache", action="store_true", help="build the bank without keeping it")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_replace)
 
     s = sub.add_parser("invert", help="reconstruct images from their representation at a layer")
     s.add_argument("model")

@@ -148,6 +148,8 @@ class Model:
             if ref in self.executor.producer_index or ref in self.graph.input_names() \
                     or ref in self.graph.initializers:
                 return ref
+            if ref.lstrip("-").isdigit():  # an index given as text (the command line)
+                return self.resolve(int(ref))
             close = [l.name for l in self.layers if ref.lower() in l.name.lower()][:5]
             hint = f"; similar: {close}" if close else "; `fvgraph info MODEL` lists the layers"
             raise InputError(f"unknown layer {ref!r}{hint}")

@@ -1,0 +1,304 @@
+"""What a unit responds to in real images: dataset examples (Zeiler & Fergus 2013, Fig. 2) and the paper's
+patch replacement (Long et al. 2014).
+
+- `top_examples`: images stream through the model (in batches, on N processes or Ray, resumable); each image's
+  activations at a layer reduce to a running top-k per channel of (score = the channel's largest activation,
+  image, position), with the receptive field of that position as a box in the image's input pixels
+  (fvgraph.receptive). Ties go to the image seen first.
+- `example_pictures`: per channel, the top patches and beside each its deconvnet and guided backpropagation
+  projection from that one activation (the figure's layout).
+- `replace_patches`: a bank of feature vectors (every position of a layer, over a folder; built once and
+  cached) and an image rebuilt from the receptive-field patches of each position's nearest neighbour (cosine)
+  in the bank: what the layer treats as "the same".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..tokens import as_map_array, map_view
+
+
+@dataclass
+class Example:
+    image: str
+    score: float
+    position: tuple     # (y, x) in the layer's grid
+    box: list           # [y0, x0, y1, x1] in the image's input pixels
+
+
+def _layer_maps(model, x, value):
+    """The layer's activations as maps (N, C, h, w) (tokens and channels-last read through their map view;
+    a (N, C) vector as (N, C, 1, 1))."""
+    a = model.run(x, outputs=[value])[value]
+    if a.ndim == 2:
+        return a[:, :, None, None]
+    view = map_view((None,) + a.shape[1:], x.shape[2:])
+    if view is None:
+        raise InputError(f"layer {value!r} of shape {a.shape} is not a map of channels")
+    return as_map_array(a, view)
+
+
+def channel_maxima(model, x, value, channels):
+    """(scores (N, len(channels)), positions (N, len(channels), 2)): each channel's largest activation per image
+    and where it is (the first such position in row-major order)."""
+    maps = _layer_maps(model, x, value)
+    if channels is None:
+        channels = list(range(maps.shape[1]))
+    if max(channels) >= maps.shape[1] or min(channels) < 0:
+        raise InputError(f"channels {min(channels)}..{max(channels)} out of range for {maps.shape[1]} channels")
+    flat = maps[:, channels].reshape(len(x), len(channels), -1)
+    where = flat.argmax(axis=2)
+    scores = np.take_along_axis(flat, where[..., None], axis=2)[..., 0]
+    return scores.astype(np.float64), np.stack(np.unravel_index(where, maps.shape[2:]), axis=-1)
+
+
+def _image_batch(model, paths):
+    from ..image import load_image
+    spec = model.preprocessing()
+    return np.concatenate([load_image(p, spec) for p in paths])
+
+
+def _maxima_job(model, job):
+    """A worker's share: (paths, their channel maxima and positions)."""
+    paths, value, channels = job
+    scores, positions = channel_maxima(model, _image_batch(model, paths), value, channels)
+    return paths, scores, positions
+
+
+class TopK:
+    """A running top-k per channel over (score, arrival order, image, position)."""
+
+    def __init__(self, channels, k):
+        self.channels, self.k = list(channels), int(k)
+        self.rows = {c: [] for c in self.channels}
+
+    def add(self, order, path, scores, positions):
+        for j, c in enumerate(self.channels):
+            self.rows[c].append((float(scores[j]), order, path, tuple(int(v) for v in positions[j])))
+            self.rows[c].sort(key=lambda r: (-r[0], r[1]))
+            del self.rows[c][self.k:]
+
+    def state(self):
+        return {str(c): [list(r[:3]) + [list(r[3])] for r in rows] for c, rows in self.rows.items()}
+
+    @classmethod
+    def restore(cls, channels, k, state):
+        t = cls(channels, k)
+        for c in t.channels:
+            t.rows[c] = [(r[0], r[1], r[2], tuple(r[3])) for r in state.get(str(c), [])]
+        return t
+
+
+def resolve_channels(model, value, channels, probe):
+    """The channels asked for (all by default), checked against the layer's count at the probe input."""
+    n = _layer_maps(model, probe, value).shape[1]
+    if channels is None:
+        return list(range(n))
+    channels = [int(c) for c in channels]
+    bad = [c for c in channels if not 0 <= c < n]
+    if bad:
+        raise InputError(f"channel(s) {bad} out of range: layer {value!r} has {n} channels")
+    return channels
+
+
+def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, ray_address=None, state_file=None,
+                 model_path=None, load_options=None, quiet=None):
+    """{channel: [Example, ...]} (best first) over `images` (paths, folders, or an (N, C, H, W) array, whose
+    images are named by index). state_file: where the running top-k is kept after every batch, so that an
+    interrupted run resumes (images already counted are skipped)."""
+    from ..batch import image_files, map_jobs
+    from ..receptive import WHOLE, receptive_field
+    from .reconstruction import Progress
+    value = model.resolve(layer)
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    if isinstance(images, np.ndarray):
+        x = model.feeds(images)[model.graph.input_names()[0]]
+        probe = x[:1]
+        chans = resolve_channels(model, value, channels, probe)
+        top = TopK(chans, k)
+        for i in range(0, len(x), batch):
+            scores, positions = channel_maxima(model, x[i:i + batch], value, chans)
+            for j in range(len(scores)):
+                top.add(i + j, str(i + j), scores[j], positions[j])
+    else:
+        files = [str(f) for f, _ in image_files(images)]
+        if not files:
+            raise InputError(f"no images found in {', '.join(map(str, images))}")
+        probe = _image_batch(model, files[:1])
+        chans = resolve_channels(model, value, channels, probe)
+        top, done = TopK(chans, k), set()
+        if state_file and Path(state_file).exists():
+            saved = json.loads(Path(state_file).read_text())
+            if saved.get("layer") == value and saved.get("channels") == chans and saved.get("k") == k:
+                top, done = TopK.restore(chans, k, saved["top"]), set(saved["done"])
+        order = {f: i for i, f in enumerate(files)}
+        todo = [f for f in files if f not in done]
+        jobs = [(todo[i:i + batch], value, chans) for i in range(0, len(todo), batch)]
+        bar = Progress(len(todo), "examples", quiet)
+        count = 0
+        for paths, scores, positions in map_jobs(model_path or model.source, jobs, _maxima_job, workers,
+                                                  ray_address, load_options) if (workers > 1 or ray_address) else \
+                (_maxima_job(model, job) for job in jobs):
+            for j, p in enumerate(paths):
+                top.add(order[p], p, scores[j], positions[j])
+            done.update(paths)
+            count += len(paths)
+            if state_file:
+                _write_json(state_file, {"layer": value, "channels": chans, "k": k, "done": sorted(done),
+                                         "top": top.state()})
+            bar.update(count)
+    hw = probe.shape[2:]
+    field = receptive_field(model, value, model.shape_table(model.feeds(probe)))
+    out = {}
+    for c, rows in top.rows.items():
+        out[c] = [Example(path, score, pos, [0, 0, int(hw[0]), int(hw[1])] if field == WHOLE
+                          else field.box(pos[0], pos[1], hw)) for score, _, path, pos in rows]
+    return out
+
+
+def _write_json(path, data):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def examples_json(value, examples) -> dict:
+    return {"layer": value, "channels": {str(c): [{"image": e.image, "score": e.score, "box": e.box}
+                                                  for e in rows] for c, rows in examples.items()}}
+
+
+def example_pictures(model, examples, layer, size=96):
+    """{channel: picture (H, W, 3) uint8}: per example a row of the patch, its deconvnet projection and its
+    guided backpropagation projection from the channel's top activation (Zeiler & Fergus, Fig. 2)."""
+    from PIL import Image
+
+    from ..explanation import Unit
+    from ..image import load_image, read_rgb, resize_crop
+    from ..render import picture
+    value = model.resolve(layer)
+    spec = model.preprocessing()
+    pictures = {}
+    for c, rows in examples.items():
+        tiles = []
+        for e in rows:
+            x = load_image(e.image, spec)
+            shown = resize_crop(read_rgb(e.image), spec)
+            unit = Unit(value, c, e.position[0], e.position[1]) if _has_grid(model, x, value) else Unit(value, c)
+            row = [shown]
+            for method in ("deconvnet", "guided"):
+                rel = model.explain(x, method, target=unit).relevance[0]
+                row.append(picture(rel, "rgb"))
+            y0, x0, y1, x1 = e.box
+            crops = [np.asarray(Image.fromarray(np.ascontiguousarray(r[y0:y1, x0:x1])).resize((size, size)))
+                     for r in row]
+            tiles.append(np.concatenate(crops, axis=1))
+        pictures[c] = np.concatenate(tiles, axis=0) if tiles else None
+    return pictures
+
+
+def _has_grid(model, x, value):
+    a = model.run(x, outputs=[value])[value]
+    return a.ndim == 4
+
+
+# ----------------------------------------------------------------------------------------------- patch bank
+def build_bank(model, images, layer, cache_dir=None, batch=16, quiet=None):
+    """Feature vectors of every position of `layer` over `images` (unit length), with (image, y, x) for each;
+    cached in cache_dir under a key of the model, the layer and the images (names, sizes, dates)."""
+    from ..batch import image_files
+    from .reconstruction import Progress
+    value = model.resolve(layer)
+    files = [str(f) for f, _ in image_files(images)]
+    if not files:
+        raise InputError(f"no images found in {', '.join(map(str, images))}")
+    key = hashlib.sha256(json.dumps([model.source, os.path.getsize(model.source) if model.source and
+                                     os.path.exists(model.source) else 0, value, model.preprocessing(),
+                                     [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"bank-{key}.npz" if cache_dir else None
+    if cache is not None and cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return z["vectors"], z["where"], [str(f) for f in z["files"]]
+    vectors, where = [], []
+    bar = Progress(len(files), "bank", quiet)
+    for i in range(0, len(files), batch):
+        x = _image_batch(model, files[i:i + batch])
+        maps = _layer_maps(model, x, value).astype(np.float32)
+        n, c, h, w = maps.shape
+        v = maps.transpose(0, 2, 3, 1).reshape(-1, c)
+        vectors.append(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+        ii, yy, xx = np.meshgrid(np.arange(i, i + n), np.arange(h), np.arange(w), indexing="ij")
+        where.append(np.stack([ii.ravel(), yy.ravel(), xx.ravel()], axis=1))
+        bar.update(min(i + batch, len(files)))
+    vectors, where = np.concatenate(vectors), np.concatenate(where)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".part.npz")
+        np.savez(tmp, vectors=vectors, where=where, files=np.array(files))
+        os.replace(tmp, cache)
+    return vectors, where, files
+
+
+def _cell(field, y, x, hw, grid):
+    """The centre of a position's receptive field, one stride wide ([y0, x0, y1, x1]): the part of the image
+    that position stands for (neighbouring fields overlap; their centres tile the image)."""
+    from ..receptive import WHOLE
+    if field == WHOLE:  # no geometry: the grid cell of the position
+        ch, cw = hw[0] / grid[0], hw[1] / grid[1]
+        return [int(y * ch), int(x * cw), int((y + 1) * ch), int((x + 1) * cw)]
+    cy = field.start[0] + y * field.jump[0] + field.size[0] / 2
+    cx = field.start[1] + x * field.jump[1] + field.size[1] / 2
+    jy, jx = max(1, field.jump[0]), max(1, field.jump[1])
+    return [int(max(0, round(cy - jy / 2))), int(max(0, round(cx - jx / 2))),
+            int(min(hw[0], round(cy + jy / 2))), int(min(hw[1], round(cx + jx / 2)))]
+
+
+def replace_patches(model, image, bank, layer):
+    """The image rebuilt from its nearest neighbours' patches (cosine, at `layer`): each position's receptive
+    field centre (one stride wide) is filled with the centre of its neighbour's field. Returns (picture
+    (H, W, 3) uint8, the neighbours [(file, y, x, similarity)] per position in row-major order)."""
+    from ..image import load_image, read_rgb, resize_crop
+    from ..receptive import WHOLE, receptive_field
+    vectors, where, files = bank
+    value = model.resolve(layer)
+    spec = model.preprocessing()
+    x = load_image(image, spec)
+    maps = _layer_maps(model, x, value)[0]
+    c, h, w = maps.shape
+    q = maps.transpose(1, 2, 0).reshape(-1, c)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    own = [i for i, f in enumerate(files) if os.path.abspath(f) == os.path.abspath(str(image))]
+    sims = q @ vectors.T
+    if own:  # not the image itself
+        sims[:, np.isin(where[:, 0], own)] = -np.inf
+    best = sims.argmax(axis=1)
+    hw = x.shape[2:]
+    table = model.shape_table(model.feeds(x))
+    field = receptive_field(model, value, table)
+    acc = np.zeros(tuple(hw) + (3,))
+    weight = np.zeros(tuple(hw) + (1,))
+    shown = {}
+    neighbours = []
+    for pos, b in enumerate(best):
+        y, xq = divmod(pos, w)
+        i, yy, xx = (int(v) for v in where[b])
+        if i not in shown:
+            shown[i] = resize_crop(read_rgb(files[i]), spec).astype(np.float64)
+        src, dst = _cell(field, yy, xx, hw, (h, w)), _cell(field, y, xq, hw, (h, w))
+        sh, sw = min(src[2] - src[0], dst[2] - dst[0]), min(src[3] - src[1], dst[3] - dst[1])
+        acc[dst[0]:dst[0] + sh, dst[1]:dst[1] + sw] += shown[i][src[0]:src[0] + sh, src[1]:src[1] + sw]
+        weight[dst[0]:dst[0] + sh, dst[1]:dst[1] + sw] += 1
+        neighbours.append((files[i], yy, xx, float(sims[pos, b])))
+    pic = np.where(weight > 0, acc / np.maximum(weight, 1), 0)
+    return np.clip(np.round(pic), 0, 255).astype(np.uint8), neighbours
+
