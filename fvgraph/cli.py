@@ -320,30 +320,66 @@ def _save_reconstruction(r, out, labels, overwrite, quiet):
 
 
 def _optimizer_kwargs(args) -> dict:
-    options = dict(steps=args.steps, lr=args.lr, jitter=args.jitter, seed=args.seed, optimizer=args.optimizer,
-                   quiet=args.quiet)
+    options = dict(lr=args.lr, jitter=args.jitter, seed=args.seed, optimizer=args.optimizer, quiet=args.quiet)
+    if args.steps is not None:
+        options["steps"] = args.steps
+    if args.param:
+        options["param"] = args.param
     for name in ("lp", "tv"):
         v = _pair(getattr(args, name), name)
         if v is not None:
             options[name] = v
+    transforms = getattr(args, "transforms", None)
+    crops = getattr(args, "crops", None)
+    if transforms or crops:
+        from .methods.transforms import parse
+        t = parse(transforms or "default")
+        if crops:
+            from dataclasses import replace
+            t = replace(t, crops=crops)
+        options["transforms"] = t
     return options
 
 
 def cmd_reconstruct(args) -> int:
     from .explanation import Unit
+    from .methods.objectives import Objective, parse
     model = _load(args.model, args)
     options = _optimizer_kwargs(args)
+    if args.diversity:
+        options["diversity"] = args.diversity
     out_target = _output_target(args, model)
-    if out_target is not None:
+    if args.objective:
+        targets, labels = [parse(args.objective)], ["objective"]
+    elif out_target is not None:
         targets, labels = [out_target], ["output_target"]
+    elif args.direction:
+        if not args.layer:
+            raise InputError("--direction needs --layer (the layer whose channel space it points in)")
+        try:
+            vec = np.load(args.direction)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{args.direction}: not a readable .npy file ({e})") from None
+        count = args.copies or 1
+        targets, labels = [Objective.direction(args.layer, vec)] * count, [f"{args.layer}_direction"] * count
     elif args.layer is not None:
         chans = _channels(args.channel) or [None]
-        targets = [Unit(args.layer, c) for c in chans]
+        if args.neuron:
+            try:
+                y, x = (int(v) for v in args.neuron.split(","))
+            except ValueError:
+                raise InputError(f"--neuron takes Y,X (a position of the layer), got {args.neuron!r}") from None
+            targets = [Objective.neuron(args.layer, c, y, x) for c in chans]
+        else:
+            targets = [Unit(args.layer, c) for c in chans]
         labels = [f"{args.layer}_c{c}" if c is not None else args.layer for c in chans]
+        if args.copies and args.copies > 1:  # one unit, several pictures (with --diversity: different ones)
+            targets, labels = targets * args.copies, [f"{l}_{k}" for k in range(args.copies) for l in labels]
     else:
         classes = _channels(args.target) if args.target else None
         if not classes:
-            raise InputError("say what to maximize: --target CLASS[,CLASS...] or --layer L [--channel C[-D]]")
+            raise InputError("say what to maximize: --target CLASS[,CLASS...], --layer L [--channel C[-D]], or "
+                             "--objective EXPR")
         names = model.class_names()
         targets = classes
         labels = [f"{c}_{names[c]}" if names and 0 <= c < len(names) else str(c) for c in classes]
@@ -457,11 +493,20 @@ def cmd_occlude(args) -> int:
     return 0
 
 
-def _optimizer_options(s):
-    s.add_argument("--steps", type=int, default=200)
-    s.add_argument("--lr", type=float, help="step size (default: 2%% of the input range)")
-    s.add_argument("--lp", help="Lp prior EXPONENT,WEIGHT (default 2,0.01)")
-    s.add_argument("--tv", help="total-variation prior BETA,WEIGHT (default 2,0.1)")
+def _optimizer_options(s, reconstruct=True):
+    s.add_argument("--param", choices=["fourier", "maco", "pixel"],
+                   help="how the picture is represented: fourier (Lucid's spectrum with decorrelated colour), maco "
+                        "(the phase under a natural image's magnitude) or pixel" +
+                        (" (default: fourier)" if reconstruct else " (default: pixel)"))
+    s.add_argument("--steps", type=int, help="optimization steps (default: 256 for reconstruct, 200 for invert)")
+    s.add_argument("--lr", type=float, help="Adam's step in the parameterization's units (default per param)")
+    s.add_argument("--lp", help="Lp prior EXPONENT,WEIGHT (default for pixel: 2,0.01; none otherwise)")
+    s.add_argument("--tv", help="total-variation prior BETA,WEIGHT (default for pixel: 2,0.1; none otherwise)")
+    if reconstruct:
+        s.add_argument("--crops", type=int, help="random crops/zooms/rotations per step (default 4; 1 and "
+                                                 "--transforms none turn them off)")
+        s.add_argument("--transforms", help="'default', 'none', or key=value items: crops, scale=LO:HI, shift, "
+                                            "rotate (degrees), noise, flip")
     s.add_argument("--jitter", type=int, default=0, help="random shifts of up to this many pixels per step")
     s.add_argument("--optimizer", default="adam", choices=["adam", "momentum"])
     s.add_argument("--seed", type=int, default=0)
@@ -716,6 +761,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", "-t", help="class index or list (e.g. 1,130 or 0-7)")
     s.add_argument("--layer", help="maximize a channel of this layer instead")
     s.add_argument("--channel", help="channel index or list (e.g. 0-15); one picture each")
+    s.add_argument("--neuron", metavar="Y,X", help="with --layer/--channel: the channel at this position only")
+    s.add_argument("--direction", metavar="FILE.npy", help="with --layer: a direction in its channel space")
+    s.add_argument("--objective", metavar="EXPR",
+                   help='a combination, terms joined by " + " / " - ": e.g. "class:479 - 0.5*class:817" or '
+                        '"channel:LAYER:5 + 2*neuron:LAYER:5:7:7" (kinds: class, channel, neuron, diversity)')
+    s.add_argument("--diversity", type=float, default=0.0, help="Lucid's diversity weight across the pictures")
+    s.add_argument("--copies", type=int, help="pictures per objective (different seeds; see --diversity)")
     _optimizer_options(s)
     _target_options(s)
     s.set_defaults(func=cmd_reconstruct)
@@ -753,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("images", nargs="+")
     s.add_argument("--layer", required=True)
-    _optimizer_options(s)
+    _optimizer_options(s, reconstruct=False)
     s.set_defaults(func=cmd_invert)
 
     s = sub.add_parser("check", help="numeric comparisons for CI: record, compare, diff, parity")

@@ -58,9 +58,9 @@ PARAMS = {
     "occlusion": [{"name": "box", "min": 8, "max": 112, "step": 8, "default": 32},
                   {"name": "stride", "min": 4, "max": 56, "step": 4, "default": 16},
                   {"name": "fill", "choices": ["0", "mean", "random"], "default": "0"}],
-    "reconstruction": [{"name": "steps", "min": 10, "max": 200, "step": 10, "default": 60},
-                       {"name": "tv", "min": 0, "max": 2, "step": 0.1, "default": 0.3},
-                       {"name": "jitter", "min": 0, "max": 16, "step": 1, "default": 4}],
+    "reconstruction": [{"name": "param", "choices": ["fourier", "maco", "pixel"], "default": "fourier"},
+                       {"name": "steps", "min": 16, "max": 512, "step": 16, "default": 128},
+                       {"name": "crops", "min": 1, "max": 8, "step": 1, "default": 4}],
     "random": [{"name": "seed", "min": 0, "max": 9, "step": 1, "default": 0}],
 }
 
@@ -119,7 +119,7 @@ class Service:
                 "inputs": [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or ())]}
                            for v in self.model.inputs],
                 "layers": layers, "classes": self.model.class_names(), "methods": self.methods, "params": PARAMS,
-                "images": self.list_images()}
+                "images": self.list_images(), "examples": self.images_dir is not None}
 
     def list_images(self) -> list[str]:
         if self.images_dir is None:
@@ -248,10 +248,14 @@ class Service:
         if method == "reconstruction":
             if target is None:
                 raise InputError("reconstruction needs a class: click a prediction or search a class")
+            param = params.get("param", "fourier")
+            if param not in ("fourier", "maco", "pixel"):
+                raise InputError(f"param must be fourier, maco or pixel, got {param!r}")
+            crops = _int(params.get("crops", 4), "crops", 1, 16)
             r = m.reconstruct(Unit(layer, channel) if layer and channel is not None else int(target),
-                              shape=x.shape, steps=_int(params.get("steps", 60), "steps", 1, 2000),
-                              tv=(2, _number(params.get("tv", 0.3), "tv", 0, 100)),
-                              jitter=_int(params.get("jitter", 4), "jitter", 0, 64), quiet=True, progress=progress)
+                              shape=x.shape, steps=_int(params.get("steps", 128), "steps", 1, 2000), param=param,
+                              transforms={"crops": crops} if param != "pixel" else "auto", quiet=True,
+                              progress=progress)
             return r.image[0], {"target": target, "label": label(target)}
         tgt = Unit(layer, channel) if layer and channel is not None else target
         if method == "occlusion":
@@ -276,6 +280,33 @@ class Service:
         used = e.target[0] if isinstance(e.target, np.ndarray) and e.target.size else None
         used = int(used) if used is not None else None
         return e.relevance[0], {"target": used, "label": label(used) if used is not None else str(e.target)}
+
+
+    def examples(self, body: dict) -> dict:
+        """A unit's dataset examples among the served images (--images): the top patches, best first."""
+        from .image import read_rgb, resize_crop
+        from .methods.examples import top_examples
+        if self.images_dir is None:
+            raise InputError("dataset examples need a folder of images: fvgraph serve MODEL --images DIR")
+        layer, channel = body.get("layer"), body.get("channel")
+        if not layer or not isinstance(channel, int) or isinstance(channel, bool):
+            raise InputError("examples need a layer and a channel")
+        k = _int(body.get("k", 6), "k", 1, 32)
+        key = json.dumps(["examples", layer, channel, k, self.list_images()])
+        cached = self.results.get(key)
+        if cached is None:
+            files = [self.images_dir / n for n in self.list_images()]
+            with self.lock:
+                ex = top_examples(self.model, files, layer, [channel], k, quiet=True)[channel]
+            cached = [{"image": Path(e.image).name, "score": e.score, "box": e.box,
+                       "png": png64(_crop(resize_crop(read_rgb(e.image), self.spec), e.box))} for e in ex]
+            self.results.put(key, cached)
+        return {"layer": layer, "channel": channel, "examples": cached}
+
+
+def _crop(rgb, box):
+    y0, x0, y1, x1 = box
+    return np.ascontiguousarray(rgb[y0:y1, x0:x1])
 
 
 class TooLarge(InputError):
@@ -380,6 +411,10 @@ def app(service: Service):
         body = await body_of(request)
         return JSONResponse(await anyio.to_thread.run_sync(service.predict, body))
 
+    async def examples(request):
+        body = await body_of(request)
+        return JSONResponse(await anyio.to_thread.run_sync(service.examples, body))
+
     async def explain(request):
         body = await body_of(request)
         if not body.get("stream"):
@@ -437,6 +472,7 @@ def app(service: Service):
               Route("/api/images/{name:path}", guarded(image_file)),
               Route("/api/predict", guarded(predict), methods=["POST"]),
               Route("/api/explain", guarded(explain), methods=["POST"]),
+              Route("/api/examples", guarded(examples), methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
 

@@ -222,7 +222,32 @@ function draw(panel, png, requested) {
   });
 }
 
-function refreshAll() { state.panels.forEach(refresh); }
+function refreshAll() { state.panels.forEach(refresh); showExamples(); }
+
+// ------------------------------------------------------------------ a unit's dataset examples (--images)
+let examplesFor = "";
+async function showExamples() {
+  const box = $("#examples");
+  if (!state.model || !state.model.examples) return;
+  if (!state.layer || state.channel === null) { box.innerHTML = ""; examplesFor = ""; return; }
+  const key = `${state.layer}#${state.channel}`;
+  if (key === examplesFor) return;
+  examplesFor = key;
+  box.innerHTML = "<p class=\"note\">finding this unit's examples...</p>";
+  try {
+    const r = await api("/api/examples", { layer: state.layer, channel: state.channel, k: 6 });
+    if (examplesFor !== key) return;
+    box.innerHTML = `<p class="note">what drives ${state.layer} #${state.channel} most among these images</p>`;
+    for (const e of r.examples) {
+      const img = document.createElement("img");
+      img.src = "data:image/png;base64," + e.png;
+      img.title = `${e.image}: ${e.score.toFixed(3)}`;
+      img.dataset.name = e.image;
+      img.addEventListener("click", () => useImage({ name: e.image }, e.image));
+      box.appendChild(img);
+    }
+  } catch (e) { box.innerHTML = ""; status(e.message); }
+}
 
 // ------------------------------------------------------------------ copy as command, download
 function shellQuote(s) { return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${String(s).replace(/'/g, "'\\''")}'`; }
@@ -239,7 +264,8 @@ function command(panel) {
     return `fvgraph occlude ${model} ${image} --box ${p.box}x${p.box} --stride ${p.stride}x${p.stride} --fill ${p.fill}${target}${unit}`;
   if (m === "reconstruction") {
     const what = unit || ` --target ${state.target !== null ? state.target : state.predicted}`;
-    return `fvgraph reconstruct ${model}${what} --steps ${p.steps} --tv 2,${p.tv} --jitter ${p.jitter}`;
+    const crops = p.param === "pixel" ? "" : ` --crops ${p.crops}`;
+    return `fvgraph reconstruct ${model}${what} --param ${p.param} --steps ${p.steps}${crops}`;
   }
   const kv = Object.entries(p).filter(([k, v]) => !(k === "samples" && v === 0) && !(k === "sigma" && !p.samples))
     .map(([k, v]) => `${k}=${v}`);
@@ -289,7 +315,7 @@ async function start() {
     if (cls >= 0) setTarget(cls); else status(`no class ${e.target.value}`);
   });
   const layers = $("#layer");
-  for (const l of model.layers.filter(l => l.shape.length === 4))
+  for (const l of model.layers.filter(l => l.shape.length >= 3))
     layers.add(new Option(`${l.name} ${l.op} (${l.shape.slice(1).join("x")})`, l.name));
   layers.addEventListener("change", () => { state.layer = layers.value; refreshAll(); });
   $("#channel").addEventListener("change", e => {
