@@ -51,11 +51,11 @@ def test_transforms_backward_is_the_adjoint_and_crops_cover_the_batch():
     s = Sampling(Transforms(crops=3, noise=0.0, flip=True), np.random.default_rng(0), 2, (9, 11), (6, 5))
     v = R.standard_normal((2, 3, 9, 11))
     g = R.standard_normal((6, 3, 6, 5))
-    assert np.sum(s.forward(v) * g) == pytest.approx(np.sum(v * s.backward(g)), rel=1e-10)
+    assert np.sum(s.forward(v) * g) == pytest.approx(np.sum(v * s.backward(g)), rel=1e-6)  # float32 copies
     assert list(s.owner) == [0, 0, 0, 1, 1, 1]
     ident = Sampling(Transforms(crops=1, scale=(1, 1), shift=0, rotate=0, noise=0), np.random.default_rng(0), 1,
                      (8, 8), (8, 8))
-    np.testing.assert_allclose(ident.forward(v[:1, :, :8, :8]), v[:1, :, :8, :8], atol=1e-12)  # no transform
+    np.testing.assert_allclose(ident.forward(v[:1, :, :8, :8]), v[:1, :, :8, :8], atol=1e-6)  # no transform
     with pytest.raises(fv.InputError):
         Transforms(crops=0)
 

@@ -88,14 +88,14 @@ class Sampling:
         ty = GridTaps(py, H, "linear", "reflection", False).taps
         tx = GridTaps(px, W, "linear", "reflection", False).taps
         self.index = np.stack([(iy * W + ix).reshape(k, -1) for iy, _ in ty for ix, _ in tx], axis=1)
-        self.weight = np.stack([(wy * wx).reshape(k, -1) for _, wy in ty for _, wx in tx], axis=1)
+        self.weight = np.stack([(wy * wx).reshape(k, -1) for _, wy in ty for _, wx in tx], axis=1).astype(np.float32)
         self.owner = np.repeat(np.arange(n), t.crops)
         self.noise_rng = rng
 
     def forward(self, v):
         n, c = v.shape[:2]
-        flat = v.reshape(n, c, -1)
-        out = np.empty((self.k, c, self.index.shape[2]))
+        flat = v.reshape(n, c, -1).astype(np.float32)  # the network takes float32: sample in it
+        out = np.empty((self.k, c, self.index.shape[2]), np.float32)
         for j in range(self.k):
             taps = flat[self.owner[j]][:, self.index[j]]                        # (c, T, h*w)
             out[j] = (taps * self.weight[j]).sum(axis=1)

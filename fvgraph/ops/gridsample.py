@@ -28,10 +28,19 @@ def _cubic(t, a=-0.75):
 
 
 def _reflect(x, lo, hi):
-    """Fold x into [lo, hi] by reflecting at the borders, as often as needed."""
+    """Fold x into [lo, hi] by reflecting at the borders, as often as needed (computed where it is outside)."""
     span = hi - lo
     if span <= 0:
         return np.full_like(x, lo)
+    outside = (x < lo) | (x > hi)
+    if not outside.any():
+        return x
+    out = np.array(x, copy=True)
+    out[outside] = _fold(x[outside], lo, hi, span)
+    return out
+
+
+def _fold(x, lo, hi, span):
     d = np.abs(x - lo)
     n = np.floor(d / span)
     r = d - n * span
