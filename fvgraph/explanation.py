@@ -46,3 +46,32 @@ class Explanation:
     def __repr__(self):
         return (f"<Explanation {self.method}: relevance {tuple(self.relevance.shape)}, "
                 f"target {np.asarray(self.target).tolist() if not isinstance(self.target, Unit) else self.target}>")
+
+    # pictures (fvgraph.display): for notebooks and scripts
+    def _kind(self, kind):
+        from .methods import map_kind
+        return kind or map_kind(self.method)
+
+    def heatmap(self, index: int = 0, kind: str | None = None, percentile: float = 99.5):
+        """Sample `index`'s map as a PIL image, coloured as the method's maps are by default ("signed",
+        "heat", "abs", "rgb")."""
+        from .display import pil
+        from .render import picture
+        return pil(picture(self.relevance[index], self._kind(kind), percentile))
+
+    def overlay(self, image, index: int = 0, alpha: float = 0.5, kind: str = "heat", percentile: float = 99.5):
+        """The map laid over `image` (a path, a PIL image or an array; resized to the map) as a PIL image."""
+        from .display import as_rgb, pil
+        from .render import overlay, picture
+        rel = self.relevance[index]
+        shown = as_rgb(image, rel.shape[-2:])
+        return pil(overlay(shown, picture(rel, kind, percentile), alpha))
+
+    def save(self, path, index: int = 0, kind: str | None = None, overwrite: bool = False):
+        """The heatmap as .png, or the relevance as .npy (the whole batch)."""
+        from .display import save_picture
+        return save_picture(path, np.asarray(self.heatmap(index, kind)), overwrite, array=self.relevance)
+
+    def _repr_png_(self):
+        from .display import png_bytes, row
+        return png_bytes(row([np.asarray(self.heatmap(i)) for i in range(min(len(self.relevance), 8))]))

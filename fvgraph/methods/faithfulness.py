@@ -37,6 +37,22 @@ class Evaluation:
     def __repr__(self):
         return f"<Evaluation {self.metric}: AUC {np.round(self.auc, 4).tolist()}>"
 
+    def plot(self):
+        """The curves (one per sample, with their AUC) as a PIL image."""
+        from ..display import pil
+        from ..render import curves
+        lines = {f"image {i}": (self.fractions, self.scores[i]) for i in range(len(self.scores))}
+        return pil(curves({self.metric: lines}))
+
+    def save(self, path, overwrite: bool = False):
+        """The curves as .png, or the scores as .npy."""
+        from ..display import save_picture
+        return save_picture(path, np.asarray(self.plot()), overwrite, array=self.scores)
+
+    def _repr_png_(self):
+        from ..display import png_bytes
+        return png_bytes(np.asarray(self.plot()))
+
 
 def pixel_relevance(relevance, size) -> np.ndarray:
     """(N, C, H, W) or (N, h, w) maps -> (N, H, W) per-pixel relevance at the input's size."""

@@ -36,6 +36,28 @@ class Reconstruction:
     target: object = None
     transparency: np.ndarray = None         # (N, H, W) in [0, 1]: where the objective looked (MACO's map)
 
+    def show(self, index: int = 0, transparency: bool = False):
+        """Picture `index` as a PIL image; with transparency, MACO's view: the picture faded where the
+        objective did not look."""
+        from ..display import pil
+        pic = self.picture[index] if self.picture is not None else None
+        if pic is None:
+            raise InputError("the model's input is no picture (not 1 or 3 channels); use .image")
+        if transparency and self.transparency is not None:
+            a = self.transparency[index][..., None]
+            pic = (pic * a + 255 * (1 - a)).astype(np.uint8)
+        return pil(pic)
+
+    def save(self, path, index: int = 0, overwrite: bool = False):
+        """Picture `index` as .png, or the images (model space) as .npy."""
+        from ..display import save_picture
+        return save_picture(path, np.asarray(self.show(index)), overwrite, array=self.image)
+
+    def _repr_png_(self):
+        from ..display import png_bytes, row
+        return png_bytes(row([self.picture[i] for i in range(min(len(self.picture), 8))])) \
+            if self.picture is not None else None
+
 
 def lp_term(x, p):
     """sum |x|^p and its gradient."""
