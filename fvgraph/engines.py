@@ -65,6 +65,9 @@ class OrtEngine(Engine):
         an op onnxruntime lacks); None: such graphs are an error."""
         import onnxruntime as ort
         self.ort = ort
+        # onnxruntime's own log lines (red, on stderr) stay quiet: fvgraph says what went wrong in one line;
+        # --debug (the fvgraph logger at DEBUG) lets them through
+        ort.set_default_logger_severity(1 if log.isEnabledFor(logging.DEBUG) else 4)
         self.fallback = fallback
         self.threads = threads or os.cpu_count() or 1
         self.device = device
@@ -89,7 +92,7 @@ class OrtEngine(Engine):
         so = self.ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        so.log_severity_level = 1 if log.isEnabledFor(logging.DEBUG) else 4  # see __init__
         so.add_session_config_entry("session.disable_prepacking", "1")
         if base is not None:
             so.add_session_config_entry("session.model_external_initializers_file_folder_path", base)
@@ -103,7 +106,7 @@ class OrtEngine(Engine):
             if self.fallback is None:
                 raise ExecutionError(f"onnxruntime could not load the graph ({_first_line(e)}); "
                                      "engine='numpy' runs it with fvgraph's own executor") from None
-            log.warning("onnxruntime cannot run this graph (%s); fvgraph's own executor runs it", _first_line(e))
+            log.debug("onnxruntime cannot run this graph (%s); fvgraph's own executor runs it", _first_line(e))
             return None
 
     def run(self, graph, feeds, outputs):

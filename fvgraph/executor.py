@@ -68,13 +68,21 @@ class Executor:
                 kernels.append(None)
                 continue
             try:
-                kernels.append(build_kernel(n))
+                kernel = build_kernel(n)
             except UnsupportedModelError as e:
                 problems.append(str(e))
                 kernels.append(None)
+                continue
             except Exception as e:  # attributes of the wrong type or value: a malformed model
                 raise ModelLoadError(f"node {n.name!r} ({n.op_type}) has malformed attributes "
                                      f"({type(e).__name__}: {e})") from None
+            try:
+                kernel.check(self.graph.initializers)
+            except FvGraphError:
+                raise
+            except Exception as e:  # weights that do not fit their op: a malformed model
+                raise ModelLoadError(f"node {n.name!r} ({n.op_type}) is inconsistent: {e}") from None
+            kernels.append(kernel)
         if missing or problems:
             lines = [f"  {op}: {len(names)} node(s): {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
                      for op, names in sorted(missing.items())]
@@ -175,7 +183,14 @@ class Executor:
         for step, (i, fusion) in enumerate(steps):
             node = self.graph.nodes[i]
             if fusion is not None:
-                values[fusion.output] = fusion.run(self, values)
+                try:
+                    values[fusion.output] = fusion.run(self, values)
+                except FvGraphError:
+                    raise
+                except Exception as e:  # the fused Conv (+ BatchNormalization + activation) of a malformed model
+                    x = values.get(node.inputs[0])
+                    raise ExecutionError(f"node {node.name!r} ({node.op_type}) failed on an input of shape "
+                                         f"{tuple(np.shape(x))}: {type(e).__name__}: {e}") from None
                 ran.append(i)
                 self._release(fusion.inputs, step, last_use, keep_names, values)
                 continue

@@ -41,6 +41,18 @@ class Op:
     def unsupported(self, what: str):
         raise UnsupportedModelError(f"node {self.node.name!r} ({self.op_type}): {what}")
 
+    def check(self, constants: dict) -> None:
+        """Check the node's constant operands (weights, parameters) against its attributes and each other at
+        load, so that a malformed model is named here rather than failing inside a kernel later: raise
+        ValueError saying what is inconsistent (the executor names the node). `constants`: the model's
+        initializers."""
+
+    @staticmethod
+    def operand(constants, node, k):
+        """The k-th input's array when it is a constant of the model, else None."""
+        v = node.inputs[k] if len(node.inputs) > k else ""
+        return constants.get(v) if v else None
+
     def forward(self, *inputs):
         raise NotImplementedError
 

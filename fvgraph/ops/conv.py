@@ -28,6 +28,31 @@ class _ConvBase(Op):
         self.group = int(node.attr("group", 1))
         self._wcache = (None, None)
 
+    def check(self, constants):
+        w = self.operand(constants, self.node, 1)
+        if w is None:
+            return
+        if w.ndim < 3:
+            raise ValueError(f"the weight {self.node.inputs[1]!r} has shape {w.shape}: a {self.op_type} weight "
+                             "has rank 3 or more (out, in / group, *kernel)")
+        nsp = w.ndim - 2
+        for name, v in (("kernel_shape", self.kernel_shape), ("strides", self.strides),
+                        ("dilations", self.dilations)):
+            if v is not None and (len(v) != nsp or any(int(a) < 1 for a in v)):
+                raise ValueError(f"{name} {list(v)} does not fit the weight's {nsp} spatial axes {list(w.shape[2:])}")
+        if self.kernel_shape is not None and list(self.kernel_shape) != list(w.shape[2:]):
+            raise ValueError(f"kernel_shape {list(self.kernel_shape)} does not match the weight's spatial shape "
+                             f"{list(w.shape[2:])}")
+        if self.pads is not None and (len(self.pads) != 2 * nsp or any(int(p) < 0 for p in self.pads)):
+            raise ValueError(f"pads {list(self.pads)} do not fit {nsp} spatial axes (2 non-negative values each)")
+        if self.group < 1 or (self.op_type == "Conv" and w.shape[0] % self.group):
+            raise ValueError(f"group={self.group} does not divide the weight's {w.shape[0]} output channels")
+        b = self.operand(constants, self.node, 2)
+        out = w.shape[0] if self.op_type == "Conv" else w.shape[1] * self.group
+        if b is not None and b.shape != (out,):
+            raise ValueError(f"the bias {self.node.inputs[2]!r} has shape {b.shape}; the layer has {out} output "
+                             "channels")
+
     def _params(self, nsp, kshape):
         k = ints(self.kernel_shape, nsp, kshape) if self.kernel_shape is not None else list(kshape)
         if list(k) != list(kshape):

@@ -16,6 +16,17 @@ class Gemm(Op):
         self.trans_a = bool(node.attr("transA", 0))
         self.trans_b = bool(node.attr("transB", 0))
 
+    def check(self, constants):
+        w = self.operand(constants, self.node, 1)
+        if w is not None and w.ndim != 2:
+            raise ValueError(f"the weight {self.node.inputs[1]!r} has shape {w.shape}; Gemm takes a matrix")
+        c = self.operand(constants, self.node, 2)
+        if w is not None and c is not None:
+            n = w.shape[0] if self.trans_b else w.shape[1]
+            if c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, n)):
+                raise ValueError(f"the bias {self.node.inputs[2]!r} of shape {c.shape} does not broadcast to {n} "
+                                 "outputs")
+
     @upcast_half
     def forward(self, a, b, c=None):
         a2 = a.T if self.trans_a else a

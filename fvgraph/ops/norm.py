@@ -24,6 +24,16 @@ class BatchNormalization(Op):
             self.unsupported("training_mode=1 (fvgraph runs inference; export the model in eval mode)")
         self._cache = (None, None)
 
+    def check(self, constants):
+        params = [self.operand(constants, self.node, k) for k in range(1, 5)]
+        shapes = {p.shape for p in params if p is not None}
+        if any(p is not None and p.ndim != 1 for p in params) or len(shapes) > 1:
+            raise ValueError(f"scale, bias, mean and variance must be vectors of one length, got shapes "
+                             f"{[None if p is None else p.shape for p in params]}")
+        if any(p is not None and p.dtype.kind != "f" for p in params):
+            raise ValueError(f"scale, bias, mean and variance must be floating point, got "
+                             f"{[None if p is None else str(p.dtype) for p in params]}")
+
     def affine(self, scale, bias, mean, var):
         key = (scale, bias, mean, var)
         if self._cache[0] is None or any(p is not q for p, q in zip(self._cache[0], key)):
@@ -107,6 +117,13 @@ class StatisticsNorm(Op):
 
     def view(self, shape):
         return None  # statistics on x as it is
+
+    def check(self, constants):
+        scale, bias = self.operand(constants, self.node, 1), self.operand(constants, self.node, 2)
+        if scale is not None and bias is not None and scale.shape != bias.shape:
+            raise ValueError(f"scale {scale.shape} and bias {bias.shape} differ in shape")
+        if any(p is not None and p.dtype.kind != "f" for p in (scale, bias)):
+            raise ValueError("scale and bias must be floating point")
 
     def forward(self, x, scale, bias=None):
         view = self.view(x.shape)

@@ -20,6 +20,17 @@ class _PoolBase(Op):
         self.auto_pad = node.attr("auto_pad", "NOTSET")
         self.ceil_mode = bool(node.attr("ceil_mode", 0))
 
+    def check(self, constants):
+        n = len(self.k)
+        if n < 1 or any(int(a) < 1 for a in self.k) or any(int(a) < 1 for a in self.s) or \
+                any(int(a) < 1 for a in self.d):
+            raise ValueError(f"kernel_shape {list(self.k)}, strides {list(self.s)} and dilations {list(self.d)} must "
+                             "be positive")
+        if self.pads is not None and (len(self.pads) != 2 * n or any(int(p) < 0 for p in self.pads)):
+            raise ValueError(f"pads {list(self.pads)} do not fit kernel_shape {list(self.k)} (2 values per axis)")
+        if self.pads is not None and any(int(p) >= int(k) for p, k in zip(list(self.pads), list(self.k) * 2)):
+            raise ValueError(f"pads {list(self.pads)} reach a whole kernel ({list(self.k)}) beyond the input")
+
     def geometry(self, x) -> Geometry:
         return self.geometry_of(x.shape)
 
