@@ -56,10 +56,10 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
     x = load_image(path, spec)
     shown = resize_crop(read_rgb(path), spec)
     from .methods.attribution import prediction
-    k, label, prob = prediction(model, model.run(x)[0])
     row = [shown]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    scores = None  # the class scores for the label, from a method's own pass when it has them
     for m in methods:
         meth, mp = parse_method(m)
         mp = {**(params or {}), **mp}
@@ -68,6 +68,9 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
             mp.setdefault("layer", tgt.layer)  # --layer names the Grad-CAM layer; the class stays predicted
             tgt = None
         e = run_method(model, x, meth, mp, tgt)
+        if scores is None and (tgt is None or isinstance(tgt, (int, np.integer))) and e.output is not None \
+                and np.ndim(e.output) >= 2 and all(d == 1 for d in np.shape(e.output)[2:]):
+            scores = np.asarray(e.output)[0]
         kind = map_kind(meth)
         pic = picture(e.relevance[0], kind, image=shown)
         row.append(pic)
@@ -80,6 +83,7 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
         for f, pic_ in files.items():
             _atomic_save(f, lambda t, pic_=pic_: Image.fromarray(pic_).save(t, format="PNG"))
         _atomic_save(out / f"{stem}.npy", lambda t, a=e.relevance[0]: np.save(open(t, "wb"), a))
+    k, label, prob = prediction(model, scores if scores is not None else model.run(x)[0])
     return row, (Path(path).name, k, label, prob)
 
 
@@ -90,6 +94,11 @@ _WORKER = {}
 def _worker_init(model_path, options=None):
     from .model import load
     _WORKER["model"] = load(model_path, **(options or {}))
+
+
+def _ensure_model(model_path, options=None):
+    if "model" not in _WORKER:
+        _worker_init(model_path, options)
 
 
 def _worker_call(task):
@@ -151,9 +160,8 @@ def _run_on_ray(model_path, jobs, func, address, load_options=None):
 
     @ray.remote
     def run_chunk(model_path, chunk):
-        if "model" not in _WORKER:
-            _worker_init(model_path, load_options)
-        return [func(_WORKER["model"], job) for job in chunk]
+        _ensure_model(model_path, load_options)  # module-level: the worker's own _WORKER, not a pickled copy
+        return [_worker_call((func, job)) for job in chunk]
 
     size = max(1, len(jobs) // (4 * max(1, int(ray.available_resources().get("CPU", 1)))))
     pending = [run_chunk.remote(str(model_path), jobs[i:i + size]) for i in range(0, len(jobs), size)]

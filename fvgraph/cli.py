@@ -158,7 +158,7 @@ def _target(text):
 def _load_options(args) -> dict:
     return {"engine": getattr(args, "engine", "auto"), "device": getattr(args, "device", "cpu"),
             "threads": getattr(args, "threads", None), "preprocess": getattr(args, "preprocess", None),
-            "labels": getattr(args, "labels", None)}
+            "labels": getattr(args, "labels", None), "cache": not getattr(args, "no_cache", False)}
 
 
 def _load(path, args):
@@ -428,7 +428,7 @@ def cmd_replace(args) -> int:
     out = Path(args.out)
     refuse_overwrite(out, args.overwrite)
     model = _load(args.model, args)
-    cache = None if args.no_cache else (Path(args.cache) if args.cache else cache_dir())
+    cache = None if getattr(args, "no_cache", False) else (Path(args.cache) if args.cache else cache_dir())
     bank = build_bank(model, [args.bank], args.layer, cache, quiet=args.quiet or None)
     pic, neighbours = replace_patches(model, args.image, bank, args.layer)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -691,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--labels", metavar="FILE", default=argparse.SUPPRESS,
                         help="class names: a text file (one per line), a JSON list or dict, or 'imagenet' "
                              "(default: the model's metadata)")
+    common.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
+                        help="build every lowered graph anew instead of reusing what earlier runs kept in the cache "
+                             "($FVGRAPH_CACHE, default ~/.cache/fvgraph; FVGRAPH_CACHE=off disables it)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="log what is built (lowered graphs, sessions) and show tracebacks on errors")
     p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).",
@@ -796,7 +799,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", required=True)
     s.add_argument("--out", "-o", required=True, help="the .png to write")
     s.add_argument("--cache", help="where banks are kept (default: $FVGRAPH_CACHE or ~/.cache/fvgraph)")
-    s.add_argument("--no-cache", action="store_true", help="build the bank without keeping it")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_replace)

@@ -81,19 +81,58 @@ class OrtEngine(Engine):
         self._sessions = LRU(MAX_SESSIONS)
 
     def session(self, graph, outputs):
-        """The session computing `outputs` of `graph` (None: onnxruntime refused it and the fallback runs it)."""
+        """The session computing `outputs` of `graph` (None: onnxruntime refused it and the fallback runs it).
+        A session over all of the graph's outputs (a cached one) serves any subset."""
+        full = self._sessions.get((id(graph), "all"))
+        if full is not None:
+            return full[1]
+        if isinstance(graph, CachedGraph):
+            return self._sessions.use((id(graph), "all"), lambda: (graph, self._cached_session(graph)))[1]
         return self._sessions.use((id(graph), tuple(outputs)), lambda: (graph, self._new_session(graph, outputs)))[1]
 
-    def _new_session(self, graph, outputs):
-        from .onnx_export import to_onnx
-        types = {o: (None, graph.value_info[o].dtype) for o in outputs if o in graph.value_info}
-        memory = {}
-        proto, base = to_onnx(graph, outputs, types=types, memory=memory)
+    def _options(self):
         so = self.ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 1 if log.isEnabledFor(logging.DEBUG) else 4  # see __init__
         so.add_session_config_entry("session.disable_prepacking", "1")
+        return so
+
+    def _cached_session(self, graph):
+        """A session over an optimized graph from the disk cache: nothing left to optimize."""
+        so = self._options()
+        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        log.debug("onnxruntime session from the cache: %s", graph.entry)
+        return self.ort.InferenceSession(str(graph.entry / "optimized.onnx"), so, providers=self.providers)
+
+    def persist(self, graph, entry, meta: dict) -> bool:
+        """Build the session over all of `graph`'s outputs, having onnxruntime write its optimized graph into a
+        new disk-cache entry (fvgraph.diskcache) with `meta`; the session then serves this process too."""
+        from . import diskcache
+        tmp = diskcache.staging(entry)
+        if tmp is None or self.device == "cuda":
+            return False
+        outputs = graph.output_names()
+        so_extra = {"optimized_model_filepath": str(tmp / "optimized.onnx")}
+        sess = self._new_session(graph, outputs, so_extra)
+        if sess is None:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        self._sessions.put((id(graph), "all"), (graph, sess))
+        diskcache.publish(tmp, entry, meta)
+        return True
+
+    def _new_session(self, graph, outputs, extra=None):
+        from .onnx_export import to_onnx
+        types = {o: (None, graph.value_info[o].dtype) for o in outputs if o in graph.value_info}
+        memory = {}
+        proto, base = to_onnx(graph, outputs, types=types, memory=memory)
+        so = self._options()
+        if extra:  # write the optimized graph, its weights in one data file beside it
+            so.optimized_model_filepath = extra["optimized_model_filepath"]
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         if base is not None:
             so.add_session_config_entry("session.model_external_initializers_file_folder_path", base)
         if memory:  # onnxruntime copies these once; they are not serialized into the model
@@ -126,6 +165,21 @@ class OrtEngine(Engine):
                 raise ExecutionError(f"onnxruntime failed: {_first_line(e)}") from None
             result.update(zip(computed, values))
         return {o: np.asarray(result[o]) for o in outputs}
+
+
+class CachedGraph:
+    """Stands for a lowered graph whose optimized form lies in a disk-cache entry: what the engine needs to
+    feed it and name its outputs (see fvgraph.diskcache)."""
+
+    def __init__(self, entry, inputs, outputs):
+        self.entry, self.inputs, self.outputs = entry, inputs, outputs
+        self.initializers, self.value_info, self.nodes = {}, {}, []
+
+    def output_names(self):
+        return [v.name for v in self.outputs]
+
+    def input_names(self):
+        return [v.name for v in self.inputs]
 
 
 def _first_line(e) -> str:

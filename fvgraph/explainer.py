@@ -36,8 +36,9 @@ def export_explainer(model, method="gradient", *, layer=None, upsample: bool = T
             raise InputError(f"unknown option(s) {sorted(params)} for {method} (options: layer=, upsample=)")
         ref = model.resolve(layer) if layer is not None else None
         spec = Target("class", logits)
-        lowered = model.lowered((method, ref, bool(upsample), spec), probe,
-                                lambda table: lower_cam(model, method, table, spec, layer, upsample))
+        lowered = model.lowered(("export", method, ref, bool(upsample), spec), probe,  # the graph itself, not
+                                lambda table: lower_cam(model, method, table, spec, layer, upsample),  # a cached
+                                persist=False)                                                          # session
     else:
         if layer is not None:
             raise InputError(f"layer= is for cam and gradcam; {method!r} explains the input")
@@ -47,7 +48,7 @@ def export_explainer(model, method="gradient", *, layer=None, upsample: bool = T
                              "pass: export 'gradient' and average its maps over your path or noise")
         spec = Target("class", logits)
         lowered = model.lowered(("export", rules_key(rules), spec), probe,
-                                lambda table: lower(model, rules, spec, table, param_inputs=False))
+                                lambda table: lower(model, rules, spec, table, param_inputs=False), persist=False)
     outputs = [RELEVANCE] + model.graph.output_names()
     types = {o: (lowered.table.dims.get(o), lowered.table.dtypes.get(o, np.dtype(np.float32))) for o in outputs}
     proto, _ = to_onnx(lowered.graph, outputs, embed=True, types=types, name=f"{method} explainer",

@@ -66,6 +66,7 @@ class Model:
         self._layers: list[Layer] | None = None
         self._tables: dict = {}
         self._lowered = LRU(MAX_LOWERED)
+        self.disk_cache = True  # lowered graphs kept across processes (fvgraph.diskcache); fv.load(cache=False)
         self.choices: dict = {}  # decisions made once per model (occlusion: windows or full passes)
 
     # ----------------------------------------------------------------- description
@@ -259,21 +260,42 @@ class Model:
             self._tables[key] = table
         return self._tables[key]
 
-    def lowered(self, key: tuple, feeds: dict, build):
+    def lowered(self, key: tuple, feeds: dict, build, persist: bool = True):
         """A lowered graph, built once per (method, options, input signature) by `build(table)`; when shape
-        inference cannot say a dim the lowering needs, the shapes are measured and it is built again."""
+        inference cannot say a dim the lowering needs, the shapes are measured and it is built again. With
+        `persist` (and the onnxruntime engine, a model from a file, the cache on), it is also kept on disk in
+        onnxruntime's optimized form, and a later process loads it instead of lowering again
+        (fvgraph.diskcache)."""
         from .shapes import ShapeUnknown, signature_dims
         full = key + (tuple(sorted((k, signature_dims(np.shape(v)), str(np.asarray(v).dtype))
                                    for k, v in feeds.items())),)
 
         def make():
+            entry = self._disk_entry(full) if persist else None
+            if entry is not None:
+                from .diskcache import read
+                meta = read(entry)
+                if meta is not None:
+                    log.debug("lowered graph for %s from the cache %s", key[0], entry)
+                    return _lowered_from(entry, meta)
             try:
                 result = build(self.shape_table(feeds))
             except ShapeUnknown:
                 result = build(self.shape_table(feeds, measured=True))
             log.debug("built a lowered graph for %s: %d nodes", key[0], len(result.graph.nodes))
+            if entry is not None:
+                self.engine.persist(result.graph, entry, _lowered_meta(result))
             return result
         return self._lowered.use(full, make)
+
+    def _disk_entry(self, full):
+        from .engines import OrtEngine
+        if not self.disk_cache or not isinstance(self.engine, OrtEngine) or self.device != "cpu":
+            return None
+        from .diskcache import entry_for
+        inputs = [(v.name, v.shape, str(v.dtype)) for v in self.graph.inputs]
+        return entry_for(self, [list(map(str, full)), inputs, self.nhwc_input is not None,
+                                self.native is not None])
 
     # ----------------------------------------------------------------- explanations
     def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), **params):
@@ -403,6 +425,38 @@ class Model:
         return f"<fvgraph.Model {os.path.basename(self.source) or '?'}: {len(self.graph.nodes)} nodes, inputs {ins}>"
 
 
+def _lowered_meta(lowered) -> dict:
+    """What a disk-cache entry says of a lowered graph besides the graph itself."""
+    g, t = lowered.graph, lowered.table
+
+    def values(vs):
+        return [[v.name, None if v.shape is None else [d if isinstance(d, (int, np.integer)) else str(d)
+                                                       for d in v.shape], str(np.dtype(v.dtype or np.float32))]
+                for v in vs]
+    outputs = [type(v)(v.name, t.dims.get(v.name), t.dtypes.get(v.name)) for v in g.outputs]
+    return {"output": lowered.output, "target": lowered.target, "layers": lowered.layers,
+            "extras": {k: v for k, v in lowered.extras.items() if isinstance(v, str)}, "applied": lowered.applied,
+            "seed_inputs": list(lowered.seed_inputs), "inputs": values(g.inputs), "outputs": values(outputs),
+            "params": {k: [name, str(np.dtype(dtype))] for k, (name, dtype) in lowered.params.items()}}
+
+
+def _lowered_from(entry, meta):
+    from .engines import CachedGraph
+    from .graph import ValueInfo
+    from .reverse import Lowered
+    from .shapes import ShapeTable
+
+    def values(rows):
+        return [ValueInfo(name, None if dims is None else tuple(dims), np.dtype(dtype)) for name, dims, dtype in rows]
+    inputs, outputs = values(meta["inputs"]), values(meta["outputs"])
+    table = ShapeTable(measured=False)
+    for v in inputs + outputs:
+        table.set(v.name, v.shape, v.dtype)
+    return Lowered(CachedGraph(entry, inputs, outputs), meta["output"], meta["target"], meta["layers"],
+                   meta["extras"], meta["applied"], tuple(meta["seed_inputs"]), table,
+                   {k: (name, np.dtype(dtype)) for k, (name, dtype) in meta["params"].items()})
+
+
 def list_layers(graph: Graph, shape_only: set[int]) -> list[Layer]:
     layers = []
     for i, n in enumerate(graph.nodes):
@@ -419,22 +473,27 @@ def list_layers(graph: Graph, shape_only: set[int]) -> list[Layer]:
 
 
 def load(source: Any, engine: str = "auto", device: str = "cpu", threads: int | None = None, preprocess=None,
-         labels=None) -> Model:
+         labels=None, cache: bool = True) -> Model:
     """Load an ONNX model from a path, bytes or an onnx.ModelProto (external data is read beside the path);
     a MatConvNet .mat path is converted on the fly. engine: "auto" (= "onnxruntime"), "onnxruntime",
     "numpy" or "cupy"; device "cuda" runs onnxruntime's CUDA provider (or CuPy); threads: all cores unless
     set. preprocess: a preset ("imagenet", "caffe", "tf", "raw"), a text spec or a dict; labels: a file,
-    a list or "imagenet" (see fvgraph.contract); both override the model's metadata."""
+    a list or "imagenet" (see fvgraph.contract); both override the model's metadata. cache: keep lowered
+    graphs on disk for later processes (fvgraph.diskcache; FVGRAPH_CACHE=off disables it everywhere)."""
     extra = dict(preprocess=preprocess, labels=labels)
     if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".mat"):
         from .convert import matconvnet
         graph = import_model(matconvnet(source))
-        return Model(graph, device=device, source=os.fspath(source), engine=engine, threads=threads, **extra)
+        model = Model(graph, device=device, source=os.fspath(source), engine=engine, threads=threads, **extra)
+        model.disk_cache = False  # the converted graph has no file of its own
+        return model
     graph = import_model(source)
     src = source if isinstance(source, (str, os.PathLike)) else ""
     try:
-        return Model(graph, device=device, source=os.fspath(src) if src else "", engine=engine, threads=threads,
-                     **extra)
+        model = Model(graph, device=device, source=os.fspath(src) if src else "", engine=engine, threads=threads,
+                      **extra)
+        model.disk_cache = bool(cache)
+        return model
     except FvGraphError:
         raise
     except Exception as e:  # what a corrupt but parseable file can still break

@@ -1,4 +1,8 @@
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +12,9 @@ import pytest
 from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the suite's lowered-graph cache is its own, and goes when the run does (tests/test_cache.py tests the cache)
+os.environ["FVGRAPH_CACHE"] = tempfile.mkdtemp(prefix="fvgraph-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FVGRAPH_CACHE"], True)
 
 NODE_TEST_REPORT: list[str] = []
 

@@ -124,7 +124,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     counts = np.zeros((H, W), np.int64)
     for (y, xx) in boxes:
         counts[y:y + box[0], xx:xx + box[1]] += 1
-    runner = None
+    runner, key = None, None
     if incremental and model.executor.backend.device == "cpu":  # the incremental runner works on host arrays
         from .incremental import IncrementalRunner
         runner = IncrementalRunner(model, value)
@@ -132,8 +132,14 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
             key = ("occlusion", value, box, x.shape[1:])  # give identical maps
             if key not in model.choices:
                 model.choices[key] = incremental_pays(model, runner, x[:1], value, box)
-            runner = runner if model.choices[key] else None
-    choice = "incremental" if runner is not None else "full passes"
+            runner = runner if model.choices[key] is not False else None
+    undecided = key is not None and model.choices[key] is None  # the estimate was close: time both ways
+
+    def full_passes(n, chunk, patches, b0):
+        batch = np.repeat(x[n:n + 1], len(chunk), axis=0)
+        for k, (y, xx) in enumerate(chunk):
+            batch[k, :, y:y + box[0], xx:xx + box[1]] = patches[b0 + k]
+        return in_model_batches(model, lambda rows: model.run(rows, outputs=[value])[value], batch)
     bar = Progress(N * len(boxes), "occlusion", quiet, progress)
     done = 0
     seen = np.zeros((N, H, W), np.int64)  # boxes done so far over each pixel: the partial map's divisor
@@ -144,28 +150,43 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
             runner.set_image(x[n:n + 1])
         for b0 in range(0, len(boxes), batch_size):
             chunk = boxes[b0:b0 + batch_size]
-            if runner is not None:
+            if undecided:  # the first batch both ways, measured on this machine; the faster is kept for good
+                import time
+                start = time.perf_counter()
+                by_windows = runner.run(chunk, box, patches[b0:b0 + len(chunk)])
+                t_windows = time.perf_counter() - start
+                start = time.perf_counter()
+                by_passes = full_passes(n, chunk, patches, b0)
+                t_passes = time.perf_counter() - start
+                model.choices[key] = bool(t_windows < t_passes)
+                out = by_windows if model.choices[key] else by_passes
+                runner = runner if model.choices[key] else None
+                undecided = False
+            elif runner is not None:
                 out = runner.run(chunk, box, patches[b0:b0 + len(chunk)])
             else:
-                batch = np.repeat(x[n:n + 1], len(chunk), axis=0)
-                for k, (y, xx) in enumerate(chunk):
-                    batch[k, :, y:y + box[0], xx:xx + box[1]] = patches[b0 + k]
-                out = in_model_batches(model, lambda rows: model.run(rows, outputs=[value])[value], batch)
+                out = full_passes(n, chunk, patches, b0)
             s = score_of(np.asarray(out, np.float64), n)
             for k, (y, xx) in enumerate(chunk):
                 drops[n, y:y + box[0], xx:xx + box[1]] += base - s[k]
                 seen[n, y:y + box[0], xx:xx + box[1]] += 1
             done += len(chunk)
             bar.update(done, partial=lambda: (drops / np.maximum(seen, 1)).astype(np.float32))
+    choice = "incremental" if runner is not None else "full passes"
     rel = (drops / np.maximum(counts, 1)).astype(np.float32)  # pixels no box covers (stride > box) get 0
     return Explanation(rel, reported, np.asarray(clean), "occlusion",
                        extras={"boxes": boxes, "counts": counts, "box": box, "stride": stride,
                                "batch_size": batch_size, "way": choice})
 
 
-def incremental_pays(model, runner, x1, value, box) -> bool:
+CLOSE = (0.5, 1.5)  # estimated cost ratios (windows / passes) between which both ways are timed
+
+
+def incremental_pays(model, runner, x1, value, box):
     """The cost model: one box's windows on the executor against one full pass on the engine, each engine's
-    speed taken from its own forward of the clean image."""
+    speed taken from its own forward of the clean image. True or False where the estimate is clear, None where
+    it is close (within CLOSE): then the first batch is run both ways and timed (the estimate cannot see cache
+    effects and batching; measured, it picked windows on ResNet-18 where passes were faster)."""
     import time
     from ..engines import ExecutorEngine
     if isinstance(model.engine, ExecutorEngine):
@@ -180,7 +201,10 @@ def incremental_pays(model, runner, x1, value, box) -> bool:
     model.run(x1, outputs=[value])
     t_engine = time.perf_counter() - start
     inc, full = runner.work(box)
-    return full > 0 and t_executor * inc / full < t_engine
+    if full <= 0:
+        return False
+    ratio = t_executor * inc / full / max(t_engine, 1e-9)
+    return True if ratio < CLOSE[0] else False if ratio > CLOSE[1] else None
 
 
 def _bytes_per_sample(model, x1, value) -> int:
