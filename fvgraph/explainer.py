@@ -34,6 +34,9 @@ def export_explainer(model, method="gradient", *, layer=None, upsample: bool = T
     if method in ("cam", "gradcam"):
         if params:
             raise InputError(f"unknown option(s) {sorted(params)} for {method} (options: layer=, upsample=)")
+        if method == "gradcam" and layer is None:
+            from .methods.cam import default_gradcam_layer
+            layer = default_gradcam_layer(model, probe, logits)
         ref = model.resolve(layer) if layer is not None else None
         spec = Target("class", logits)
         lowered = model.lowered(("export", method, ref, bool(upsample), spec), probe,  # the graph itself, not
