@@ -117,6 +117,26 @@ def test_occlusion_and_reconstruction_stream_their_progress(server):
     assert lines[-1]["done"] and lines[-1]["label"] == "goldfish"
 
 
+def test_reconstruction_takes_its_parameterization_and_a_unit_shows_its_examples(server):
+    client, _, images, _ = server
+    body = {"name": "chelsea.png", "method": "reconstruction", "target": 1,
+            "params": {"param": "maco", "steps": 16, "crops": 2}}
+    r = client.post("/api/explain", json=body)
+    assert r.status_code == 200 and png_of(r.json()["png"]).shape == (224, 224, 3)
+    assert client.post("/api/explain", json={**body, "params": {"param": "wavelet"}}).status_code == 400
+    assert client.get("/api/model").json()["examples"] is True
+    layer = [l for l in fv.load(DEMO_MODEL).layers if l.op_type == "Clip"][12].name
+    r = client.post("/api/examples", json={"layer": layer, "channel": 3, "k": 2})
+    assert r.status_code == 200, r.text
+    ex = r.json()["examples"]
+    from fvgraph.methods.examples import top_examples
+    listed = [images / n for n in client.get("/api/model").json()["images"]]
+    want = top_examples(fv.load(DEMO_MODEL), listed, layer, [3], 2)[3]
+    assert [e["image"] for e in ex] == [Path(e.image).name for e in want]
+    assert all(png_of(e["png"]).ndim == 3 for e in ex)
+    assert client.post("/api/examples", json={"layer": layer}).status_code == 400
+
+
 def test_errors_are_one_line_4xx_and_the_server_keeps_serving(server):
     client, *_ = server
     bad = [({"name": "chelsea.png", "method": "nope"}, 400, "unknown method"),
