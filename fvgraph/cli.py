@@ -11,7 +11,7 @@ from . import __version__
 from .compare import parse_value
 from .errors import FvGraphError, InputError, refuse_overwrite
 
-DEMO_MODEL = Path(__file__).parent / "data" / "efficientnet_lite0.onnx"
+from .image import DEMO_MODEL  # noqa: E402,F401 -- the embedded model, as `fvgraph.cli.DEMO_MODEL` too
 
 
 def _source(path):

@@ -159,6 +159,9 @@ def input_range(spec: dict) -> tuple[np.ndarray, np.ndarray]:
     return lo.astype(np.float32), hi.astype(np.float32)
 
 
+DEMO_MODEL = Path(__file__).parent / "data" / "efficientnet_lite0.onnx"  # the embedded model (see data/CREDITS.md)
+
+
 def demo_images() -> list[Path]:
     d = Path(__file__).parent / "data"
     return sorted(p for p in d.iterdir() if p.suffix in (".png", ".jpg"))

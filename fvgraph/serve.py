@@ -73,8 +73,7 @@ class Service:
     """The model and what the API does with it (independent of HTTP, so it is tested directly too)."""
 
     def __init__(self, model, images_dir=None, max_upload=MAX_UPLOAD, name=None):
-        from .cli import DEMO_MODEL
-        from .image import demo_images
+        from .image import DEMO_MODEL, demo_images
         from .methods.cam import CAM_METHODS
         from .rules import preset_names
         self.model = model

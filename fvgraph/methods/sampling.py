@@ -80,9 +80,9 @@ def _tile(target, copies: int):
 
 def rows_per_batch(model, x) -> int:
     """Copies per batch under the memory cap (a reverse pass holds about three forwards' values)."""
-    from .occlusion import _bytes_per_sample, available_memory
+    from .memory import available_memory, bytes_per_sample
     first = model.graph.input_names()[0]
-    per = 3 * _bytes_per_sample(model, x[:1], model.graph.output_names()[0]) if first else 1
+    per = 3 * bytes_per_sample(model, x[:1], model.graph.output_names()[0]) if first else 1
     return int(max(1, min(MAX_ROWS, model.batch_limit or MAX_ROWS, available_memory() // 4 // max(per, 1))))
 
 
