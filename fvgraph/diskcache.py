@@ -9,7 +9,8 @@ description (outputs, seeds, parameters), in a folder of the cache (fvgraph.cach
 A hit loads in milliseconds what costs a lowering and a graph optimization (0.5-1.5 s) to build. Entries are
 written to a private temporary folder and renamed into place, so concurrent processes never see a half-written
 entry (the first to finish wins; the others drop theirs); an entry whose description does not match the
-versions it was made with is ignored. Models given as bytes or protos are not cached (no file to hash).
+versions it was made with is ignored. Models given as bytes or protos are not cached (no file to hash), nor
+graphs with more than MAX_BYTES of weights.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from pathlib import Path
 from .cache import cache_dir
 
 FORMAT = 1
+# Graphs whose weights exceed this are not kept: writing their optimized copy (VGG-16 guided: 584 MB, 2.7 s)
+# costs more than the lowering and optimization it would save (1.4 s in all there); FVGRAPH_CACHE_MAX_MB moves it
+MAX_BYTES = int(float(os.environ.get("FVGRAPH_CACHE_MAX_MB", 256)) * 2**20)
 
 
 @lru_cache(maxsize=1)

@@ -109,8 +109,11 @@ class OrtEngine(Engine):
         """Build the session over all of `graph`'s outputs, having onnxruntime write its optimized graph into a
         new disk-cache entry (fvgraph.diskcache) with `meta`; the session then serves this process too."""
         from . import diskcache
+        weights = sum(a.nbytes for a in graph.initializers.values())
+        if self.device == "cuda" or weights > diskcache.MAX_BYTES:
+            return False  # writing a copy of large weights costs more than the optimization it saves
         tmp = diskcache.staging(entry)
-        if tmp is None or self.device == "cuda":
+        if tmp is None:
             return False
         outputs = graph.output_names()
         so_extra = {"optimized_model_filepath": str(tmp / "optimized.onnx")}
