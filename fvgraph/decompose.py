@@ -184,37 +184,28 @@ def qlinear(float_op, operands, out_scale, attrs_from_node=True, weight_axis=Non
     return rewrite
 
 
-def qlinear_conv(r: Rewriter):
-    """QLinearConv(x, xs, xz, w, ws, wz, ys, yz, B): the int32 bias dequantized with scale xs * ws."""
-    n = r.node
-    x = r.dq(r.arg(0), r.arg(1), r.arg(2))
-    w = r.dq(r.arg(3), r.arg(4), r.arg(5), axis=0)
-    ins = [x, w]
-    if r.arg(8):
+def weighted(r: Rewriter, float_op, w_axis, bias_at, out_at, attrs):
+    """QLinearConv(x, xs, xz, w, ws, wz, ys, yz, B) and QGemm(A, as, az, B, bs, bz, C, ys, yz): the operands
+    dequantized, the int32 bias with scale xs * ws, the float op, the result quantized (QGemm without ys: float)."""
+    ins = [r.dq(r.arg(0), r.arg(1), r.arg(2)), r.dq(r.arg(3), r.arg(4), r.arg(5), axis=w_axis)]
+    if r.arg(bias_at):
         xs, ws = r.constants.get(r.arg(1)), r.constants.get(r.arg(4))
         scale = r.const("bias_scale", (np.asarray(xs, np.float32) * np.asarray(ws, np.float32)).reshape(-1)) \
             if xs is not None and ws is not None else r.op("Mul", [r.arg(1), r.arg(4)])
-        ins.append(r.dq(r.arg(8), scale, "", axis=0))
-    y = r.op("Conv", ins, **n.attrs)
-    return r.q(y, r.arg(6), r.arg(7), n.outputs[0])
+        ins.append(r.dq(r.arg(bias_at), scale, "", axis=0))
+    y = r.op(float_op, ins, **attrs)
+    if not r.arg(out_at[0]):
+        return r.op("Identity", [y], r.node.outputs[0])
+    return r.q(y, r.arg(out_at[0]), r.arg(out_at[1]), r.node.outputs[0])
+
+
+def qlinear_conv(r: Rewriter):
+    return weighted(r, "Conv", 0, 8, (6, 7), r.node.attrs)
 
 
 def qgemm(r: Rewriter):
-    """com.microsoft QGemm(A, as, az, B, bs, bz, C, ys, yz): C int32 with scale as * bs; float out without ys."""
-    n = r.node
-    a = r.dq(r.arg(0), r.arg(1), r.arg(2))
-    w = r.dq(r.arg(3), r.arg(4), r.arg(5), axis=0 if n.attrs.get("transB", 0) else 1)
-    ins = [a, w]
-    if r.arg(6):
-        xs, ws = r.constants.get(r.arg(1)), r.constants.get(r.arg(4))
-        scale = r.const("bias_scale", (np.asarray(xs, np.float32) * np.asarray(ws, np.float32)).reshape(-1)) \
-            if xs is not None and ws is not None else r.op("Mul", [r.arg(1), r.arg(4)])
-        ins.append(r.dq(r.arg(6), scale, "", axis=0))
-    attrs = {k: v for k, v in n.attrs.items() if k in ("alpha", "transA", "transB")}
-    y = r.op("Gemm", ins, **attrs)
-    if not r.arg(7):
-        return r.op("Identity", [y], n.outputs[0])
-    return r.q(y, r.arg(7), r.arg(8), n.outputs[0])
+    attrs = {k: v for k, v in r.node.attrs.items() if k in ("alpha", "transA", "transB")}
+    return weighted(r, "Gemm", 0 if attrs.get("transB", 0) else 1, 6, (7, 8), attrs)
 
 
 def integer_op(float_op, w_axis):
