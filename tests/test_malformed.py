@@ -6,7 +6,6 @@ import sys
 import warnings
 
 import numpy as np
-import onnx
 import pytest
 from onnx import helper, numpy_helper
 

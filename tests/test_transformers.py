@@ -9,7 +9,6 @@ from onnx import TensorProto, helper, numpy_helper
 import fvgraph as fv
 from fvgraph.methods.cam import resize_maps
 from tests import zoo
-from tests.conftest import rel_l2
 
 R = np.random.default_rng(11)
 

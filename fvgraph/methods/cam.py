@@ -161,7 +161,7 @@ def upsample(b: GraphBuilder, maps: str, size) -> str:
     return b.op("Squeeze", [up, b.ints([1])], dims=(d[0],) + tuple(size), dtype=b.dtype(maps))
 
 
-def layer_view(model, table, value) -> "MapView":
+def layer_view(model, table, value):
     """How the Grad-CAM layer reads as (N, C, h, w); a clear error when it does not."""
     g = model.graph
     d = table.dims.get(value)

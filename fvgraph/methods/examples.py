@@ -268,7 +268,7 @@ def replace_patches(model, image, bank, layer):
     field centre (one stride wide) is filled with the centre of its neighbour's field. Returns (picture
     (H, W, 3) uint8, the neighbours [(file, y, x, similarity)] per position in row-major order)."""
     from ..image import load_image, read_rgb, resize_crop
-    from ..receptive import WHOLE, receptive_field
+    from ..receptive import receptive_field
     vectors, where, files = bank
     value = model.resolve(layer)
     spec = model.preprocessing()

@@ -1,16 +1,21 @@
-"""Input reconstruction (the paper's third class): gradient descent in input space.
+"""Input reconstruction (the paper's third class): gradient ascent in input space, as one loop of three
+orthogonal pieces (`search`): how the picture is represented (methods/param.py: pixel, fourier, maco), which
+random transforms each step sees (methods/transforms.py), and what is maximized (methods/objectives.py).
 
-- Activation maximization (Simonyan et al. 2013): maximize a class score or any unit a(x). A unit that is dead
-  where the search starts (a ReLU output with zero activation and gradient) is redirected, as Lucid's
-  redirected ReLU does: its pre-activation is climbed until the unit turns on (history["redirected"] counts
-  the redirected samples per step); one that stays dead is named in history["dead"] and in a warning.
+- Activation maximization (Simonyan et al. 2013; Olah et al. 2017): a class score, a unit, a direction or any
+  combination of them. A unit that is dead where the search starts (a ReLU output with zero activation and
+  gradient) is redirected, as Lucid's redirected ReLU does: its pre-activation is climbed until the unit turns
+  on (history["redirected"] counts the redirected samples per step), with the priors off meanwhile; one still
+  dead at the end gets a plain climb in pixel space, and only one that stays dead is named in history["dead"]
+  and a warning.
 - Inversion (Mahendran & Vedaldi 2015): find x whose representation at a layer matches that of an image,
   with the normalized distance ||phi(x) - phi0||^2 / ||phi0||^2.
 
-Both add natural-image priors: lambda_p * mean |x|^p (the Lp norm; Simonyan et al. use p = 2, Mahendran &
-Vedaldi p = 6) and lambda_tv * TV_beta(x), the mean over pixels of ((x[i, j+1] - x[i, j])^2 +
-(x[i+1, j] - x[i, j])^2)^(beta / 2). Means rather than sums, so that the weights do not depend on the
-image size. The input stays within the range the model's preprocessing allows.
+The pixel parameterization adds the paper's natural-image priors: lambda_p * mean |x|^p (Simonyan et al. use
+p = 2, Mahendran & Vedaldi p = 6) and lambda_tv * TV_beta(x), the mean over pixels of ((x[i, j+1] - x[i, j])^2
++ (x[i+1, j] - x[i, j])^2)^(beta / 2): means rather than sums, so that the weights do not depend on the image
+size. The spectral parameterizations carry their prior in the representation. The picture always stays within
+the range the model's preprocessing allows.
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FvGraphWarning, InputError
-from ..explanation import OutputTarget, Unit
 from ..reverse import RELEVANCE, Target, lower
 from ..rules import Rules
 
@@ -240,8 +244,7 @@ def reconstruct(model, target, shape=None, steps=None, lr=None, lp="auto", tv="a
     dict or fv Transforms (the default: random crops, zooms, rotations and noise, except for pixel);
     diversity: Lucid's diversity weight across the pictures, at the layer of the first unit term (or give it
     in an Objective). Returns a Reconstruction (image, picture, history, target, transparency)."""
-    from ..reverse import Target as _T  # noqa: F401 -- Target is the lowering's seed spec
-    from .attribution import logits_value, output_seed, output_value, value_dims
+    from .attribution import logits_value, output_value, value_dims
     from .objectives import Objective, diversity as diversity_term
     from ..tokens import map_view
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
