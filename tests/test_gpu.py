@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fvgraph as fv
-from tests.zoo import ZOO
+from tests.zoo import ZOO, vit_like
 
 
 def _cupy_gpu():
@@ -28,10 +28,14 @@ ENGINES = [pytest.param("cupy", marks=pytest.mark.skipif(not _cupy_gpu(), reason
                                                                 reason="needs onnxruntime-gpu and a CUDA GPU"))]
 
 
+NETS = {**{name: (lambda f=f: f(opset=13)) for name, f in ZOO.items()}, "vit_like": vit_like,
+        "swin_like": lambda: vit_like(swin_like=True)}
+
+
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("name", sorted(NETS))
 def test_gpu_forward_and_explain_match_cpu(name, engine):
-    proto = ZOO[name](opset=13)
+    proto = NETS[name]()
     cpu, gpu = fv.load(proto, engine="numpy"), fv.load(proto, engine=engine, device="cuda")
     x = np.random.default_rng(0).standard_normal([2] + list(cpu.inputs[0].shape[1:])).astype(np.float32)
     np.testing.assert_allclose(gpu.run(x), cpu.run(x), rtol=1e-4, atol=1e-5)
