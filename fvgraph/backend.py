@@ -63,6 +63,14 @@ def to_host(a):
     return Backend.to_host(a)
 
 
+def on(xp, *arrays):
+    """The operands on xp's device: integer values (indices, shapes) live on the host, and an op that mixes them
+    with device arrays (a Where choosing between a computed class and a given one) takes them over."""
+    if xp is np:
+        return arrays
+    return tuple(a if a is None else xp.asarray(a) for a in arrays)
+
+
 def host_ints(a) -> list[int]:
     """A small integer tensor (axes, pads, a shape) as a list of Python ints."""
     return [int(v) for v in np.asarray(to_host(a)).reshape(-1)]

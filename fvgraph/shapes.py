@@ -120,8 +120,9 @@ def static_constants(executor, inputs, input_dims: dict) -> dict:
         runs = [{**r, **{k: executor.backend.to_host(v) for k, v in executor.run(
             {k: to_device(a) for k, a in _zeros(inputs, input_dims, batch).items()}, missing).values.items()
             if k in missing}} for r, batch in zip(runs, _batches(inputs))]
+    runs = [{k: np.asarray(executor.backend.to_host(v)) for k, v in r.items()} for r in runs]  # CuPy: on the host
     runs = runs * (3 - len(runs))
-    return {k: np.asarray(v) for k, v in runs[0].items()
+    return {k: v for k, v in runs[0].items()
             if k in runs[1] and np.shape(v) == np.shape(runs[1][k]) and np.array_equal(v, runs[1][k])}
 
 

@@ -5,7 +5,7 @@ from functools import reduce
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import on, xp_of
 from ..onnx_types import onnx_type
 from . import NonDifferentiable, Op, register
 
@@ -88,7 +88,8 @@ class Binary(Op):
                              "upgrade the model with onnx.version_converter")
 
     def forward(self, a, b):
-        return (self.fn(xp_of(a, b), a, b),)
+        xp = xp_of(a, b)
+        return (self.fn(xp, *on(xp, a, b)),)
 
     def vjp(self, b, inputs, outputs, grads, wrt):
         x, e = inputs
@@ -115,6 +116,7 @@ class Variadic(Op):
 
     def forward(self, *xs):
         xp = xp_of(*xs)
+        xs = on(xp, *xs)
         y = reduce(lambda a, b: self.fn(xp, a, b), xs)
         if len(xs) == 1:
             y = xp.array(y, copy=True)
@@ -142,8 +144,8 @@ class Variadic(Op):
 @register("Where")
 class Where(Op):
     def forward(self, cond, a, b):
-        xp = xp_of(a, b)
-        return (xp.where(xp.asarray(cond), a, b),)
+        xp = xp_of(cond, a, b)
+        return (xp.where(*on(xp, cond, a, b)),)
 
     def vjp(self, b, inputs, outputs, grads, wrt):
         cond, x, e = inputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import host_ints, xp_of
+from ..backend import host_ints, on, xp_of
 from ..errors import RuleError
 from . import NonDifferentiable, Op, register
 
@@ -92,7 +92,8 @@ class ScatterND(Op):
         self.differentiable = self.reduction in ("none", "add")
 
     def forward(self, data, indices, updates):
-        xp = xp_of(data)
+        xp = xp_of(data, updates)
+        data, updates = on(xp, data, updates)
         out = data.copy()
         idx = xp.asarray(indices).astype(np.int64)
         k = idx.shape[-1]
@@ -143,9 +144,9 @@ class TopK(Op):
         # stable sort: among equal values the lower index comes first (ONNX's rule)
         if self.largest:  # descending without negating (unsigned types): sort the reversed axis, read backwards
             n = x.shape[axis]
-            order = n - 1 - xp.flip(xp.argsort(xp.flip(x, axis), axis=axis, kind="stable"), axis)
+            order = n - 1 - xp.flip(_stable_argsort(xp, xp.flip(x, axis), axis), axis)
         else:
-            order = xp.argsort(x, axis=axis, kind="stable")
+            order = _stable_argsort(xp, x, axis)
         idx = xp.take(order, xp.arange(k), axis=axis).astype(np.int64)
         return (xp.take_along_axis(x, idx, axis=axis), idx)
 
@@ -155,6 +156,11 @@ class TopK(Op):
             return [None, None]
         axis = _axis(self.axis, b.rank(x))
         return [scatter_add(b, x, outputs[1], grads[0], axis), None]
+
+
+def _stable_argsort(xp, x, axis):
+    """Ties in order of position (ONNX's TopK rule); CuPy's sort is stable without being asked."""
+    return xp.argsort(x, axis=axis, kind="stable") if xp is np else xp.argsort(x, axis=axis)
 
 
 @register("Trilu")
@@ -251,4 +257,4 @@ class IsSpecial(NonDifferentiable):
         xp = xp_of(x)
         if self.op_type == "IsNaN":
             return (xp.isnan(x),)
-        return ((xp.isposinf(x) & self.positive) | (xp.isneginf(x) & self.negative),)
+        return (((x == xp.inf) & self.positive) | ((x == -xp.inf) & self.negative),)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import on, xp_of
 from ..onnx_types import numpy_dtype, onnx_type
 from . import Op, register
 
@@ -65,6 +65,7 @@ class QuantizeLinear(Quantizer):
         if dtype not in RANGES:
             self.unsupported(f"quantizing to {dtype}")
         lo, hi = RANGES[dtype]
+        scale, zero_point = on(xp, scale, zero_point)
         s = self.spread(xp, scale, x).astype(np.float32)
         q = xp.round(x.astype(np.float32) / s)
         if zero_point is not None:
@@ -96,6 +97,7 @@ class QuantizeLinear(Quantizer):
 class DequantizeLinear(Quantizer):
     def forward(self, x, scale, zero_point=None):
         xp = xp_of(x, scale)
+        x, scale, zero_point = on(xp, x, scale, zero_point)
         dtype = self.out_dtype or scale.dtype
         v = x.astype(np.int64 if x.dtype.kind in "iu" else np.float32)
         if zero_point is not None:
@@ -121,7 +123,7 @@ class DynamicQuantizeLinear(Op):
         if scale == 0:
             return (xp.zeros(x.shape, np.uint8), np.asarray(scale), np.asarray(0, np.uint8))
         zp = np.clip(np.round(np.float32(-lo) / scale), 0, 255).astype(np.uint8)
-        y = xp.clip(xp.round(x.astype(np.float32) / scale) + zp.astype(np.float32), 0, 255).astype(np.uint8)
+        y = xp.clip(xp.round(x.astype(np.float32) / scale) + np.float32(zp), 0, 255).astype(np.uint8)
         return (y, np.asarray(scale, np.float32), np.asarray(zp))
 
     def vjp(self, b, inputs, outputs, grads, wrt):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import host_ints, to_host, xp_of
+from ..backend import host_ints, on, to_host, xp_of
 from ..onnx_types import numpy_dtype, onnx_type
 from . import NonDifferentiable, Op, register, scatter_axis
 
@@ -425,7 +425,8 @@ class ScatterElements(NonDifferentiable):
             self.unsupported(f"reduction={self.reduction!r}")
 
     def forward(self, data, indices, updates):
-        xp = xp_of(data)
+        xp = xp_of(data, indices, updates)  # zeros from ConstantOfShape live on the host; the updates may not
+        data, indices, updates = on(xp, data, indices, updates)
         axis = _axis(self.axis, data.ndim)
         idx = xp.asarray(indices).astype(np.int64)
         idx = xp.where(idx < 0, idx + data.shape[axis], idx)
