@@ -61,11 +61,11 @@ def test_gpu_runs_int8_and_half_models_like_the_cpu(tmp_path):
     quantize_static(str(base), str(qdq), _calibration(x), quant_format=QuantFormat.QDQ, per_channel=True)
     half = tmp_path / "half.onnx"
     onnx.save(convert_float_to_float16(onnx.load(str(base))), str(half))
-    for path in (qdq, half):
+    for path, tol in ((qdq, 1e-2), (half, 1e-3)):  # int8: a value rounding to the other quantum moves a map
         cpu, gpu = fv.load(path, engine="numpy"), fv.load(path, engine="cupy", device="cuda")
         for method in ("gradient", "guided", "gradcam"):
             a, b = cpu.explain(x, method, target=1).relevance, gpu.explain(x, method, target=1).relevance
-            assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a), (path.name, method)
+            assert np.linalg.norm(a - b) <= tol * np.linalg.norm(a), (path.name, method)
 
 
 @CUPY
