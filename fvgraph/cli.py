@@ -253,7 +253,7 @@ def cmd_explain(args) -> int:
             print(f"explained {done} image(s), skipped {skipped} already done; maps in {args.out}/")
         return 0
     model = _load(args.model, args)
-    target = _any_target(args, model)
+    target = _whole_output_unless_classes(model, _any_target(args, model), args.quiet)
     rows, preds = explain_images(model, args.images, methods, args.out, target, _parse_params(args.param),
                                  args.overwrite, args.quiet)
     if len(methods) > 1 or len(args.images) > 1:
@@ -263,6 +263,35 @@ def cmd_explain(args) -> int:
     if not args.quiet:
         print(f"wrote {len(args.images) * len(methods)} explanation(s) to {args.out}/")
     return 0
+
+
+def _whole_output_unless_classes(model, target, quiet):
+    """No target asked for, on a model whose output is no class vector (a text detector's probability map, a
+    segmenter's): the command line explains the sum of the whole first output, and says so; the API asks for
+    an OutputTarget instead. The model is run once at the size its preprocessing implies, so an input size
+    that does not fit the model is named here, with what to do."""
+    if target is not None or len(model.inputs) != 1:
+        return target
+    from .errors import FvGraphError
+    from .explanation import OutputTarget
+    from .image import input_shape
+    from .methods.attribution import logits_value, value_dims
+    shape = input_shape(model)
+    try:
+        dims = value_dims(model, {model.graph.input_names()[0]: np.zeros(shape, np.float32)}, logits_value(model))
+    except FvGraphError as e:
+        declared = model.inputs[0].shape or ()
+        if len(declared) == 4 and not all(isinstance(d, int) for d in declared[2:]):
+            raise InputError(f"the model does not run at {shape[2]}x{shape[3]}, the size its preprocessing implies "
+                             f"(its input size is not declared): give it, e.g. --preprocess size=48x320 ({e})") \
+                from None
+        raise
+    if len(dims) == 2 or (len(dims) == 4 and dims[2:] == (1, 1)):
+        return None
+    if not quiet:
+        print(f"note: the output has shape {tuple(['N'] + list(dims[1:]))}, not (N, classes): explaining the sum "
+              "of the whole output (--target-index or --target-mask choose a part)")
+    return OutputTarget(mask=np.float32(1.0))
 
 
 def cmd_demo(args) -> int:

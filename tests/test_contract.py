@@ -149,3 +149,22 @@ def test_half_precision_nhwc_model_runs_in_its_own_layout_and_explains():
     assert rel_l2(model.run(x), ref) < 3e-3
     r = model.explain(x, "guided", target=1).relevance
     assert r.shape == (1, 3, 24, 24) and np.all(np.isfinite(r)) and np.abs(r).sum() > 0
+
+
+def test_the_command_line_explains_a_dense_output_whole_and_names_a_size_that_does_not_fit(tmp_path, capsys):
+    from tests import zoo
+    path = tmp_path / "seg.onnx"
+    onnx.save(zoo.seg_like(), str(path))  # (N, classes, H, W): no class vector
+    img = str(demo_images()[0])
+    assert main(["explain", str(path), img, "-m", "gradient,gradcam", "-o", str(tmp_path / "o")]) == 0
+    assert "sum of the whole output" in capsys.readouterr().out
+    rel = np.load(tmp_path / "o" / (demo_images()[0].stem + "_gradient.npy"))
+    assert np.abs(rel).sum() > 0
+    # a model whose input size is not declared and that does not run at the implied one: say what to give
+    b = zoo.NetBuilder((1, 3, 1, 1), 13, seed=1, batch="N")
+    b.input_shape = ["N", 3, "h", "w"]
+    y = b.op("Reshape", [b.conv("input", 3, 2, 3), b.const([0, 2, 48, -1], dtype=np.int64)])
+    odd = tmp_path / "odd.onnx"
+    onnx.save(b.model(y), str(odd))
+    assert main(["explain", str(odd), img, "-m", "gradient", "-o", str(tmp_path / "p"), "-q"]) == 2
+    assert "--preprocess size=" in capsys.readouterr().err
