@@ -266,9 +266,9 @@ def cmd_explain(args) -> int:
 
 
 def _whole_output_unless_classes(model, target, quiet):
-    """No target asked for, on a model whose output is no class vector (a text detector's probability map, a
-    segmenter's): the command line explains the sum of the whole first output, and says so; the API asks for
-    an OutputTarget instead. The model is run once at the size its preprocessing implies, so an input size
+    """No target asked for, on a model whose output is a dense map (a text detector's probability map, a
+    segmenter's (N, classes, H, W)): the command line explains the sum of the whole first output, and says so;
+    the API, and the command line on a detector's (N, 4 + classes, anchors), ask for an OutputTarget instead. The model is run once at the size its preprocessing implies, so an input size
     that does not fit the model is named here, with what to do."""
     if target is not None or len(model.inputs) != 1:
         return target
@@ -286,7 +286,7 @@ def _whole_output_unless_classes(model, target, quiet):
                              f"(its input size is not declared): give it, e.g. --preprocess size=48x320 ({e})") \
                 from None
         raise
-    if len(dims) == 2 or (len(dims) == 4 and dims[2:] == (1, 1)):
+    if len(dims) != 4 or dims[2:] == (1, 1):  # classes, or a detector's (N, 4 + classes, anchors): its own error
         return None
     if not quiet:
         print(f"note: the output has shape {tuple(['N'] + list(dims[1:]))}, not (N, classes): explaining the sum "
