@@ -161,8 +161,7 @@ WINDOWS_BELOW = 0.6  # the estimated cost ratio (windows / passes) under which w
 
 def incremental_pays(model, runner, x1, value, box) -> bool:
     """The cost model: one box's windows on the executor against one full pass on the engine, each engine's
-    speed taken from its own forward of the clean image (the executor's from set_image, which the windows
-    need anyway). Windows are taken only where they estimate clearly cheaper (WINDOWS_BELOW): the estimate
+    speed taken from its own (warm) forward of the clean image. Windows are taken only where they estimate clearly cheaper (WINDOWS_BELOW): the estimate
     cannot see the windows' bookkeeping and memory traffic (measured on ResNet-18 at box 32, stride 16 it said
     0.88 where windows were 6% slower; at box 16, stride 8 it said 0.44 where they were 13% faster), and full
     passes are the baseline `auto` must never lose to."""
@@ -170,8 +169,9 @@ def incremental_pays(model, runner, x1, value, box) -> bool:
     from ..engines import ExecutorEngine
     if isinstance(model.engine, ExecutorEngine):
         return True  # the same kernels either way: windows are never more work
+    runner.set_image(x1)  # the windows need it anyway; its first run also makes one-time copies: not timed
     start = time.perf_counter()
-    runner.set_image(x1)
+    model.forward(x1, [value])
     t_executor = time.perf_counter() - start
     model.run(x1, outputs=[value])  # warm (sessions are built on first use)
     start = time.perf_counter()
