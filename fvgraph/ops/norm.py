@@ -140,11 +140,12 @@ class StatisticsNorm(Op):
         bias = inputs[2] if len(inputs) > 2 and inputs[2] else None
         g = grads[0]
 
-        def broadcast(p):
+        def broadcast(p):  # a parameter reshaped to broadcast against x (per channel, or the trailing axes)
             ps = self.param_shape(b.rank(x), b.static(p))
-            return p if tuple(ps) == tuple(b.dims(p)) else b.op("Reshape", [p, b.ints(list(ps))], dtype=b.dtype(p),
-                                                                dims=tuple(1 if d == 1 else b.static(p)[0] if d == -1
-                                                                           else d for d in ps))
+            if tuple(ps) == tuple(b.dims(p)):
+                return p
+            dims = tuple(b.static(p)[0] if d == -1 else d for d in ps)
+            return b.op("Reshape", [p, b.ints(list(ps))], dims=dims, dtype=b.dtype(p))
         s = broadcast(scale)
         gh = b.mul(g, s, like=g)
         view = self.view(b.dims(x))
