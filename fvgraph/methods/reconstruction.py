@@ -342,7 +342,7 @@ def reconstruct(model, target, shape=None, steps=None, lr=None, lp="auto", tv="a
         final, _ = objective(x, np.arange(n))
         still = [i for i in pre if final[i] == 0]
         for i in still:  # a last resort: plain gradient ascent on the pre-activation, from the picture found
-            x[i:i + 1] = _climb(model, lowered, wanted, dims, rows, units[i], pre[i], x[i:i + 1], steps)
+            x[i:i + 1] = _climb(model, lowered, wanted, dims, rows[units[i]][i], units[i], pre[i], x[i:i + 1], steps)
         final, _ = objective(x, np.arange(n))
         hist["dead"] = [i for i in pre if final[i] == 0]
         if still:
@@ -357,7 +357,7 @@ def reconstruct(model, target, shape=None, steps=None, lr=None, lp="auto", tv="a
     return r
 
 
-def _climb(model, lowered, wanted, dims, rows, value, pre, x, steps):
+def _climb(model, lowered, wanted, dims, row, value, pre, x, steps):
     """Gradient ascent on a dead unit's pre-activation in pixel space, with no priors and no transforms, until
     the unit turns on: what is left when the picture's own search could not wake it."""
     lo, hi = _bounds(model, x.shape[1])
@@ -365,11 +365,11 @@ def _climb(model, lowered, wanted, dims, rows, value, pre, x, steps):
     xx = x.astype(np.float64)
     for _ in range(steps):
         seeds = {v: np.zeros((1,) + dims[v], np.float32) for v in wanted}
-        seeds[pre][0] = rows[value][0] if rows[value].shape[0] == 1 else rows[value].sum(axis=0)
+        seeds[pre][0] = row
         out = model.engine.run(lowered.graph, {model.graph.input_names()[0]: xx.astype(np.float32),
                                                **dict(zip(lowered.seed_inputs, [seeds[v] for v in wanted]))},
                                lowered.outputs)
-        if np.sum(out[value] * (rows[value].sum(axis=0) != 0)) > 0:
+        if np.sum(out[value][0] * (row != 0)) > 0:
             break
         xx = np.clip(opt.step(xx, -out[RELEVANCE].astype(np.float64)), lo, hi)
     return xx.astype(np.float32)
