@@ -291,6 +291,14 @@ def test_a_dead_unit_is_redirected_until_it_turns_on():
         assert model.run(r.image, outputs=["act"])["act"][0, 0].max() > 0, param
 
 
+def test_a_dead_unit_beside_a_live_one_in_one_batch_ends_active():
+    model = _net_with_a_dead_unit(-2.5)
+    r = model.reconstruct([fv.Unit("act", channel=1), fv.Unit("act", channel=0)], steps=40, shape=(2, 3, 16, 16))
+    assert r.history["dead"] == []
+    acts = model.run(r.image, outputs=["act"])["act"]
+    assert acts[0, 1].max() > 0 and acts[1, 0].max() > 0  # each picture turns its own unit on
+
+
 def test_a_unit_that_stays_dead_is_reported(tmp_path):
     model = _net_with_a_dead_unit(-50.0)
     with warnings.catch_warnings(record=True) as caught:
