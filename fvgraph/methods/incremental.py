@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Node
+from ..shapes import BATCH
 from ..ops import build_kernel
 
 SPATIAL = {"Conv", "MaxPool", "AveragePool"}
@@ -54,6 +55,29 @@ class IncrementalRunner:
                 if n.op_type == "AveragePool":
                     attrs["count_include_pad"] = 1
                 self.valid[i] = build_kernel(Node(n.name, n.op_type, n.inputs, n.outputs[:1], attrs))
+
+    def shapes_of(self, x1):
+        """What `work` needs, from shapes alone (zero-strided stand-ins for the values, no forward pass): the
+        cost model's first look. Returns False where the shapes are not all known (then set_image)."""
+        feeds = self.model.feeds(x1)
+        table = self.model.shape_table(feeds)
+        stand_in = {}
+        for k, d in table.dims.items():
+            if d is None or not all(isinstance(v, (int, np.integer)) or v == BATCH for v in d):
+                continue
+            stand_in[k] = np.broadcast_to(np.zeros((), table.dtypes.get(k, np.float32)),
+                                          tuple(1 if isinstance(v, str) else int(v) for v in d))
+        stand_in.update(self.ex.constants)
+        self.clean, self.padded = stand_in, {}
+        for i in self.valid:
+            n = self.model.graph.nodes[i]
+            if n.inputs[0] not in stand_in:
+                return False
+            x = stand_in[n.inputs[0]]
+            w = stand_in.get(n.inputs[1]) if n.op_type == "Conv" else None
+            geo = self.ex.kernels[i].geometry(x, w) if n.op_type == "Conv" else self.ex.kernels[i].geometry(x)
+            self.padded[i] = (None, geo)
+        return True
 
     def set_image(self, x1):
         self.clean = self.model.forward(x1, [self.value], keep=True).values

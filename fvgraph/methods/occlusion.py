@@ -157,6 +157,8 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
 
 
 WINDOWS_BELOW = 0.6  # the estimated cost ratio (windows / passes) under which windows are taken
+EXECUTOR_SLOWER = 1.5  # fvgraph's executor per forward against onnxruntime's, at least (measured 1.7-2x): the
+                       # bound that lets the estimate skip timing where windows cannot win
 
 
 def incremental_pays(model, runner, x1, value, box) -> bool:
@@ -169,6 +171,10 @@ def incremental_pays(model, runner, x1, value, box) -> bool:
     from ..engines import ExecutorEngine
     if isinstance(model.engine, ExecutorEngine):
         return True  # the same kernels either way: windows are never more work
+    if runner.shapes_of(x1):  # from shapes alone: where the windows' share of the work is too large for an
+        inc, full = runner.work(box)  # executor no faster than EXECUTOR_SLOWER times onnxruntime, no pass is
+        if full <= 0 or EXECUTOR_SLOWER * inc / full >= WINDOWS_BELOW:  # spent on timing the two engines
+            return False
     runner.set_image(x1)  # the windows need it anyway; its first run also makes one-time copies: not timed
     start = time.perf_counter()
     model.forward(x1, [value])
