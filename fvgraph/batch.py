@@ -8,12 +8,12 @@ a half-written file that a resumed run would take as done.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError, refuse_overwrite
+from .files import write_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -36,12 +36,6 @@ def method_stem(method) -> str:
 
 def expected_files(name, methods, out) -> list[Path]:
     return [Path(out) / f"{name}_{method_stem(m)}.npy" for m in methods]
-
-
-def _atomic_save(path: Path, write):
-    tmp = path.with_name(path.name + ".part")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def write_explanations(model, path, name, methods, out, target=None, params=None, overwrite=False):
@@ -81,8 +75,8 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
         for f in list(files) + [out / f"{stem}.npy"]:
             refuse_overwrite(f, overwrite, other_out=True)
         for f, pic_ in files.items():
-            _atomic_save(f, lambda t, pic_=pic_: Image.fromarray(pic_).save(t, format="PNG"))
-        _atomic_save(out / f"{stem}.npy", lambda t, a=e.relevance[0]: np.save(open(t, "wb"), a))
+            write_atomic(f, lambda t, pic_=pic_: Image.fromarray(pic_).save(t, format="PNG"))
+        write_atomic(out / f"{stem}.npy", lambda t, a=e.relevance[0]: np.save(open(t, "wb"), a))
     k, label, prob = prediction(model, scores if scores is not None else model.run(x)[0])
     return row, (Path(path).name, k, label, prob)
 

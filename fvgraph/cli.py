@@ -211,20 +211,11 @@ def cmd_preprocess(args) -> int:
 
 
 def _save_onnx(proto, out: Path):
-    """Write atomically: nothing is left at the output path on failure."""
-    import os
-    import tempfile
-
+    """Written whole or not at all (fvgraph.files)."""
     import onnx
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".onnx.part")
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    from .files import write_atomic
+    write_atomic(out, lambda tmp: onnx.save(proto, tmp))
 
 
 def explain_images(model, images, methods, out, target=None, params=None, overwrite=False, quiet=False):
@@ -437,10 +428,8 @@ def cmd_examples(args) -> int:
         for c, pic in example_pictures(model, ex, args.layer).items():
             if pic is not None:
                 Image.fromarray(pic).save(out / f"channel_{c:04d}.png")
-    tmp = out / "examples.json.part"
-    tmp.write_text(json.dumps(data, indent=1))
-    import os
-    os.replace(tmp, out / "examples.json")
+    from .files import write_text
+    write_text(out / "examples.json", json.dumps(data, indent=1))
     (out / "examples.state.json").unlink(missing_ok=True)
     if not args.quiet:
         print(f"wrote {out / 'examples.json'}: the top {args.k} of {len(ex)} channel(s)"

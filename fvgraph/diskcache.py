@@ -78,12 +78,9 @@ def file_hash(path) -> str | None:
 
 
 def _write_atomic(path: Path, text: str):
+    from .files import write_text
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     except OSError:
         pass  # a read-only or full cache only costs speed
 

@@ -165,11 +165,8 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
 
 
 def _write_json(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    from ..files import write_text
+    write_text(path, json.dumps(data))
 
 
 def examples_json(value, examples) -> dict:
@@ -242,10 +239,8 @@ def build_bank(model, images, layer, cache_dir=None, batch=16, quiet=None):
         bar.update(min(i + batch, len(files)))
     vectors, where = np.concatenate(vectors), np.concatenate(where)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".part.npz")
-        np.savez(tmp, vectors=vectors, where=where, files=np.array(files))
-        os.replace(tmp, cache)
+        from ..files import write_atomic
+        write_atomic(cache, lambda t: np.savez(open(t, "wb"), vectors=vectors, where=where, files=np.array(files)))
     return vectors, where, files
 
 
