@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UnsupportedModelError
-from .graph import Node
+from .graph import Node, unique_name
 
 MS = "com.microsoft."
 
@@ -289,12 +289,7 @@ class Names:
         self.initializers = initializers
 
     def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        return unique_name(base, self.taken)
 
     def const(self, base: str, value) -> str:
         name = self.fresh(base)

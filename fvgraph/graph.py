@@ -77,6 +77,16 @@ class Graph:
         return [v.name for v in self.outputs]
 
 
+def unique_name(base: str, taken: set) -> str:
+    """base, or base_1, base_2, ...: the first not in `taken` (which then holds it)."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def topological_order(nodes: list[Node], available: set[str]) -> list[Node]:
     """Kahn's algorithm keeping the file's order among ready nodes; raises ValueError on a cycle or a
     dangling input (the importer turns that into a readable error)."""

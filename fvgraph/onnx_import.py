@@ -21,7 +21,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .errors import ModelLoadError, UnsupportedModelError
-from .graph import Graph, Node, ValueInfo, topological_order
+from .graph import Graph, Node, ValueInfo, topological_order, unique_name
 from .onnx_file import read_model
 from .onnx_types import numpy_dtype
 
@@ -152,12 +152,7 @@ class _Importer:
         self.used_names: set[str] = set()
 
     def const(self, base: str, value) -> str:
-        name = base
-        k = 0
-        while name in self.used_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.used_names.add(name)
+        name = unique_name(base, self.used_names)
         self.initializers[name] = np.asarray(value)
         return name
 

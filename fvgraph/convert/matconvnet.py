@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import FvGraphError, ModelLoadError, UnsupportedModelError
+from ..graph import unique_name
 
 OPSET = 13
 
@@ -149,12 +150,7 @@ class _Builder:
         return name
 
     def unique(self, name):
-        base, k = name, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
+        return unique_name(name, self.used)
 
     def node(self, op, inputs, output, name, **attrs):
         self.nodes.append(helper.make_node(op, inputs, [output], name=self.unique(name), **attrs))
