@@ -10,7 +10,8 @@ A hit loads in milliseconds what costs a lowering and a graph optimization (0.5-
 written to a private temporary folder and renamed into place, so concurrent processes never see a half-written
 entry (the first to finish wins; the others drop theirs); an entry whose description does not match the
 versions it was made with is ignored. Models given as bytes or protos are not cached (no file to hash), nor
-graphs with more than MAX_BYTES of weights.
+graphs with more than MAX_BYTES of weights; the whole cache stays under TOTAL_BYTES (2 GB by default,
+FVGRAPH_CACHE_TOTAL_MB), the least recently used entries going first.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ FORMAT = 1
 # Graphs whose weights exceed this are not kept: writing their optimized copy (VGG-16 guided: 584 MB, 2.7 s)
 # costs more than the lowering and optimization it would save (1.4 s in all there); FVGRAPH_CACHE_MAX_MB moves it
 MAX_BYTES = int(float(os.environ.get("FVGRAPH_CACHE_MAX_MB", 256)) * 2**20)
+# The cache as a whole stays under this: after each new entry the least recently used ones go
+TOTAL_BYTES = int(float(os.environ.get("FVGRAPH_CACHE_TOTAL_MB", 2048)) * 2**20)
 
 
 @lru_cache(maxsize=1)
@@ -105,6 +108,10 @@ def read(entry: Path) -> dict | None:
         return None
     if meta.get("environment") != environment() or not (entry / "optimized.onnx").exists():
         return None
+    try:
+        os.utime(entry / "meta.json")  # used now: the last to be evicted
+    except OSError:
+        pass
     return meta
 
 
@@ -124,3 +131,23 @@ def publish(tmp: Path, entry: Path, meta: dict):
         os.rename(tmp, entry)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+    evict(entry.parent, TOTAL_BYTES)
+
+
+def evict(base: Path, limit: int):
+    """Remove the least recently used entries until the entries under `base` take at most `limit` bytes."""
+    entries = []
+    for e in base.iterdir() if base.exists() else []:
+        if not e.is_dir() or e.name.startswith(".") or e.name == "index":
+            continue
+        try:
+            size = sum(f.stat().st_size for f in e.iterdir())
+            entries.append(((e / "meta.json").stat().st_mtime, size, e))
+        except OSError:
+            continue
+    total = sum(s for _, s, _ in entries)
+    for _, size, e in sorted(entries, key=lambda r: r[0]):
+        if total <= limit:
+            break
+        shutil.rmtree(e, ignore_errors=True)
+        total -= size

@@ -121,3 +121,19 @@ def _save(tmp_path):
     p = tmp_path / "x.npy"
     np.save(p, X)
     return p
+
+
+def test_the_cache_stays_under_its_size_by_dropping_the_least_recently_used(cache, net, monkeypatch):
+    import time
+
+    from fvgraph import diskcache
+    model = fv.load(net)
+    model.explain(X, "gradient", target=1)
+    time.sleep(0.05)
+    model.explain(X, "guided", target=1)
+    first, second = sorted(_entries(cache), key=lambda e: (e / "meta.json").stat().st_mtime)
+    time.sleep(0.05)
+    assert diskcache.read(first) is not None  # reading it makes it the most recently used
+    size = sum(f.stat().st_size for f in second.iterdir())
+    diskcache.evict(cache / "graphs", sum(f.stat().st_size for f in first.iterdir()) + size // 2)
+    assert _entries(cache) == [first]
