@@ -47,12 +47,8 @@ def _layer_maps(model, x, value):
 
 def channel_maxima(model, x, value, channels):
     """(scores (N, len(channels)), positions (N, len(channels), 2)): each channel's largest activation per image
-    and where it is (the first such position in row-major order)."""
+    and where it is (the first such position in row-major order); `channels` as `resolve_channels` checked them."""
     maps = _layer_maps(model, x, value)
-    if channels is None:
-        channels = list(range(maps.shape[1]))
-    if max(channels) >= maps.shape[1] or min(channels) < 0:
-        raise InputError(f"channels {min(channels)}..{max(channels)} out of range for {maps.shape[1]} channels")
     flat = maps[:, channels].reshape(len(x), len(channels), -1)
     where = flat.argmax(axis=2)
     scores = np.take_along_axis(flat, where[..., None], axis=2)[..., 0]
