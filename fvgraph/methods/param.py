@@ -25,6 +25,7 @@ from ..errors import InputError
 COLOR_SQRT = np.array([[0.56282854, 0.58447580, 0.58447580],
                        [0.19482528, 0.00000000, -0.19482528],
                        [0.04329450, -0.10823626, 0.06494176]])  # rows: decorrelated -> RGB contributions
+COLOR = COLOR_SQRT / np.linalg.norm(COLOR_SQRT, axis=0).max()  # scaled: the largest column norm is 1
 STD_EPS = 1e-4
 
 
@@ -116,7 +117,7 @@ class Spectral(Parameterization):
         else:
             y = z
         if self.c == 3:
-            y = np.einsum("nchw,cd->ndhw", y, COLOR_SQRT / np.linalg.norm(COLOR_SQRT, axis=0).max())
+            y = np.einsum("nchw,cd->ndhw", y, COLOR)
         v = 1 / (1 + np.exp(-y))
         self._v = v
         return v
@@ -126,7 +127,7 @@ class Spectral(Parameterization):
         v = self._v
         g = g * v * (1 - v)
         if self.c == 3:
-            g = np.einsum("ndhw,cd->nchw", g, COLOR_SQRT / np.linalg.norm(COLOR_SQRT, axis=0).max())
+            g = np.einsum("ndhw,cd->nchw", g, COLOR)
         if self.standardize:
             g = _standardize_back(g, *self._std)
         return _irfft2_back(g, self.w)
@@ -190,7 +191,7 @@ def natural_magnitude(channels, h, w) -> np.ndarray:
 
     from ..image import demo_images
     rng = np.random.default_rng(0)
-    inverse = np.linalg.inv(COLOR_SQRT / np.linalg.norm(COLOR_SQRT, axis=0).max())
+    inverse = np.linalg.inv(COLOR)
     total = np.zeros((channels, h, w // 2 + 1))
     count = 0
     for path in demo_images():
