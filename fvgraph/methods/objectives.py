@@ -14,7 +14,7 @@ map view of fvgraph.tokens, so a channel of a token or channels-last layer is it
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -91,8 +91,7 @@ class Objective:
     def __mul__(self, k):
         if not isinstance(k, (int, float, np.integer, np.floating)):
             return NotImplemented
-        return Objective([Term(t.kind, t.weight * float(k), t.layer, t.index, t.position, t.vector, t.target)
-                          for t in self.terms])
+        return Objective([replace(t, weight=t.weight * float(k)) for t in self.terms])
 
     __rmul__ = __mul__
 
