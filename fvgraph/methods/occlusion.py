@@ -5,6 +5,8 @@ cover it, of the drop in the target's score (clean score minus occluded score). 
 per axis; positions start at 0 and step by the stride, and when the last step does not reach the bottom or
 right edge one more box flush with that edge is added, so every pixel is covered when stride <= box (when
 the steps fit exactly, the positions are exactly 0, s, 2s, ...; with stride > box the gaps get 0).
+score="prob" scores a class target by its softmax probability: the model's own trailing Softmax, or a softmax
+over the class axis of its output where it ends in logits (units and output targets are scored on their values).
 
 Occluded copies run in batches under a memory cap, in one of two ways:
 - incremental inference on fvgraph's executor: each batch recomputes only the window of every layer that the
@@ -83,11 +85,17 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     ys, xs = positions(H, box[0], stride[0]), positions(W, box[1], stride[1])
     boxes = [(y, xx) for y in ys for xx in xs]
     logits = logits_value(model, through_softmax=(score == "prob"))
+    # score="prob" on a model without a trailing softmax: the class scores are softmaxed here
+    softmax = score == "prob" and not ends_in_softmax(model, logits)
     value = model.resolve(target.layer) if isinstance(target, Unit) else \
         output_value(model, target) if isinstance(target, OutputTarget) else logits
     if incremental not in (True, False, "auto"):
         raise InputError(f"incremental must be True, False or 'auto', got {incremental!r}")
     clean = model.run(x, outputs=[value])[value]
+    if softmax and value == logits:
+        classes = class_indices(target, clean.shape, N, value)  # checks the (batch, classes) shape
+    else:
+        softmax = False  # probabilities are of class scores: units and output targets read their values
     if isinstance(target, Unit):
         mask = unit_mask(model, target, clean.shape, N)
         mask = mask / max(1, int(mask[0].sum()))
@@ -101,6 +109,8 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         mask.reshape(N, -1)[np.arange(N), reported] = 1
 
     def score_of(values, n):
+        if softmax:
+            values = probabilities(values)
         return np.sum((values * mask[n]).reshape(len(values), -1), axis=1)
 
     if batch_size is None:
@@ -154,6 +164,23 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     return Explanation(rel, reported, np.asarray(clean), "occlusion",
                        extras={"boxes": boxes, "counts": counts, "box": box, "stride": stride,
                                "batch_size": batch_size, "way": choice})
+
+
+def ends_in_softmax(model, value: str) -> bool:
+    """Whether `value` is a Softmax's output (through Identity nodes): then its scores are probabilities already."""
+    from .attribution import SOFTMAX_OPS
+    prod = model.graph.producers()
+    node = prod.get(value)
+    while node is not None and node.op_type == "Identity":
+        node = prod.get(node.inputs[0])
+    return node is not None and node.op_type in SOFTMAX_OPS[:1]
+
+
+def probabilities(values):
+    """Softmax over the class axis (1) of (n, classes, ...) scores, in float64."""
+    v = np.asarray(values, np.float64)
+    e = np.exp(v - v.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 WINDOWS_BELOW = 0.6  # the estimated cost ratio (windows / passes) under which windows are taken
