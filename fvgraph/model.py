@@ -135,7 +135,9 @@ class Model:
         return shape
 
     def resolve(self, ref: Any) -> str:
-        """The value name behind a layer reference: a value name, a layer (node) name, or a layer index."""
+        """The value name behind a layer reference: a value name, a layer (node) name, or a layer index. A graph
+        output's name is that output first: exporters (keras2onnx) name a node like the output its last op writes
+        (MatMul node 'dense_5' writing 'dense_5/MatMul:0', its bias Add writing the output 'dense_5')."""
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             n = len(self.layers)
             if not -n <= ref < n:
@@ -143,6 +145,8 @@ class Model:
                                  f"or negative from the end)")
             return self.layers[ref].output
         if isinstance(ref, str):
+            if ref in self.graph.output_names():
+                return ref
             for layer in self.layers:
                 if layer.name == ref:
                     return layer.output
