@@ -126,12 +126,34 @@ def output_seed(model, feeds, target: OutputTarget, n: int) -> tuple[str, np.nda
     return value, seed
 
 
+def channel_axis(model, dims, input_hw=None) -> int:
+    """The channel (class) axis of a rank-4 output: 1 (N, C, H, W), or 3 where it is channels last (N, H, W, C),
+    as TensorFlow exports (MTCNN's P-Net softmax) write it. Channels last when the model's labels count only the
+    last axis, when the middle axes tile the input as a map (fvgraph.tokens) and the last two do not, or when the
+    last axis is smaller than both middle ones (few classes over a spatial grid)."""
+    if len(dims) != 4 or not all(isinstance(d, (int, np.integer)) for d in dims[1:]):
+        return 1
+    a, b, c = (int(d) for d in dims[1:])
+    names = model.class_names()
+    if names and (a == len(names)) != (c == len(names)):
+        return 1 if a == len(names) else 3
+    if input_hw is not None:
+        from ..tokens import map_view
+        view = map_view(dims, input_hw)
+        if view is not None and view.kind == "nhwc":
+            return 3
+    return 3 if c < a and c < b else 1
+
+
 def output_mask(model, source, output=None, channel=None) -> np.ndarray:
     """An OutputTarget mask from a file: a .npy weight array as it is, or a grayscale image (0..255 -> 0..1)
-    resized (nearest) to the output's height and width, in one channel or all."""
+    resized (nearest) to the output's height and width, in one channel or all. A channels-last output (N, H, W, C)
+    takes the image over its axes 1, 2 and `channel` along its last axis (see channel_axis)."""
     from ..image import input_shape
+    shape = input_shape(model)
     value = output_value(model, OutputTarget(output=output, index=0))
-    dims = value_dims(model, {model.graph.input_names()[0]: np.zeros(input_shape(model), np.float32)}, value)
+    dims = value_dims(model, {model.graph.input_names()[0]: np.zeros(shape, np.float32)}, value)
+    axis = channel_axis(model, dims, tuple(shape[2:]))
     if str(source).lower().endswith(".npy"):
         try:
             mask = np.load(source, allow_pickle=False).astype(np.float32)
@@ -143,13 +165,25 @@ def output_mask(model, source, output=None, channel=None) -> np.ndarray:
         if len(dims) != 4:
             raise InputError(f"an image mask needs a (batch, channels, height, width) output; {value!r} has shape "
                              f"{tuple(dims)}: give a .npy array")
-        gray = Image.fromarray(read_rgb(source)).convert("L").resize((dims[3], dims[2]), Image.NEAREST)
-        mask = (np.asarray(gray, np.float32) / 255.0)[None]
+        h, w = (dims[2], dims[3]) if axis == 1 else (dims[1], dims[2])
+        gray = Image.fromarray(read_rgb(source)).convert("L").resize((w, h), Image.NEAREST)
+        mask = np.asarray(gray, np.float32) / 255.0
+        mask = mask[None] if axis == 1 else mask[..., None]  # broadcast over the channels
     if channel is not None:
-        if len(dims) < 2 or not 0 <= channel < dims[1]:
+        if len(dims) < 2 or not 0 <= channel < dims[axis]:
             raise InputError(f"--target-channel {channel} is out of range for output {value!r} of shape {tuple(dims)}")
         full = np.zeros(tuple(dims[1:]), np.float32)
-        full[channel] = mask.reshape(full.shape[1:]) if mask.size == np.prod(full.shape[1:]) else mask[0]
+        plane = tuple(d for k, d in enumerate(full.shape) if k != axis - 1)
+        if mask.size == int(np.prod(plane)):
+            mask = mask.reshape(plane)
+        elif mask.shape == full.shape:
+            mask = np.take(mask, channel, axis=axis - 1)
+        else:
+            raise InputError(f"a mask of shape {mask.shape} does not fit one channel {plane} of output {value!r} "
+                             f"of shape {tuple(dims)}")
+        index = [slice(None)] * full.ndim
+        index[axis - 1] = channel
+        full[tuple(index)] = mask
         mask = full
     return mask
 
