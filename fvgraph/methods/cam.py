@@ -288,7 +288,39 @@ def scorecam(model, x, A, target, through_softmax):
     return _relu_sum(A, w[:, :, None, None].astype(A.dtype)), w
 
 
+def flag_degenerate(e: Explanation, weights=None) -> Explanation:
+    """A map that is zero everywhere (or not finite) is no explanation: one FvGraphWarning says why and what to try,
+    and e.extras["degenerate"] lists the samples (PReLU nets' Grad-CAM: every channel weight negative)."""
+    import warnings
+    from ..errors import FvGraphWarning
+    maps = np.asarray(e.relevance)
+    flat = maps.reshape(len(maps), -1)
+    bad = [i for i in range(len(flat)) if not np.all(np.isfinite(flat[i])) or not np.any(flat[i])]
+    if not bad:
+        return e
+    e.extras["degenerate"] = bad
+    if not all(np.all(np.isfinite(flat[i])) for i in bad):
+        why = "it holds non-finite values (the layer or its gradient overflowed)"
+    elif weights is not None and all(np.all(np.asarray(weights)[i] <= 0) for i in bad):
+        why = "every channel weight is negative or zero, so the ReLU removed the whole weighted sum"
+    elif e.method in ("gradcam", "hirescam", "xgradcam"):
+        why = "the weighted sum of the channels is negative everywhere and the ReLU removed it"
+    else:
+        why = "the layer's activations (or the target's gradient there) are zero everywhere"
+    layer = e.extras.get("layer")
+    warnings.warn(FvGraphWarning(
+        f"{e.method}: the map of sample(s) {bad} is {'zero everywhere' if 'finite' not in why else 'not finite'}: {why}; try another layer= (the one used: "
+        f"{layer!r}; `fvgraph info MODEL` lists them) or the methods gradcam++ / layercam, which weigh positive "
+        "gradients only"))
+    return e
+
+
 def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):
+    e = _explain_cam(model, x, method, target, layer, upsample_maps, through_softmax)
+    return flag_degenerate(e, e.extras.get("alpha", e.extras.get("weights")) if method in ("gradcam", "cam") else None)
+
+
+def _explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):
     feeds = model.feeds(x)
     logits = logits_value(model, through_softmax)
     first = model.graph.input_names()[0]
