@@ -30,7 +30,10 @@ def logits_value(model, through_softmax=False) -> str:
 
 def class_indices(target, dims, n: int, value: str) -> np.ndarray:
     """One class index per sample (-1: the predicted class), checked against a (batch, classes) value (or
-    (batch, classes, 1, 1): MatConvNet's and other fully convolutional classifiers)."""
+    (batch, classes, 1, 1): MatConvNet's and other fully convolutional classifiers), or against the last axis of
+    a value whose batch is not axis 0 (time-major (T, N, C): see time_major_seed)."""
+    if batch_axis(dims) != 0:
+        dims = (dims[batch_axis(dims)], dims[-1])
     if len(dims) < 2 or any(d != 1 for d in dims[2:]):
         raise InputError(f"class targets need a (batch, classes) output; {value!r} has shape "
                          f"{tuple('N' if isinstance(d, str) else d for d in dims)}: use fv.OutputTarget(index=...) "
@@ -87,6 +90,27 @@ def output_value(model, target: OutputTarget) -> str:
     return ref if ref in names else model.resolve(ref)
 
 
+def batch_axis(dims) -> int:
+    """The axis of a value's dims that is the batch: 0, or the one symbolic axis after it where axis 0 is fixed
+    (time-major (T, N, C) outputs of CRNN and other OCR nets, read by CTC)."""
+    if dims is None or not dims or isinstance(dims[0], str):
+        return 0
+    symbolic = [k for k, d in enumerate(dims) if isinstance(d, str)]
+    return symbolic[0] if len(symbolic) == 1 else 0
+
+
+def per_sample(a: np.ndarray, axis: int) -> np.ndarray:
+    """(n, everything else flattened): the batch axis first."""
+    return np.moveaxis(np.asarray(a), axis, 0).reshape(np.shape(a)[axis], -1)
+
+
+def time_major_predicted(out, ax: int) -> np.ndarray:
+    """The predicted class per sample of a value whose batch is axis `ax`: the argmax of the class scores (last
+    axis) summed over every other axis (the time steps)."""
+    a = np.moveaxis(np.asarray(out, np.float64), ax, 0)
+    return a.reshape(a.shape[0], -1, a.shape[-1]).sum(axis=1).argmax(axis=1)
+
+
 def value_dims(model, feeds, value):
     """A value's dims for these inputs (batch symbolic), measured when inference cannot tell."""
     dims = model.shape_table(feeds).dims.get(value)
@@ -102,7 +126,9 @@ def output_seed(model, feeds, target: OutputTarget, n: int) -> tuple[str, np.nda
     """(value, seed array (n, ...)): 1 at the index, or the mask, in every sample."""
     value = output_value(model, target)
     dims = value_dims(model, feeds, value)
-    shape = (n,) + tuple(dims[1:])
+    ax = batch_axis(dims)
+    shape = tuple(n if k == ax else d for k, d in enumerate(dims))
+    one = tuple(d for k, d in enumerate(shape) if k != ax)  # one sample's output
     seed = np.zeros(shape, np.float32)
     if (target.index is None) == (target.mask is None):
         raise InputError("OutputTarget needs index= (one element) or mask= (a weighted region), not "
@@ -112,18 +138,23 @@ def output_seed(model, feeds, target: OutputTarget, n: int) -> tuple[str, np.nda
             index = tuple(int(i) for i in np.atleast_1d(np.asarray(target.index)).reshape(-1))
         except (TypeError, ValueError):
             raise InputError(f"OutputTarget index must be integers, got {target.index!r}") from None
-        if len(index) != len(shape) - 1 or any(not 0 <= i < d for i, d in zip(index, shape[1:])):
+        if len(index) != len(shape) - 1 or any(not 0 <= i < d for i, d in zip(index, one)):
             raise InputError(f"OutputTarget index {index} does not fit output {value!r} of shape "
-                             f"{('N',) + shape[1:]} (give one index per axis after the batch)")
-        seed[(slice(None),) + index] = 1
+                             f"{_shown(shape, ax)} (give one index per axis but the batch)")
+        seed[index[:ax] + (slice(None),) + index[ax:]] = 1
         return value, seed
     mask = np.asarray(target.mask, np.float32)
     try:
-        seed[...] = mask if mask.ndim == len(shape) else mask[None]
+        seed[...] = mask if mask.ndim == len(shape) else np.expand_dims(mask, ax) if mask.ndim == len(one) \
+            else mask[None]
     except ValueError:
         raise InputError(f"OutputTarget mask of shape {mask.shape} does not broadcast to output {value!r} of "
-                         f"shape {('N',) + shape[1:]}") from None
+                         f"shape {_shown(shape, ax)}") from None
     return value, seed
+
+
+def _shown(shape, ax):
+    return tuple("N" if k == ax else d for k, d in enumerate(shape))
 
 
 def channel_axis(model, dims, input_hw=None) -> int:
@@ -229,8 +260,27 @@ def seed_for(model, feeds, target, value: str):
         return Target("array", value), {"seed": target.astype(np.float32)}, None
     if dims is None or not all(isinstance(d, int) for d in dims[1:]):
         dims = value_dims(model, feeds, value)
+    ax = batch_axis(dims)
+    if ax != 0:
+        return time_major_seed(model, feeds, target, dims, ax, n, value)
     classes = class_indices(target, dims, n, value)
     return Target("class", value), {"target": classes}, classes
+
+
+def time_major_seed(model, feeds, target, dims, ax, n, value):
+    """A class target on an output whose batch is not axis 0 ((T, N, C), time-major): the class axis is the last,
+    and class c's score is the sum of its scores over the other axes (every time step); the predicted class is
+    the argmax of those sums. One step is fv.OutputTarget(index=(t, c)) (the index leaves out the batch axis)."""
+    shape = tuple(n if k == ax else d for k, d in enumerate(dims))
+    if not all(isinstance(d, int) for d in shape):
+        raise InputError(f"the shape of {value!r} is not known for inputs of shape "
+                         f"{[np.shape(v) for v in feeds.values()]}")
+    classes = class_indices(target, dims, n, value)
+    if np.any(classes < 0):
+        classes = np.where(classes < 0, time_major_predicted(model.run(feeds, outputs=[value])[value], ax), classes)
+    hot = (np.arange(shape[-1]) == classes.reshape((1,) * ax + (n,) + (1,) * (len(shape) - ax - 1)))
+    seed = np.broadcast_to(hot, shape).astype(model.shape_table(feeds).dtypes.get(value, np.float32))
+    return Target("array", value), {"seed": np.ascontiguousarray(seed)}, classes
 
 
 def target_scores(model, x, target, through_softmax=False, probabilities=False):
@@ -250,7 +300,8 @@ def target_scores(model, x, target, through_softmax=False, probabilities=False):
     weights = seed["seed"].astype(np.float64)
     if isinstance(target, Unit):
         weights = weights / np.maximum(weights.reshape(n, -1).sum(axis=1), 1).reshape((n,) + (1,) * (weights.ndim - 1))
-    return (out * weights).reshape(n, -1).sum(axis=1), out
+    ax = batch_axis(model.shape_table(feeds).dims.get(spec.value))
+    return per_sample(out * weights, ax).sum(axis=1), out
 
 
 def attribute(model, x, rules: Rules, target=None, through_softmax=False, return_layers=(), method_name=None):

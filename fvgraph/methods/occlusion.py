@@ -72,7 +72,8 @@ def make_fill(x1, fill, box, count, rng):
 
 def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, batch_size=None, memory=None,
               seed=0, score="logit", incremental="auto", quiet=None, progress=None):
-    from .attribution import class_indices, logits_value, output_seed, output_value, unit_mask
+    from .attribution import (batch_axis, class_indices, logits_value, output_seed, output_value, time_major_predicted,
+                              unit_mask, value_dims)
     from .sampling import in_model_batches
     if score not in ("logit", "prob"):
         raise InputError(f"score must be 'logit' or 'prob', got {score!r}")
@@ -91,9 +92,12 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         output_value(model, target) if isinstance(target, OutputTarget) else logits
     if incremental not in (True, False, "auto"):
         raise InputError(f"incremental must be True, False or 'auto', got {incremental!r}")
-    clean = model.run(x, outputs=[value])[value]
+    native = model.run(x, outputs=[value])[value]
+    dims = value_dims(model, {first: x}, value)
+    ax = batch_axis(dims)  # time-major (T, N, C) values are scored batch first
+    clean = np.moveaxis(native, ax, 0)
     if softmax and value == logits:
-        classes = class_indices(target, clean.shape, N, value)  # checks the (batch, classes) shape
+        classes = class_indices(target, dims, N, value)  # checks the (batch, classes) shape
     else:
         softmax = False  # probabilities are of class scores: units and output targets read their values
     if isinstance(target, Unit):
@@ -101,16 +105,22 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         mask = mask / max(1, int(mask[0].sum()))
         reported = target
     elif isinstance(target, OutputTarget):
-        mask, reported = output_seed(model, {first: x}, target, N)[1], target
+        mask, reported = np.moveaxis(output_seed(model, {first: x}, target, N)[1], ax, 0), target
+    elif ax != 0:  # a class's score: its scores summed over the time steps (fvgraph.methods.attribution)
+        classes = class_indices(target, dims, N, value)
+        reported = np.where(classes < 0, time_major_predicted(clean, 0), classes)
+        mask = np.zeros(clean.shape, np.float32)
+        for n in range(N):
+            mask[n, ..., reported[n]] = 1
     else:
-        classes = class_indices(target, clean.shape, N, value)
+        classes = class_indices(target, dims, N, value)
         reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
         mask = np.zeros(clean.shape, np.float32)
         mask.reshape(N, -1)[np.arange(N), reported] = 1
 
     def score_of(values, n):
         if softmax:
-            values = probabilities(values)
+            values = probabilities(values, 1 if ax == 0 else -1)
         return np.sum((values * mask[n]).reshape(len(values), -1), axis=1)
 
     if batch_size is None:
@@ -125,7 +135,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     for (y, xx) in boxes:
         counts[y:y + box[0], xx:xx + box[1]] += 1
     runner, key = None, None
-    if incremental and model.executor.backend.device == "cpu":  # the incremental runner works on host arrays
+    if incremental and model.executor.backend.device == "cpu" and ax == 0:  # the incremental runner works on host arrays
         from .incremental import IncrementalRunner
         runner = IncrementalRunner(model, value)
         if incremental == "auto":  # decided once per model, target value, box and input size: repeated calls
@@ -138,7 +148,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         batch = np.repeat(x[n:n + 1], len(chunk), axis=0)
         for k, (y, xx) in enumerate(chunk):
             batch[k, :, y:y + box[0], xx:xx + box[1]] = patches[b0 + k]
-        return in_model_batches(model, lambda rows: model.run(rows, outputs=[value])[value], batch)
+        return in_model_batches(model, lambda rows: np.moveaxis(model.run(rows, outputs=[value])[value], ax, 0), batch)
     bar = Progress(N * len(boxes), "occlusion", quiet, progress)
     done = 0
     seen = np.zeros((N, H, W), np.int64)  # boxes done so far over each pixel: the partial map's divisor
@@ -161,7 +171,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
             bar.update(done, partial=lambda: (drops / np.maximum(seen, 1)).astype(np.float32))
     choice = "incremental" if runner is not None else "full passes"
     rel = (drops / np.maximum(counts, 1)).astype(np.float32)  # pixels no box covers (stride > box) get 0
-    return Explanation(rel, reported, np.asarray(clean), "occlusion",
+    return Explanation(rel, reported, np.asarray(native), "occlusion",
                        extras={"boxes": boxes, "counts": counts, "box": box, "stride": stride,
                                "batch_size": batch_size, "way": choice})
 
@@ -176,11 +186,11 @@ def ends_in_softmax(model, value: str) -> bool:
     return node is not None and node.op_type in SOFTMAX_OPS[:1]
 
 
-def probabilities(values):
-    """Softmax over the class axis (1) of (n, classes, ...) scores, in float64."""
+def probabilities(values, axis: int = 1):
+    """Softmax over the class axis (1 of (n, classes, ...) scores; -1 of time-major ones), in float64."""
     v = np.asarray(values, np.float64)
-    e = np.exp(v - v.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    e = np.exp(v - v.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 WINDOWS_BELOW = 0.6  # the estimated cost ratio (windows / passes) under which windows are taken
