@@ -339,7 +339,8 @@ class Model:
             def once(xs, t):
                 from .methods.cam import explain_cam
                 return explain_cam(self, xs, method, t, layer=params.get("layer"),
-                                   upsample_maps=params.get("upsample", True), through_softmax=through_softmax)
+                                   upsample_maps=params.get("upsample", True), through_softmax=through_softmax,
+                                   flag=settings is None)
         else:
             from dataclasses import replace
             rules = self.rules_for(method, params)
@@ -358,7 +359,11 @@ class Model:
                                      method_name=name)
         if settings is None:
             return once(x, target)
-        return sampling.smoothed(self, x, once, target, settings, through_softmax)
+        result = sampling.smoothed(self, x, once, target, settings, through_softmax)
+        if isinstance(method, str) and method in CAM_METHODS:  # the average is the map: flagged when zero
+            from .methods.cam import flag_degenerate
+            flag_degenerate(result)
+        return result
 
     def _random(self, x, target, params):
         """The baseline every method must beat: seeded uniform random relevance of the input's shape."""

@@ -315,8 +315,12 @@ def flag_degenerate(e: Explanation, weights=None) -> Explanation:
     return e
 
 
-def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False):
+def explain_cam(model, x, method, target=None, layer=None, upsample_maps=True, through_softmax=False, flag=True):
+    """One CAM-family explanation; `flag`: say so when a map is zero (off for the noisy copies of SmoothGrad,
+    whose average is what is flagged)."""
     e = _explain_cam(model, x, method, target, layer, upsample_maps, through_softmax)
+    if not flag:
+        return e
     return flag_degenerate(e, e.extras.get("alpha", e.extras.get("weights")) if method in ("gradcam", "cam") else None)
 
 
