@@ -316,6 +316,7 @@ class Model:
                              f"or a seed array; got {type(target).__name__}")
         if isinstance(method, str) and method == "random":
             return self._random(x, target, params)
+        target = self._predicted_time_major(x, target, through_softmax)
         if isinstance(method, str) and method == "rollout":
             from .methods.rollout import rollout
             unknown = set(params) - {"head_fusion", "discard_ratio", "upsample"}
@@ -365,6 +366,29 @@ class Model:
             flag_degenerate(result)
         return result
 
+    def _predicted_time_major(self, x, target, through_softmax):
+        """A predicted-class target (None, -1) on a time-major output (T, N, C) resolved here, to the argmax of
+        the class scores summed over time (fvgraph.methods.attribution.time_major_seed): the methods that fix
+        the class once for all their copies (integrated gradients, SmoothGrad, faithfulness) read it batch first."""
+        from .explanation import OutputTarget, Unit
+        if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
+            return target
+        if target is not None and np.all(np.asarray(target) >= 0):
+            return target
+        from .methods.attribution import batch_axis, class_indices, logits_value, time_major_predicted
+        value = logits_value(self, through_softmax)
+        try:
+            feeds = self.feeds(x)
+            dims = self.shape_table(feeds).dims.get(value)
+        except FvGraphError:
+            return target  # the method says what is wrong
+        ax = batch_axis(dims)
+        if ax == 0:
+            return target
+        n = int(np.shape(next(iter(feeds.values())))[0])
+        classes = class_indices(target, dims, n, value)
+        return np.where(classes < 0, time_major_predicted(self.run(x, outputs=[value])[value], ax), classes)
+
     def _random(self, x, target, params):
         """The baseline every method must beat: seeded uniform random relevance of the input's shape."""
         from .explanation import Explanation
@@ -379,6 +403,7 @@ class Model:
                  patch=None):
         """Faithfulness of a map: deletion or insertion curve and AUC (see fvgraph.methods.faithfulness)."""
         from .methods.faithfulness import evaluate
+        target = self._predicted_time_major(x, target, through_softmax)
         return evaluate(self, x, relevance, metric, target, steps, fill, through_softmax, patch)
 
     def rules_for(self, method, params: dict):

@@ -203,7 +203,7 @@ def test_quantizer_ending_at_six_is_a_relu6():
 def _crnn_like(time_major: bool):
     """conv -> relu -> mean over height -> (N, C, T) -> (T, N, C) (or (N, T, C) summed over T) -> MatMul."""
     rng = np.random.default_rng(11)
-    inits = {"w": _f32(rng, 4, 3, 3, 3), "b": _f32(rng, 4, scale=0.1), "wc": _f32(rng, 4, 5),
+    inits = {"w": _f32(rng, 4, 3, 3, 3), "b": _f32(rng, 4, scale=0.1), "wc": _f32(rng, 4, 5, scale=0.1),
              "axes": np.array([2], np.int64), "t_axis": np.array([1], np.int64)}
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
@@ -232,10 +232,13 @@ def test_time_major_output_class_target_sums_over_time():
         assert np.abs(b.relevance).max() > 1e-4
         assert rel_l2(a.relevance, b.relevance) < 1e-5, target
         assert np.array_equal(np.asarray(a.target), np.asarray(b.target))
-    a = tm.explain(x, "integrated-gradients", target=3).relevance
-    assert rel_l2(a, bf.explain(x, "integrated-gradients", target=3).relevance) < 1e-5
-    for target in (1, None):  # occlusion scores the same sums over time
-        a, b = (m.occlusion(x, box=4, stride=4, target=target, incremental=False) for m in (tm, bf))
+    for target in (3, None):  # the class fixed once for all the copies
+        a, b = (m.explain(x, "integrated-gradients", target=target, steps=4) for m in (tm, bf))
+        assert rel_l2(a.relevance, b.relevance) < 1e-5 and np.array_equal(a.target, b.target)
+    curves = [m.evaluate(x, b.relevance, steps=4, fill=0.0) for m in (tm, bf)]
+    assert np.allclose(curves[0].scores, curves[1].scores, atol=1e-5)
+    for target, score in ((1, "logit"), (None, "logit"), (4, "prob")):  # occlusion scores the same sums over time
+        a, b = (m.occlusion(x, box=4, stride=4, target=target, incremental=False, score=score) for m in (tm, bf))
         assert np.abs(b.relevance).max() > 1e-4 and np.allclose(a.relevance, b.relevance, atol=1e-5)
         assert np.array_equal(a.target, b.target)
     # one time step: fv.OutputTarget(index=(t, class)), the index leaving out the batch axis

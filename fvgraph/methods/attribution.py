@@ -288,8 +288,16 @@ def target_scores(model, x, target, through_softmax=False, probabilities=False):
     its softmax probability), a unit's mean, an OutputTarget's element or masked sum."""
     feeds = model.feeds(x)
     n = len(next(iter(feeds.values())))
-    spec, seed, _ = seed_for(model, feeds, target, logits_value(model, through_softmax))
+    spec, seed, reported = seed_for(model, feeds, target, logits_value(model, through_softmax))
     out = model.run(x, outputs=[spec.value])[spec.value]
+    ax = batch_axis(model.shape_table(feeds).dims.get(spec.value))
+    if ax != 0 and isinstance(reported, np.ndarray) and reported.dtype.kind == "i":  # a class, time-major:
+        a = np.moveaxis(np.asarray(out, np.float64), ax, 0)  # its scores summed over time (time_major_seed)
+        flat = a.reshape(n, -1, a.shape[-1]).sum(axis=1)
+        if probabilities:
+            flat = np.exp(flat - flat.max(axis=1, keepdims=True))
+            flat /= flat.sum(axis=1, keepdims=True)
+        return flat[np.arange(n), reported], out
     if spec.kind == "class":
         flat = out.reshape(n, -1).astype(np.float64)
         classes = np.where(seed["target"] < 0, flat.argmax(axis=1), seed["target"])
@@ -300,7 +308,6 @@ def target_scores(model, x, target, through_softmax=False, probabilities=False):
     weights = seed["seed"].astype(np.float64)
     if isinstance(target, Unit):
         weights = weights / np.maximum(weights.reshape(n, -1).sum(axis=1), 1).reshape((n,) + (1,) * (weights.ndim - 1))
-    ax = batch_axis(model.shape_table(feeds).dims.get(spec.value))
     return per_sample(out * weights, ax).sum(axis=1), out
 
 

@@ -119,8 +119,11 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         mask.reshape(N, -1)[np.arange(N), reported] = 1
 
     def score_of(values, n):
+        if softmax and ax != 0:  # time-major: the probability of the class scores summed over time
+            sums = np.asarray(values, np.float64).reshape(len(values), -1, values.shape[-1]).sum(axis=1)
+            return probabilities(sums)[:, reported[n]]
         if softmax:
-            values = probabilities(values, 1 if ax == 0 else -1)
+            values = probabilities(values)
         return np.sum((values * mask[n]).reshape(len(values), -1), axis=1)
 
     if batch_size is None:
@@ -187,7 +190,7 @@ def ends_in_softmax(model, value: str) -> bool:
 
 
 def probabilities(values, axis: int = 1):
-    """Softmax over the class axis (1 of (n, classes, ...) scores; -1 of time-major ones), in float64."""
+    """Softmax over the class axis (1 of (n, classes, ...) scores), in float64."""
     v = np.asarray(values, np.float64)
     e = np.exp(v - v.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
