@@ -42,7 +42,26 @@ KEYS = {"size", "resize", "border", "crop_fraction", "interpolation", "scale", "
 CHOICES = {"resize": ("shorter", "stretch", "letterbox"), "channels": ("RGB", "BGR", "L"), "layout": ("NCHW", "NHWC")}
 
 
+MAX_SIZE = 8192  # an input side; beyond it a single map would take gigabytes
+FORMS = {
+    "size": f"a whole number from 1 to {MAX_SIZE}, or HxW like 224x320",
+    "scale": "a finite nonzero number, like 0.00392 or 1/255",
+    "mean": "one finite number per channel (1 or 3), like mean=0.485,0.456,0.406",
+    "std": "one finite nonzero number per channel (1 or 3), like std=0.229,0.224,0.225",
+    "border": f"one or two whole numbers from 0 to {MAX_SIZE} (pixels added to h, w before the crop)",
+    "crop_fraction": "a number in (0, 1], like 0.875",
+    "pad_value": "a number from 0 to 255",
+    "interpolation": "one of bilinear, bicubic, nearest, box, lanczos",
+    "crop": "center (the only crop)",
+}
+
+
 def _number(text):
+    text = str(text).strip()
+    if "/" in text:  # a fraction, as scale=1/255 is written
+        a, _, b = text.partition("/")
+        a, b = _number(a), _number(b)
+        return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b != 0 else None
     try:
         v = float(text)
     except ValueError:
@@ -51,11 +70,15 @@ def _number(text):
 
 
 def parse_preprocess(spec) -> dict:
-    """A preprocessing spec from a dict, a preset name or a text spec (see the module doc)."""
+    """A preprocessing spec from a dict, a preset name or a text spec (see the module doc), checked: a bad
+    item is one InputError naming it and its valid form."""
     if spec is None:
         return {}
     if isinstance(spec, dict):
         out = dict(spec)
+        unknown = sorted(str(k) for k in out if k not in KEYS)
+        if unknown:
+            raise InputError(f"--preprocess: unknown key {unknown[0]!r} (keys: {', '.join(sorted(KEYS))})")
     else:
         out = {}
         items = [t.strip() for t in str(spec).split(",") if t.strip()]
@@ -75,23 +98,100 @@ def parse_preprocess(spec) -> dict:
             elif key is not None and _number(item) is not None:  # more numbers of a list
                 prev = out[key]
                 out[key] = (prev if isinstance(prev, list) else [prev]) + [_number(item)]
+            elif key in LISTS:
+                raise InputError(f"--preprocess: {key}= takes numbers, and {item!r} is not one ({key} takes "
+                                 f"{FORMS[key]})")
             else:
                 raise InputError(f"--preprocess: {item!r} is neither a preset ({', '.join(PRESETS)}) nor key=value")
+    return check_spec(out)
+
+
+LISTS = ("size", "mean", "std", "border")
+
+
+def check_spec(spec: dict, where: str = "--preprocess", complete: bool = False) -> dict:
+    """The spec with its values checked and normalized (choices in their case, lists as lists, sizes as
+    ints); unknown keys are kept (metadata other tools wrote). `complete`: the spec a model runs with, whose
+    mean/std must also match its channels."""
+    out = dict(spec)
+
+    def bad(key):
+        shown = spec[key]  # as given
+        if isinstance(shown, (list, tuple)):
+            shown = ",".join(str(v) for v in shown)
+        return InputError(f"{where}: {key}={shown} is not valid: {key} takes {FORMS[key]}")
+
     for k, choices in CHOICES.items():
         if k in out:
             v = str(out[k]).upper() if k != "resize" else str(out[k]).lower()
             if v not in choices:
-                raise InputError(f"--preprocess: {k}={out[k]!r} is not one of {', '.join(choices)}")
+                raise InputError(f"{where}: {k}={out[k]!r} is not one of {', '.join(choices)}")
             out[k] = v
+    if "size" in out:
+        out["size"] = _size_value(out["size"], bad)
+    if "scale" in out:
+        v = _number(out["scale"]) if isinstance(out["scale"], str) else out["scale"]
+        if not _finite(v) or v == 0:
+            raise bad("scale")
+        out["scale"] = v
     for k in ("mean", "std"):
-        if k in out and not isinstance(out[k], list):
-            out[k] = [out[k]]
-    if "size" in out and isinstance(out["size"], str):
-        try:
-            out["size"] = [int(v) for v in out["size"].lower().split("x")]
-        except ValueError:
-            raise InputError(f"--preprocess: size={out['size']!r} is not a size (224, or 224x320)") from None
+        if k in out:
+            vals = out[k] if isinstance(out[k], (list, tuple)) else [out[k]]
+            vals = [_number(v) if isinstance(v, str) else v for v in vals]
+            if len(vals) not in (1, 3) or not all(_finite(v) and (k == "mean" or v != 0) for v in vals):
+                raise bad(k)
+            out[k] = [float(v) for v in vals]
+    if "border" in out:
+        vals = out["border"] if isinstance(out["border"], (list, tuple)) else [out["border"]]
+        vals = [_number(v) if isinstance(v, str) else v for v in vals]
+        if len(vals) not in (1, 2) or not all(_whole(v) and 0 <= v <= MAX_SIZE for v in vals):
+            raise bad("border")
+        out["border"] = [int(v) for v in vals] * (2 if len(vals) == 1 else 1)
+    if "crop_fraction" in out:
+        v = _number(out["crop_fraction"]) if isinstance(out["crop_fraction"], str) else out["crop_fraction"]
+        if not _finite(v) or not 0 < v <= 1:
+            raise bad("crop_fraction")
+        out["crop_fraction"] = float(v)
+    if "pad_value" in out:
+        v = _number(out["pad_value"]) if isinstance(out["pad_value"], str) else out["pad_value"]
+        if not _finite(v) or not 0 <= v <= 255:
+            raise bad("pad_value")
+        out["pad_value"] = v
+    if "interpolation" in out:
+        v = str(out["interpolation"]).lower()
+        if v not in ("bilinear", "bicubic", "nearest", "box", "lanczos"):
+            raise bad("interpolation")
+        out["interpolation"] = v
+    if "crop" in out:
+        if str(out["crop"]).lower() not in ("center", "centre"):
+            raise bad("crop")
+        out["crop"] = "center"
+    if complete:
+        n = 1 if out.get("channels") == "L" else 3
+        for k in ("mean", "std"):
+            if k in out and len(out[k]) not in (1, n):
+                raise InputError(f"{where}: channels={out.get('channels', 'RGB')} takes {n} {k} value(s), not "
+                                 f"{len(out[k])} ({k}={','.join(f'{v:g}' for v in out[k])})")
     return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _whole(v) -> bool:
+    return _finite(v) and float(v).is_integer()
+
+
+def _size_value(v, bad):
+    if isinstance(v, str):
+        parts = v.lower().replace(" ", "").split("x")
+        v = [_number(p) for p in parts]
+    vals = list(v) if isinstance(v, (list, tuple)) else [v]
+    if len(vals) not in (1, 2) or not all(_whole(a) and 1 <= a <= MAX_SIZE for a in vals):
+        raise bad("size")
+    vals = [int(a) for a in vals]
+    return vals[0] if len(vals) == 1 else vals
 
 
 def load_labels(source) -> list[str]:

@@ -30,15 +30,21 @@ def row(pictures, cell=224, pad=4):
 
 
 def as_rgb(image, size=None) -> np.ndarray:
-    """An (H, W, 3) uint8 picture from a path, a PIL image, or an array ((H, W, 3) uint8, or (3, H, W));
-    resized to `size` (h, w) when given."""
+    """An (H, W, 3) uint8 picture from a path, bytes, a PIL image (read at its true scale, within the image
+    limits: fvgraph.image.read_rgb), or an array ((H, W, 3) uint8, or (3, H, W); other dtypes stretched to
+    0..255, NaN and inf shown as 0 with a warning); resized to `size` (h, w) when given."""
     from PIL import Image
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path, bytes, bytearray, Image.Image)):
         from .image import read_rgb
         image = read_rgb(image)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
     a = np.asarray(image)
+    if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
+        raise InputError(f"a picture is an array of numbers, not of {a.dtype}")
+    if a.ndim not in (2, 3) or a.size == 0:
+        raise InputError(f"a picture is (H, W), (H, W, 3) or (3, H, W), got shape {a.shape}")
+    if a.dtype != np.uint8:
+        from .render import finite
+        a = finite(a, "the picture")
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):
         a = a.transpose(1, 2, 0)
     if a.ndim == 2 or a.shape[-1] == 1:

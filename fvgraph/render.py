@@ -6,11 +6,14 @@ at zero; positive maps (CAM, Grad-CAM, occlusion) a black-red-yellow-white heat 
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, refuse_overwrite
+from .errors import FvGraphWarning, InputError, refuse_overwrite
+
+trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 has only trapz
 
 DIVERGING = np.array([[0, 0, 160], [60, 110, 255], [255, 255, 255], [255, 80, 60], [170, 0, 0]], np.float32)
 HEAT = np.array([[0, 0, 0], [170, 20, 0], [255, 120, 0], [255, 230, 60], [255, 255, 255]], np.float32)
@@ -24,10 +27,25 @@ def _lut(stops, t):
     return (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
 
 
+def finite(rel, what: str = "the map") -> np.ndarray:
+    """The map as float32 with NaN and inf shown as 0 (and a warning saying how many); all of them
+    non-finite is an InputError: there is nothing to show, and a black picture would say nothing."""
+    rel = np.asarray(rel, np.float32)
+    ok = np.isfinite(rel)
+    if ok.all():
+        return rel
+    if not ok.any():
+        raise InputError(f"{what} is all NaN or infinite ({rel.size} values): nothing to show; the method's "
+                         "result did not come out finite (try float32 or another method)")
+    warnings.warn(f"{what} has {int(rel.size - ok.sum())} of {rel.size} values NaN or infinite; shown as 0",
+                  FvGraphWarning, stacklevel=3)
+    return np.where(ok, rel, np.float32(0))
+
+
 def to_2d(rel: np.ndarray, reduce: str = "sum") -> np.ndarray:
     """One map per pixel from (C, H, W) relevance: "sum" over channels (signed), or "absmax" (the
     saliency convention: the largest magnitude over channels)."""
-    rel = np.asarray(rel, np.float32)
+    rel = finite(rel)
     if rel.ndim == 2:
         return rel
     if rel.ndim != 3:
@@ -41,16 +59,18 @@ def scale(m: np.ndarray, percentile: float = 99.5) -> float:
 
 
 def signed_map(m, percentile=99.5) -> np.ndarray:
+    m = finite(m)
     return _lut(DIVERGING, 0.5 + 0.5 * m / scale(m, percentile))
 
 
 def heat_map(m, percentile=99.5) -> np.ndarray:
-    m = np.maximum(m, 0)
+    m = np.maximum(finite(m), 0)
     return _lut(HEAT, m / scale(m, percentile))
 
 
 def abs_map(m, percentile=99.5) -> np.ndarray:
     """The paper's black-and-white map: magnitude as brightness."""
+    m = finite(m)
     g = np.clip(np.abs(m) / scale(m, percentile), 0, 1)
     return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
 
@@ -62,7 +82,7 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.nd
 def rgb_map(rel, percentile=99.5) -> np.ndarray:
     """A (3, H, W) signal shown as an image around grey (how guided backprop pictures are usually shown);
     each channel's median is taken as grey, so a constant offset (deconvnet's) does not hide the pattern."""
-    rel = np.asarray(rel, np.float32)
+    rel = finite(rel)
     rel = rel - np.median(rel, axis=(1, 2), keepdims=True)
     return np.clip(128 + 127 * rel.transpose(1, 2, 0) / scale(rel, percentile), 0, 255).astype(np.uint8)
 
@@ -75,7 +95,7 @@ def picture(rel, kind="signed", percentile=99.5, image=None, alpha=0.5) -> np.nd
     (H, W, 3), heat maps are laid over it."""
     if kind not in KINDS:
         raise InputError(f"unknown map kind {kind!r}: use one of {', '.join(KINDS)}")
-    rel = np.asarray(rel, np.float32)
+    rel = finite(rel)
     if kind == "rgb" and rel.ndim == 3 and rel.shape[0] == 3:
         return rgb_map(rel, percentile)
     m = to_2d(rel, "absmax" if kind == "abs" else "sum")
@@ -148,10 +168,17 @@ def curves(panels: dict, width: int = 420, height: int = 300) -> np.ndarray:
         d.text(((x0 + x1) // 2 - 40, height - 14), "fraction of pixels", fill=(0, 0, 0))
         for k, (label, (xs, ys)) in enumerate(lines.items()):
             colour = PALETTE[k % len(PALETTE)]
+            xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+            ok = np.isfinite(xs) & np.isfinite(ys)  # a NaN point is left out of the line and its area
+            if not ok.all():
+                warnings.warn(f"{title}: {label} has {int((~ok).sum())} NaN or infinite point(s); left out",
+                              FvGraphWarning, stacklevel=2)
+            xs, ys = xs[ok], ys[ok]
             pts = [(x0 + float(a) * (x1 - x0), y1 - float(np.clip(b, 0, 1)) * (y1 - y0)) for a, b in zip(xs, ys)]
-            d.line(pts, fill=colour, width=2)
+            if len(pts) > 1:
+                d.line(pts, fill=colour, width=2)
             ly = top + 6 + 14 * k
             d.line((x1 + 8, ly + 6, x1 + 24, ly + 6), fill=colour, width=3)
-            area = float(np.trapezoid(np.asarray(ys, np.float64), np.asarray(xs, np.float64)))
-            d.text((x1 + 28, ly), f"{label[:14]} {area:.3f}", fill=(0, 0, 0))
+            area = f"{float(trapezoid(ys, xs)):.3f}" if len(pts) > 1 else "n/a"
+            d.text((x1 + 28, ly), f"{label[:14]} {area}", fill=(0, 0, 0))
     return np.asarray(im)

@@ -129,7 +129,7 @@ def evaluate(model, x, relevance, metric="deletion", target=None, steps=16, fill
     if not is_class:
         clean = target_scores(model, x, target, through_softmax)[0]
         scores = scores / np.where(clean == 0, 1, clean)[:, None]
-    auc = np.trapezoid(scores, fractions, axis=1)
+    auc = (getattr(np, "trapezoid", None) or np.trapz)(scores, fractions, axis=1)  # numpy < 2.0: trapz
     shown_fill = fill if isinstance(fill, str) else np.asarray(fill).tolist()
     return Evaluation(metric, auc, scores, fractions, {"fill": shown_fill, "steps": steps, "patch": patch})
 
