@@ -22,7 +22,8 @@ float (F): taken as 0..1 when its maximum is at most 1, else as 0..255 when at m
 at most 65535, else divided by its maximum (with a warning); negatives become 0, NaN/inf are refused. 16-bit
 RGB(A) PNGs Pillow reads as 8-bit (their high byte, within 1/255 of the true value). Alpha is dropped (as
 torchvision's convert("RGB") does), the EXIF orientation applied, an animation's first frame taken, and EPS
-(which would run Ghostscript) refused.
+(which would run Ghostscript) refused. Pillow's own bomb check (Image.MAX_IMAGE_PIXELS) is raised to
+max_pixels where that is higher, so that fvgraph's limit is the one that holds.
 """
 from __future__ import annotations
 
@@ -58,7 +59,10 @@ def spec_from_metadata(metadata: dict, input_shape=None, **overrides) -> dict:
             raise InputError(f"model metadata {META_KEY!r} is not valid JSON: {e}") from None
         if not isinstance(saved, dict):
             raise InputError(f"model metadata {META_KEY!r} is not a JSON object of preprocessing settings")
-        spec.update(check_spec(saved, f"model metadata {META_KEY!r}"))
+        given = {k for k, v in overrides.items() if v is not None}  # what the caller overrides needs no check
+        spec.update(saved)
+        spec.update(check_spec({k: v for k, v in saved.items() if k not in given},
+                               f"model metadata {META_KEY!r} (override it with --preprocess)"))
     elif "imgsz" in metadata:
         spec.update(resize="letterbox", scale=1 / 255.0, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], channels="RGB",
                     pad_value=114, size=_ultralytics_size(metadata["imgsz"]))
@@ -276,9 +280,7 @@ def _decode(source, spec=None, limits=None, name=None) -> np.ndarray:
         if spec is not None:
             check_resize(h, w, spec, limits, name)
         try:
-            if ours and getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            im.load()
+            im.load()  # a file just opened is at its first frame (an animation's); a caller's image at its own
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
         except InputError:

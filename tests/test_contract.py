@@ -168,3 +168,71 @@ def test_the_command_line_explains_a_dense_output_whole_and_names_a_size_that_do
     onnx.save(b.model(y), str(odd))
     assert main(["explain", str(odd), img, "-m", "gradient", "-o", str(tmp_path / "p"), "-q"]) == 2
     assert "--preprocess size=" in capsys.readouterr().err
+
+
+BAD_ITEMS = [  # (text, what the one line must say)
+    ("size=0", "size=0 is not valid: size takes a whole number from 1 to 8192"),
+    ("size=-3", "size=-3 is not valid"),
+    ("size=abc", "size=abc is not valid: size takes a whole number from 1 to 8192, or HxW like 224x320"),
+    ("size=99999", "size=99999 is not valid"),
+    ("size=224x0", "size=224x0 is not valid"),
+    ("size=1.5", "size=1.5 is not valid"),
+    ("std=0,0,0", "std=0,0,0 is not valid: std takes one finite nonzero number per channel"),
+    ("std=0.2,nan,0.2", "std=0.2,nan,0.2 is not valid"),
+    ("std=0.2,0.2", "std=0.2,0.2 is not valid: std takes one finite nonzero number per channel (1 or 3)"),
+    ("mean=inf", "mean=inf is not valid: mean takes one finite number per channel"),
+    ("mean=0.5,abc", "mean= takes numbers, and 'abc' is not one"),
+    ("scale=abc", "scale=abc is not valid: scale takes a finite nonzero number, like 0.00392 or 1/255"),
+    ("scale=0", "scale=0 is not valid"),
+    ("scale=1/0", "scale=1/0 is not valid"),
+    ("crop_fraction=1.5", "crop_fraction=1.5 is not valid: crop_fraction takes a number in (0, 1]"),
+    ("pad_value=-1", "pad_value=-1 is not valid: pad_value takes a number from 0 to 255"),
+    ("border=-2", "border=-2 is not valid"),
+    ("interpolation=cubic", "interpolation=cubic is not valid: interpolation takes one of bilinear, bicubic"),
+    ("crop=top", "crop=top is not valid"),
+    ("resize=fill", "resize='fill' is not one of shorter, stretch, letterbox"),
+    ("colour=red", "unknown key 'colour'"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_ITEMS)
+def test_a_bad_preprocess_item_is_one_line_naming_it_and_its_valid_form(text, message):
+    with pytest.raises(fv.InputError) as e:
+        parse_preprocess(f"imagenet,{text}")
+    assert str(e.value).startswith("--preprocess: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_good_items_are_normalized_and_dicts_and_metadata_are_checked_too():
+    spec = parse_preprocess("size=224x320,scale=1/255,mean=0.5,std=0.25,border=32,crop=centre,interpolation=BICUBIC")
+    assert spec == {"size": [224, 320], "scale": 1 / 255, "mean": [0.5], "std": [0.25], "border": [32, 32],
+                    "crop": "center", "interpolation": "bicubic"}
+    assert parse_preprocess({"size": [160], "std": [1, 2, 3]}) == {"size": 160, "std": [1.0, 2.0, 3.0]}
+    with pytest.raises(fv.InputError, match="unknown key 'sise'"):
+        parse_preprocess({"sise": 224})
+    with pytest.raises(fv.InputError, match="std=0,1,1 is not valid"):
+        fv.load(_net(False), preprocess={"std": [0, 1, 1]})
+    # a model whose own metadata says std 0: the error names the metadata, not a NaN later
+    bad = _net(False, metadata={"fvgraph.preprocess": json.dumps({"std": [0, 0, 0], "size": 24})})
+    with pytest.raises(fv.InputError, match=r"model metadata 'fvgraph.preprocess' \(override it with --preprocess\): "
+                                            "std=0,0,0 is not valid"):
+        fv.load(bad)
+    assert fv.load(bad, preprocess="std=0.5,0.5,0.5").preprocessing()["std"] == [0.5] * 3
+    # grayscale takes one mean and std: three would make a 3-channel input for a 1-channel model
+    with pytest.raises(fv.InputError, match="channels=L takes 1 mean value"):
+        fv.load(_net(False), preprocess="channels=L").preprocessing()
+    gray = fv.load(_net(False), preprocess="channels=L,mean=0.5,std=0.25").preprocessing()
+    rgb = np.full((2, 2, 3), 51, np.uint8)
+    np.testing.assert_allclose(to_input(rgb, {**gray, "size": 2}), np.full((1, 1, 2, 2), (0.2 - 0.5) / 0.25),
+                               rtol=1e-5)
+
+
+def test_the_command_line_refuses_a_bad_preprocess_item_in_one_line(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(_net(False), str(path))
+    img = str(demo_images()[0])
+    for text in ("std=0,0,0", "size=0", "scale=abc"):
+        assert main(["explain", str(path), img, "--preprocess", text, "-m", "gradient", "--out",
+                     str(tmp_path / "e"), "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and text in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists() or not any((tmp_path / "e").iterdir())
