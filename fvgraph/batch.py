@@ -1,10 +1,14 @@
 """Explaining many images: a folder (a CI data set, an audit) streamed one image at a time with bounded
-memory, resumable (an image whose outputs all exist is skipped), on N local processes or on Ray.
+memory, resumable, on N local processes or on Ray.
 
 Each worker loads the model once and writes, per image and method, `NAME_METHOD.png`, `NAME_METHOD_abs.png`
 (reverse-pass methods) and `NAME_METHOD.npy`, where NAME is the image's path relative to the folder with
-'/' turned into '__'. Files are written to a temporary name and renamed, so an interrupted run never leaves
-a half-written file that a resumed run would take as done.
+'/' turned into '__' and its extension kept (`sub__cat.jpg_guided.png`); a name that could be read two ways
+(a part holding '__', or starting or ending with '_') or that another input shares gets '~' and a hash of the
+path, so two images never write one map. Files are written atomically (fvgraph.files); the parent keeps the
+run's state (fvgraph.files.RunState) for every path, workers and Ray alike: a resume skips what it finished,
+a file the run did not write is never replaced without --overwrite, and an unreadable image is skipped and
+listed while the rest go on.
 """
 from __future__ import annotations
 
@@ -13,48 +17,77 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, refuse_overwrite
-from .files import write_atomic
+from .files import RunState, safe_part, sha256_file, unique_names, write_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
+def _folder_name(parts) -> tuple[str, bool]:
+    """(the parts joined by '__', whether that join could be read two ways or was changed to be a name)."""
+    safe = [safe_part(p) for p in parts]
+    ambiguous = any(s != p or "__" in p or p.startswith("_") or p.endswith("_") for s, p in zip(safe, parts))
+    name = "__".join(safe)
+    if len(name) > 180:
+        name, ambiguous = name[:160], True
+    return name, ambiguous
+
+
 def image_files(paths) -> list[tuple[Path, str]]:
-    """(file, output name) for image files and every image inside given folders (recursively, sorted)."""
-    out = []
+    """(file, output name) for image files and every image inside given folders (recursively, sorted); the
+    names are distinct (see the module's docstring)."""
+    files, names, force = [], [], []
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-            out += [(f, "__".join(f.relative_to(p).with_suffix("").parts)) for f in files]
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            for f in found:
+                name, ambiguous = _folder_name(f.relative_to(p).parts)
+                files.append(f), names.append(name), force.append(ambiguous)
         else:
-            out.append((p, p.stem))
-    return out
+            name, ambiguous = _folder_name([p.name])
+            files.append(p), names.append(name), force.append(ambiguous)
+    names = unique_names(names, [str(f) for f in files], force)
+    return list(zip(files, names))
 
 
 def method_stem(method) -> str:
-    return Path(str(method)).stem.replace(":", "_").replace("=", "-").replace(",", "_")
+    """A method as a file-name part: a rules file by its stem, else its whole text (parameters included,
+    so lrp-epsilon:epsilon=0.001 and =0.002 stay apart)."""
+    text = str(method)
+    if text.lower().endswith(".toml"):
+        text = Path(text).stem
+    return safe_part(text.replace(":", "_").replace("=", "-").replace(",", "_"))
 
 
-def expected_files(name, methods, out) -> list[Path]:
-    return [Path(out) / f"{name}_{method_stem(m)}.npy" for m in methods]
+def method_stems(methods) -> list[str]:
+    return unique_names([method_stem(m) for m in methods], [str(m) for m in methods])
 
 
-def write_explanations(model, path, name, methods, out, target=None, params=None, overwrite=False):
-    """Explain one image with each method and write its pictures and arrays. Returns (picture row, label)."""
+def planned_files(name, stems) -> list[str]:
+    """Every file an image's maps may take (the _abs picture only for reverse-pass methods)."""
+    return [f"{name}_{s}{tail}" for s in stems for tail in (".png", "_abs.png", ".npy")]
+
+
+def read_input(model, path):
+    """(model input (1, C, H, W), the picture as shown (H, W, 3)); an InputError names an unreadable file."""
+    from .image import read_rgb, resize_crop, to_input
+    spec = model.preprocessing()
+    shown = resize_crop(read_rgb(path), spec)
+    return to_input(shown, spec), shown
+
+
+def explain_to_files(model, x, shown, name, methods, out, target=None, params=None, overwrite=False, stems=None):
+    """Each method's maps of one input, written as NAME_STEM.png/_abs.png/.npy. Returns (picture row, class
+    scores from a method's own pass or None, the file names written)."""
     from PIL import Image
 
     from .compare import parse_method, run_method
-    from .image import load_image, read_rgb, resize_crop
     from .methods import map_kind
     from .render import picture
-    spec = model.preprocessing()
-    x = load_image(path, spec)
-    shown = resize_crop(read_rgb(path), spec)
-    from .methods.attribution import prediction
-    row = [shown]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    scores = None  # the class scores for the label, from a method's own pass when it has them
-    for m in methods:
+    stems = stems or method_stems(methods)
+    row, scores, written = [shown], None, []
+    for m, s in zip(methods, stems):
         meth, mp = parse_method(m)
         mp = {**(params or {}), **mp}
         tgt = target
@@ -65,10 +98,9 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
         if scores is None and (tgt is None or isinstance(tgt, (int, np.integer))) and e.output is not None \
                 and np.ndim(e.output) >= 2 and all(d == 1 for d in np.shape(e.output)[2:]):
             scores = np.asarray(e.output)[0]
-        kind = map_kind(meth)
-        pic = picture(e.relevance[0], kind, image=shown)
+        pic = picture(e.relevance[0], map_kind(meth), image=shown)
         row.append(pic)
-        stem = f"{name}_{method_stem(m)}"
+        stem = f"{name}_{s}"
         files = {out / f"{stem}.png": pic}
         if e.relevance.ndim == 4:
             files[out / f"{stem}_abs.png"] = picture(e.relevance[0], "abs")
@@ -77,6 +109,22 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
         for f, pic_ in files.items():
             write_atomic(f, lambda t, pic_=pic_: Image.fromarray(pic_).save(t, format="PNG"))
         write_atomic(out / f"{stem}.npy", lambda t, a=e.relevance[0]: np.save(open(t, "wb"), a))
+        written += [f.name for f in files] + [f"{stem}.npy"]
+    return row, scores, written
+
+
+def write_explanations(model, path, name, methods, out, target=None, params=None, overwrite=False):
+    """Explain one image with each method and write its pictures and arrays. Returns (picture row, (file
+    name, class, label, probability)): the class of the explained output, or (None, what was explained,
+    None) for an output target (an element or region of any output is not a class)."""
+    from .explanation import OutputTarget
+    from .methods.attribution import output_value, prediction
+    x, shown = read_input(model, path)
+    row, scores, _ = explain_to_files(model, x, shown, name, methods, out, target, params, overwrite)
+    if isinstance(target, OutputTarget):
+        where = f" element {tuple(int(i) for i in np.ravel(target.index))}" if target.index is not None \
+            else " (a weighted region)"
+        return row, (Path(path).name, None, f"explained output {output_value(model, target)!r}{where}", None)
     k, label, prob = prediction(model, scores if scores is not None else model.run(x)[0])
     return row, (Path(path).name, k, label, prob)
 
@@ -120,27 +168,72 @@ def map_jobs(model_path, jobs, func, workers=1, ray_address=None, load_options=N
 
 
 def _explain_one(model, job):
-    path, name, methods, out, target, params = job
-    write_explanations(model, path, name, methods, out, target, params, overwrite=True)
-    return name
+    """A worker's image: (name, files written, None) or (name, [], why the image could not be read)."""
+    path, name, methods, stems, out, target, params = job
+    try:
+        x, shown = read_input(model, path)
+    except InputError as e:
+        return name, [], str(e)
+    _, _, written = explain_to_files(model, x, shown, name, methods, out, target, params, True, stems)
+    return name, written, None
+
+
+def _inside(path, folder) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _content_hash(path):
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None  # unreadable: the worker says why
 
 
 def explain_folder(model_path, inputs, methods, out, target=None, params=None, workers=1, ray_address=None,
-                   overwrite=False, quiet=None, load_options=None):
-    """Explain every image under `inputs`; returns (explained, skipped). load_options: fv.load's engine,
-    device and threads for every worker."""
+                   overwrite=False, quiet=None, load_options=None, failed=None):
+    """Explain every image under `inputs`; returns (explained, skipped as already done). `failed`, a dict,
+    receives {image: reason} for images that could not be read (skipped; the others go on). load_options:
+    fv.load's engine, device and threads for every worker; its preprocess and labels are part of the run's
+    options. Refuses (InputError) a file in `out` that no run of these options and this model wrote."""
     from .methods.reconstruction import Progress
-    images = image_files(inputs)
+    out = Path(out)
+    images = [(f, n) for f, n in image_files(inputs) if not _inside(f, out)]  # never our own maps as inputs
     if not images:
         raise InputError(f"no images found in {', '.join(map(str, inputs))}")
-    todo = [(str(f), n) for f, n in images
-            if overwrite or not all(p.exists() for p in expected_files(n, methods, out))]
+    lo = load_options or {}
+    stems = method_stems(methods)
+    options = {"methods": list(methods), "target": target, "params": params or {},
+               "preprocess": lo.get("preprocess"), "labels": lo.get("labels")}
+    state = RunState(out, "explain", model_path, options, overwrite)
+    state.claim([f for _, n in images for f in planned_files(n, stems)])
+    hashes = {n: _content_hash(f) for f, n in images}
+    todo = [(f, n) for f, n in images if overwrite or hashes[n] is None or not state.is_done(n, hashes[n])]
     skipped = len(images) - len(todo)
-    jobs = [(f, n, list(methods), str(out), target, params or {}) for f, n in todo]
+    paths = {n: str(f) for f, n in todo}
+    jobs = [(str(f), n, list(methods), stems, str(out), target, params or {}) for f, n in todo]
     bar = Progress(len(jobs), "explain", quiet)
-    for k, _ in enumerate(map_jobs(model_path, jobs, _explain_one, workers, ray_address, load_options), 1):
-        bar.update(k)
-    return len(jobs), skipped
+    bad, explained = {}, 0
+    try:
+        for k, (name, written, error) in enumerate(map_jobs(model_path, jobs, _explain_one, workers, ray_address,
+                                                             load_options), 1):
+            if error is None:
+                state.mark_done(name, hashes[name], written)
+                explained += 1
+            else:
+                state.mark_failed(name, error)
+                bad[paths[name]] = error
+            bar.update(k)
+        if not bad:
+            state.complete = True
+    finally:
+        state.save()
+    if failed is not None:
+        failed.update(bad)
+    return explained, skipped
 
 
 def _run_on_ray(model_path, jobs, func, address, load_options=None):

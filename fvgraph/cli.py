@@ -218,13 +218,27 @@ def _save_onnx(proto, out: Path):
     write_atomic(out, lambda tmp: onnx.save(proto, tmp))
 
 
+def _stems(paths) -> list[str]:
+    """Output names of single images: each file's stem, made safe and distinct (a.png and a.jpg, or two
+    cat.jpg from two folders, get a hash of their path; never one map for two images)."""
+    from .files import safe_part, unique_names
+    return unique_names([safe_part(Path(p).stem) for p in paths], [str(p) for p in paths])
+
+
 def explain_images(model, images, methods, out, target=None, params=None, overwrite=False, quiet=False):
-    """Explain each image with each method and write the maps; returns picture rows and predictions."""
-    from .batch import write_explanations
+    """Explain each image with each method and write the maps; returns picture rows and predictions. Every
+    map's file is checked before the first is written, so a refusal writes nothing."""
+    from .batch import method_stems, write_explanations
+    names = _stems(images)
+    if not overwrite:
+        for name in names:
+            for s in method_stems(methods):
+                for tail in (".png", ".npy"):
+                    refuse_overwrite(Path(out) / f"{name}_{s}{tail}", overwrite, other_out=True)
     rows, preds = [], []
-    for path in images:
+    for path, name in zip(images, names):
         kw = dict(params or {})
-        row, pred = write_explanations(model, path, Path(path).stem, methods, out, target, kw, overwrite)
+        row, pred = write_explanations(model, path, name, methods, out, target, kw, overwrite)
         rows.append(row)
         preds.append(pred)
         if not quiet:
@@ -237,12 +251,14 @@ def cmd_explain(args) -> int:
     if any(Path(p).is_dir() for p in args.images) or args.workers > 1 or args.ray:
         from .batch import explain_folder
         target = _any_target(args, _load(args.model, args) if _output_target_asked(args) else None)
+        failed = {}
         done, skipped = explain_folder(args.model, args.images, methods, args.out, target,
                                        _parse_params(args.param), args.workers, args.ray, args.overwrite,
-                                       args.quiet or None, _load_options(args))
+                                       args.quiet or None, _load_options(args), failed)
         if not args.quiet:
             print(f"explained {done} image(s), skipped {skipped} already done; maps in {args.out}/")
-        return 0
+        return _folder_exit(failed, done + skipped)
+
     model = _load(args.model, args)
     target = _whole_output_unless_classes(model, _any_target(args, model), args.quiet)
     rows, preds = explain_images(model, args.images, methods, args.out, target, _parse_params(args.param),
@@ -254,6 +270,15 @@ def cmd_explain(args) -> int:
     if not args.quiet:
         print(f"wrote {len(args.images) * len(methods)} explanation(s) to {args.out}/")
     return 0
+
+
+def _folder_exit(failed, succeeded) -> int:
+    """A folder run finishes every image it can: unreadable ones are listed on one line; the exit status is
+    1 only when no image at all has its results (0 otherwise, the warning saying what is missing)."""
+    if failed:
+        from .files import failure_line
+        print(f"fvgraph: warning: {failure_line(failed)}", file=sys.stderr)
+    return 1 if failed and not succeeded else 0
 
 
 def _whole_output_unless_classes(model, target, quiet):
@@ -404,37 +429,51 @@ def cmd_reconstruct(args) -> int:
         targets = classes
         labels = [f"{c}_{names[c]}" if names and 0 <= c < len(names) else str(c) for c in classes]
     r = model.reconstruct(targets, **options)
-    _save_reconstruction(r, args.out, [l.replace(" ", "_").replace("/", "_") for l in labels], args.overwrite,
-                         args.quiet)
+    from .files import safe_part
+    _save_reconstruction(r, args.out, [safe_part(l) for l in labels], args.overwrite, args.quiet)
     return 0
 
 
 def cmd_examples(args) -> int:
-    """Dataset examples of a layer's channels over images or folders: examples.json and a picture per channel."""
+    """Dataset examples of a layer's channels over images or folders: examples.json and a picture per channel.
+    The output folder's run state (fvgraph.files.RunState) makes a rerun resume its own run, and refuses a
+    run of another model or other options, or a file it did not write, without --overwrite."""
     import json
 
     from PIL import Image
 
-    from .methods.examples import example_pictures, examples_json, top_examples
+    from .files import RunState, write_atomic, write_text
+    from .image import input_shape
+    from .methods.examples import example_pictures, examples_json, resolve_channels, top_examples
     out = Path(args.out)
-    refuse_overwrite(out / "examples.json", args.overwrite, other_out=True)
     model = _load(args.model, args)
-    ex = top_examples(model, args.images, args.layer, _channels(args.channel) if args.channel else None, args.k,
-                      args.batch, args.workers, args.ray, out / "examples.state.json", args.model,
-                      _load_options(args), args.quiet or None)
+    value = model.resolve(args.layer)
+    chans = resolve_channels(model, value, _channels(args.channel) if args.channel else None,
+                             np.zeros(input_shape(model), np.float32))
+    lo = _load_options(args)
+    state = RunState(out, "examples", args.model, {"layer": value, "channels": chans, "k": args.k,
+                                                   "pictures": not args.no_pictures, "preprocess": lo["preprocess"],
+                                                   "labels": lo["labels"]}, args.overwrite)
+    pictures = [] if args.no_pictures else [f"channel_{c:04d}.png" for c in chans]
+    state.claim(["examples.json", "examples.state.json"] + pictures)
+    if args.overwrite:
+        (out / "examples.state.json").unlink(missing_ok=True)  # --overwrite starts over
+    failed = {}
+    ex = top_examples(model, args.images, args.layer, chans, args.k, args.batch, args.workers, args.ray,
+                      out / "examples.state.json", args.model, lo, args.quiet or None, failed)
     out.mkdir(parents=True, exist_ok=True)
-    data = examples_json(model.resolve(args.layer), ex)
+    data = examples_json(value, ex)
     if not args.no_pictures:
         for c, pic in example_pictures(model, ex, args.layer).items():
             if pic is not None:
-                Image.fromarray(pic).save(out / f"channel_{c:04d}.png")
-    from .files import write_text
+                write_atomic(out / f"channel_{c:04d}.png", lambda t, p=pic: Image.fromarray(p).save(t, format="PNG"))
     write_text(out / "examples.json", json.dumps(data, indent=1))
-    (out / "examples.state.json").unlink(missing_ok=True)
+    state.failed = dict(failed)
+    state.finish()
     if not args.quiet:
         print(f"wrote {out / 'examples.json'}: the top {args.k} of {len(ex)} channel(s)"
               + ("" if args.no_pictures else " and a picture per channel"))
-    return 0
+    return _folder_exit(failed, 1)
 
 
 def cmd_replace(args) -> int:
@@ -447,10 +486,12 @@ def cmd_replace(args) -> int:
     refuse_overwrite(out, args.overwrite)
     model = _load(args.model, args)
     cache = None if getattr(args, "no_cache", False) else (Path(args.cache) if args.cache else cache_dir())
-    bank = build_bank(model, [args.bank], args.layer, cache, quiet=args.quiet or None)
+    failed = {}
+    bank = build_bank(model, [args.bank], args.layer, cache, quiet=args.quiet or None, failed=failed)
     pic, neighbours = replace_patches(model, args.image, bank, args.layer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pic).save(out)
+    from .files import write_atomic
+    write_atomic(out, lambda t: Image.fromarray(pic).save(t, format="PNG"))
+    _folder_exit(failed, 1)
     if not args.quiet:
         files = len({n[0] for n in neighbours})
         print(f"wrote {out}: {len(neighbours)} positions rebuilt from patches of {files} image(s); mean cosine "
@@ -464,8 +505,9 @@ def cmd_invert(args) -> int:
     options = _optimizer_kwargs(args)
     x = np.concatenate([load_image(p, model.preprocessing()) for p in args.images])
     r = model.invert(x, args.layer, **options)
-    _save_reconstruction(r, args.out, [f"{Path(p).stem}_from_{args.layer}" for p in args.images], args.overwrite,
-                         args.quiet)
+    from .files import safe_part  # a layer named /../../x names a file inside --out, never a path
+    _save_reconstruction(r, args.out, [safe_part(f"{s}_from_{args.layer}") for s in _stems(args.images)],
+                         args.overwrite, args.quiet)
     return 0
 
 
@@ -494,13 +536,16 @@ def cmd_occlude(args) -> int:
     model = _load(args.model, args)
     spec = model.preprocessing()
     target = _any_target(args, model)
-    for path in args.images:
+    stems = _stems(args.images)
+    for stem in stems:  # every file checked before the first is written
+        for tail in ("_occlusion.png", "_occlusion_overlay.png", "_occlusion.npy"):
+            refuse_overwrite(Path(args.out) / f"{stem}{tail}", args.overwrite, other_out=True)
+    for path, stem in zip(args.images, stems):
         x = load_image(path, spec)
         e = model.occlusion(x, box=_box(args.box, "box"), stride=_box(args.stride, "stride"), fill=_fill(args.fill),
                             target=target, seed=args.seed, batch_size=args.batch_size, score=args.score,
                             incremental={"auto": "auto", "yes": True, "no": False}[args.incremental],
                             quiet=args.quiet)
-        stem = Path(path).stem
         shown = resize_crop(read_rgb(path), spec)
         save_png(Path(args.out) / f"{stem}_occlusion.png", picture(e.relevance[0], "signed"), args.overwrite)
         save_png(Path(args.out) / f"{stem}_occlusion_overlay.png", picture(e.relevance[0], "heat", image=shown),
@@ -664,7 +709,8 @@ def _shape(text):
 def cmd_figure(args) -> int:
     from .figures import methods_figure, networks_figure
     out = Path(args.output)
-    refuse_overwrite(out, args.overwrite)
+    for f in (out, out.with_suffix(".npz")):
+        refuse_overwrite(f, args.overwrite)
     if args.kind == "methods":
         model = _load(args.model[0], args)
         images = args.model[1:] + (args.image or [])
@@ -939,7 +985,7 @@ def main(argv=None) -> int:
     except FvGraphError as e:
         if args.debug:
             raise
-        print(f"fvgraph: error: {e}", file=sys.stderr)
+        print(f"fvgraph: error: {_describe(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fvgraph: interrupted", file=sys.stderr)
@@ -950,8 +996,16 @@ def main(argv=None) -> int:
     except (OSError, MemoryError) as e:
         if args.debug:
             raise
-        print(f"fvgraph: error: {e}", file=sys.stderr)
+        print(f"fvgraph: error: {_describe(e, args)}", file=sys.stderr)
         return 2
+
+
+def _describe(e, args) -> str:
+    """A readable line for an error whose own text may be empty (MemoryError usually is)."""
+    if isinstance(e, MemoryError):
+        return (f"out of memory while running `fvgraph {args.command}`" + (f" ({e})" if str(e) else "") +
+                "; try a smaller --batch-size or --batch, fewer --workers, or smaller images (--preprocess size=...)")
+    return str(e) or f"{type(e).__name__} (no message; --debug shows where)"
 
 
 if __name__ == "__main__":

@@ -40,14 +40,14 @@ def test_folder_is_streamed_and_resumable(folder):
     assert r.returncode == 0, r.stderr
     assert "explained 5" in r.stdout
     names = {p.name for p in out.iterdir()}
-    assert {"im0_guided.npy", "im0_gradcam.npy", "sub__im3_guided.npy", "sub__im4_gradcam.png"} <= names
+    assert {"im0.png_guided.npy", "im0.png_gradcam.npy", "sub__im3.png_guided.npy", "sub__im4.png_gradcam.png"} <= names
     assert not any(n.endswith(".part") for n in names)
-    before = (out / "im0_guided.npy").stat().st_mtime_ns
-    (out / "sub__im4_gradcam.npy").unlink()  # as if interrupted before the last file
+    before = (out / "im0.png_guided.npy").stat().st_mtime_ns
+    (out / "sub__im4.png_gradcam.npy").unlink()  # as if interrupted before the last file
     r = _cli("explain", str(model), str(data), "-m", "guided,gradcam", "-o", str(out))
     assert r.returncode == 0 and "explained 1" in r.stdout and "skipped 4" in r.stdout, r.stdout + r.stderr
-    assert (out / "im0_guided.npy").stat().st_mtime_ns == before
-    assert (out / "sub__im4_gradcam.npy").exists()
+    assert (out / "im0.png_guided.npy").stat().st_mtime_ns == before
+    assert (out / "sub__im4.png_gradcam.npy").exists()
 
 
 def test_worker_processes_give_the_same_maps(folder):

@@ -118,8 +118,12 @@ def test_examples_and_replace_commands(net, folder, tmp_path):
     data = json.loads((out / "examples.json").read_text())
     assert set(data["channels"]) == {"0", "1", "2"} and len(data["channels"]["0"]) == 2
     assert all(len(e["box"]) == 4 for rows in data["channels"].values() for e in rows)
-    assert len(list(out.glob("channel_*.png"))) == 3 and not (out / "examples.state.json").exists()
-    assert main(["examples", str(net), str(folder), "--layer", layer, "-o", str(out), "-q"]) == 2  # no overwrite
+    assert len(list(out.glob("channel_*.png"))) == 3 and (out / "fvgraph-examples.state.json").exists()
+    assert main(["examples", str(net), str(folder), "--layer", layer, "-o", str(out), "-q"]) == 2  # other options
+    before = (out / "examples.json").read_text()
+    assert main(["examples", str(net), str(folder), "--layer", layer, "--channel", "0-2", "-k", "2", "-o", str(out),
+                 "-q"]) == 0  # the same run again: its own files, resumed (nothing left to count)
+    assert (out / "examples.json").read_text() == before
     img = next(folder.rglob("*.png"))
     rep = tmp_path / "rep.png"
     assert main(["replace", str(net), str(img), "--bank", str(folder), "--layer", layer, "-o", str(rep),

@@ -61,11 +61,61 @@ def _image_batch(model, paths):
     return np.concatenate([load_image(p, spec) for p in paths])
 
 
+def _readable_batch(model, paths):
+    """(inputs of the readable images or None, their paths, {path: why not} for the others): one bad file
+    is skipped, never the batch."""
+    from ..image import load_image
+    spec = model.preprocessing()
+    xs, ok, failed = [], [], {}
+    for p in paths:
+        try:
+            xs.append(load_image(p, spec))
+            ok.append(p)
+        except InputError as e:
+            failed[p] = str(e)
+    return (np.concatenate(xs) if xs else None), ok, failed
+
+
 def _maxima_job(model, job):
-    """A worker's share: (paths, their channel maxima and positions)."""
+    """A worker's share: (readable paths, their channel maxima and positions, {unreadable path: reason})."""
     paths, value, channels = job
-    scores, positions = channel_maxima(model, _image_batch(model, paths), value, channels)
-    return paths, scores, positions
+    x, ok, failed = _readable_batch(model, paths)
+    if x is None:
+        return ok, np.zeros((0, len(channels))), np.zeros((0, len(channels), 2), np.int64), failed
+    scores, positions = channel_maxima(model, x, value, channels)
+    return ok, scores, positions, failed
+
+
+def _hashes(files) -> dict:
+    """{file: sha256 of its bytes, or None when it cannot be read}."""
+    from ..files import sha256_file
+    out = {}
+    for f in files:
+        try:
+            out[f] = sha256_file(f)
+        except OSError:
+            out[f] = None
+    return out
+
+
+def _model_sha(model, model_path=None):
+    from ..files import sha256_file
+    path = model_path or model.source
+    return sha256_file(path) if path and os.path.isfile(path) else None
+
+
+def _report_failed(failed, sink):
+    """Into the caller's dict, or one warning line when it gave none."""
+    if not failed:
+        return
+    if sink is not None:
+        sink.update(failed)
+        return
+    import warnings
+
+    from ..errors import FvGraphWarning
+    from ..files import failure_line
+    warnings.warn(failure_line(failed), FvGraphWarning, stacklevel=3)
 
 
 class TopK:
@@ -105,16 +155,22 @@ def resolve_channels(model, value, channels, probe):
 
 
 def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, ray_address=None, state_file=None,
-                 model_path=None, load_options=None, quiet=None):
+                 model_path=None, load_options=None, quiet=None, failed=None):
     """{channel: [Example, ...]} (best first) over `images` (paths, folders, or an (N, C, H, W) array, whose
-    images are named by index). state_file: where the running top-k is kept after every batch, so that an
-    interrupted run resumes (images already counted are skipped)."""
+    images are named by index). state_file: where the running top-k is kept (atomically, after a batch
+    whenever the last save took under a tenth of the time since), with the model's sha256, the options and each counted image's content hash, so that an
+    interrupted run resumes; a state of another model, other options, or an image since changed or gone is
+    started over, never mixed in (a model without a file is never resumed). Unreadable images are skipped:
+    `failed` (a dict) receives {image: reason}, else one warning lists them."""
+    import time
+
     from ..batch import image_files, map_jobs
     from ..receptive import WHOLE, receptive_field
     from .reconstruction import Progress
     value = model.resolve(layer)
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
+    bad = {}
     if isinstance(images, np.ndarray):
         x = model.feeds(images)[model.graph.input_names()[0]]
         probe = x[:1]
@@ -128,29 +184,53 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
         files = [str(f) for f, _ in image_files(images)]
         if not files:
             raise InputError(f"no images found in {', '.join(map(str, images))}")
-        probe = _image_batch(model, files[:1])
+        probe = None
+        for f in files:  # the first readable image sets the channels and the input size
+            probe, _, why = _readable_batch(model, [f])
+            if probe is not None:
+                break
+            bad.update(why)
+        if probe is None:
+            from ..files import failure_line
+            raise InputError(f"no readable images in {', '.join(map(str, images))}: {failure_line(bad)}")
         chans = resolve_channels(model, value, channels, probe)
-        top, done = TopK(chans, k), set()
-        if state_file and Path(state_file).exists():
-            saved = json.loads(Path(state_file).read_text())
-            if saved.get("layer") == value and saved.get("channels") == chans and saved.get("k") == k:
-                top, done = TopK.restore(chans, k, saved["top"]), set(saved["done"])
+        hashes = _hashes(files)
+        header = {"model_sha256": _model_sha(model, model_path), "layer": value, "channels": chans, "k": k,
+                  "preprocess": model.preprocessing()}
+        top, done = TopK(chans, k), {}
+        if state_file and Path(state_file).exists() and header["model_sha256"] is not None:
+            try:
+                saved = json.loads(Path(state_file).read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if all(saved.get(key) == v for key, v in header.items()) and isinstance(saved.get("done"), dict) \
+                    and all(hashes.get(f) == h for f, h in saved["done"].items()):
+                top, done = TopK.restore(chans, k, saved["top"]), dict(saved["done"])
         order = {f: i for i, f in enumerate(files)}
-        todo = [f for f in files if f not in done]
+        todo = [f for f in files if f not in done]  # unreadable ones again: a fixed file is counted
         jobs = [(todo[i:i + batch], value, chans) for i in range(0, len(todo), batch)]
         bar = Progress(len(todo), "examples", quiet)
-        count = 0
-        for paths, scores, positions in map_jobs(model_path or model.source, jobs, _maxima_job, workers,
-                                                  ray_address, load_options) if (workers > 1 or ray_address) else \
-                (_maxima_job(model, job) for job in jobs):
+        count, next_save = 0, 0.0
+        bad = {}
+
+        def save():  # not again before ten times its duration has passed: a tenth of the time at most
+            t0 = time.monotonic()
+            _write_json(state_file, {**header, "done": done, "failed": bad, "top": top.state()})
+            return time.monotonic() + 10 * (time.monotonic() - t0)
+        for paths, scores, positions, why in map_jobs(model_path or model.source, jobs, _maxima_job, workers,
+                                                       ray_address, load_options) if (workers > 1 or ray_address) \
+                else (_maxima_job(model, job) for job in jobs):
             for j, p in enumerate(paths):
                 top.add(order[p], p, scores[j], positions[j])
-            done.update(paths)
-            count += len(paths)
-            if state_file:
-                _write_json(state_file, {"layer": value, "channels": chans, "k": k, "done": sorted(done),
-                                         "top": top.state()})
+                done[p] = hashes[p]
+            bad.update(why)
+            count += len(paths) + len(why)
+            if state_file and time.monotonic() >= next_save:
+                next_save = save()
             bar.update(count)
+        if state_file:
+            save()
+    _report_failed(bad, failed)
     hw = probe.shape[2:]
     field = receptive_field(model, value, model.shape_table(model.feeds(probe)))
     out = {}
@@ -205,39 +285,56 @@ def _has_grid(model, x, value):
 
 
 # ----------------------------------------------------------------------------------------------- patch bank
-def build_bank(model, images, layer, cache_dir=None, batch=16, quiet=None):
+def build_bank(model, images, layer, cache_dir=None, batch=16, quiet=None, failed=None):
     """Feature vectors of every position of `layer` over `images` (unit length), with (image, y, x) for each;
-    cached in cache_dir under a key of the model, the layer and the images (names, sizes, dates)."""
+    cached in cache_dir under a key of the model's and the images' content hashes (a retrained model or an
+    edited image of the same size and date is a new bank), the layer and the preprocessing; a model without
+    a file is not cached. Unreadable images are skipped: `failed` (a dict) receives {image: reason}, else
+    one warning lists them."""
     from ..batch import image_files
+    from ..files import clean_parts, write_atomic
     from .reconstruction import Progress
     value = model.resolve(layer)
     files = [str(f) for f, _ in image_files(images)]
     if not files:
         raise InputError(f"no images found in {', '.join(map(str, images))}")
-    key = hashlib.sha256(json.dumps([model.source, os.path.getsize(model.source) if model.source and
-                                     os.path.exists(model.source) else 0, value, model.preprocessing(),
-                                     [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"bank-{key}.npz" if cache_dir else None
+    model_sha = _model_sha(model)
+    cache = None
+    if cache_dir and model_sha is not None:
+        key = hashlib.sha256(json.dumps([model_sha, value, model.preprocessing(), sorted(_hashes(files).items())],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:24]
+        cache = Path(cache_dir) / f"bank-{key}.npz"
+        clean_parts(cache_dir, older_than=3600)  # a killed build's leftovers (others may be writing now)
     if cache is not None and cache.exists():
-        z = np.load(cache, allow_pickle=False)
-        return z["vectors"], z["where"], [str(f) for f in z["files"]]
-    vectors, where = [], []
+        try:
+            z = np.load(cache, allow_pickle=False)
+            _report_failed(json.loads(str(z["failed"])), failed)
+            return z["vectors"], z["where"], [str(f) for f in z["files"]]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable entry: built again, and replaced
+    vectors, where, good, bad = [], [], [], {}
     bar = Progress(len(files), "bank", quiet)
     for i in range(0, len(files), batch):
-        x = _image_batch(model, files[i:i + batch])
-        maps = _layer_maps(model, x, value).astype(np.float32)
-        n, c, h, w = maps.shape
-        v = maps.transpose(0, 2, 3, 1).reshape(-1, c)
-        vectors.append(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
-        ii, yy, xx = np.meshgrid(np.arange(i, i + n), np.arange(h), np.arange(w), indexing="ij")
-        where.append(np.stack([ii.ravel(), yy.ravel(), xx.ravel()], axis=1))
+        x, ok, why = _readable_batch(model, files[i:i + batch])
+        bad.update(why)
+        if x is not None:
+            maps = _layer_maps(model, x, value).astype(np.float32)
+            n, c, h, w = maps.shape
+            v = maps.transpose(0, 2, 3, 1).reshape(-1, c)
+            vectors.append(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+            ii, yy, xx = np.meshgrid(np.arange(len(good), len(good) + n), np.arange(h), np.arange(w), indexing="ij")
+            where.append(np.stack([ii.ravel(), yy.ravel(), xx.ravel()], axis=1))
+            good += ok
         bar.update(min(i + batch, len(files)))
+    if not good:
+        from ..files import failure_line
+        raise InputError(f"no readable images in {', '.join(map(str, images))}: {failure_line(bad)}")
     vectors, where = np.concatenate(vectors), np.concatenate(where)
     if cache is not None:
-        from ..files import write_atomic
-        write_atomic(cache, lambda t: np.savez(open(t, "wb"), vectors=vectors, where=where, files=np.array(files)))
-    return vectors, where, files
+        write_atomic(cache, lambda t: np.savez(open(t, "wb"), vectors=vectors, where=where, files=np.array(good),
+                                               failed=np.array(json.dumps(bad))))
+    _report_failed(bad, failed)
+    return vectors, where, good
 
 
 def _cell(field, y, x, hw, grid):
