@@ -277,11 +277,17 @@ class Model:
         def make():
             entry = self._disk_entry(full) if persist else None
             if entry is not None:
-                from .diskcache import read
-                meta = read(entry)
+                from .diskcache import discard, read
+                meta = read(entry)  # verified: its key, shape and files' hashes (a bad entry is a miss)
                 if meta is not None:
-                    log.debug("lowered graph for %s from the cache %s", key[0], entry)
-                    return _lowered_from(entry, meta)
+                    try:  # onnxruntime loads it now: an entry it refuses is a miss too, never a traceback
+                        cached = _lowered_from(entry, meta)
+                        self.engine.session(cached.graph, cached.outputs)
+                        log.debug("lowered graph for %s from the cache %s", key[0], entry)
+                        return cached
+                    except Exception as e:
+                        from .engines import _first_line
+                        discard(entry, f"is refused by onnxruntime ({_first_line(e)[:160]})")
             try:
                 result = build(self.shape_table(feeds))
             except ShapeUnknown:
