@@ -72,8 +72,11 @@ def test_a_changed_model_or_environment_is_not_trusted(cache, net):
         meta["environment"]["fvgraph"] = "0.0.0"
         (e / "meta.json").write_text(json.dumps(meta))
     again = fv.load(net)
-    again.explain(X, "gradient", target=1)
+    with pytest.warns(fv.FvGraphWarning, match="made by another version"):
+        again.explain(X, "gradient", target=1)
     assert not any(isinstance(g, CachedGraph) for g in _lowered_graph(again))
+    assert sorted(json.loads((e / "meta.json").read_text())["environment"]["fvgraph"] == "0.0.0"
+                  for e in _entries(cache)) == [False, True]  # the entry it used was rebuilt over, not the other
 
 
 def test_off_and_no_cache(tmp_path, net, monkeypatch):
