@@ -122,9 +122,11 @@ def write_explanations(model, path, name, methods, out, target=None, params=None
     x, shown = read_input(model, path)
     row, scores, _ = explain_to_files(model, x, shown, name, methods, out, target, params, overwrite)
     if isinstance(target, OutputTarget):
-        where = f" element {tuple(int(i) for i in np.ravel(target.index))}" if target.index is not None \
-            else " (a weighted region)"
-        return row, (Path(path).name, None, f"explained output {output_value(model, target)!r}{where}", None)
+        value = output_value(model, target)
+        shape = tuple(np.shape(model.run(x, outputs=[value])[value])[1:])
+        what = f"element {tuple(int(i) for i in np.ravel(target.index))}" if target.index is not None \
+            else "a weighted region"
+        return row, (Path(path).name, None, f"explained {what} of output {shape} {value!r}", None)
     k, label, prob = prediction(model, scores if scores is not None else model.run(x)[0])
     return row, (Path(path).name, k, label, prob)
 

@@ -261,6 +261,8 @@ def cmd_explain(args) -> int:
 
     model = _load(args.model, args)
     target = _whole_output_unless_classes(model, _any_target(args, model), args.quiet)
+    if len(methods) > 1 or len(args.images) > 1:
+        refuse_overwrite(Path(args.out) / "grid.png", args.overwrite, other_out=True)  # before any map
     rows, preds = explain_images(model, args.images, methods, args.out, target, _parse_params(args.param),
                                  args.overwrite, args.quiet)
     if len(methods) > 1 or len(args.images) > 1:
@@ -355,6 +357,9 @@ def _save_reconstruction(r, out, labels, overwrite, quiet):
     from .render import grid, save_npy, save_png
     if r.picture is None:
         raise InputError("the model's input is not a 3-channel image: only the .npy is written")
+    names = [f"{k:02d}_{label}.png" for k, label in enumerate(labels)] + ["images.npy", "grid.png"]
+    for name in names:  # all checked before the first is written
+        refuse_overwrite(Path(out) / name, overwrite, other_out=True)
     for k, (pic, label) in enumerate(zip(r.picture, labels)):
         save_png(Path(out) / f"{k:02d}_{label}.png", pic, overwrite)
     save_npy(Path(out) / "images.npy", r.image, overwrite)
@@ -655,7 +660,8 @@ def cmd_evaluate(args) -> int:
     found = evaluate_methods(model, args.images, methods, metrics, _any_target(args, model), args.steps)
     mean = found["mean_auc"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(
+    from .files import write_text
+    write_text(out / "evaluation.json", json.dumps(
         {"model": str(args.model), "images": [str(p) for p in args.images], "methods": methods, "metrics": metrics,
          "steps": args.steps, "better": {"deletion": "lower", "insertion": "higher"}, **found}, indent=1))
     fractions = np.linspace(0, 1, args.steps + 1)
@@ -724,8 +730,14 @@ def cmd_figure(args) -> int:
         models = {Path(m).stem: _load(m, args) for m in args.model}
         img, arrays = networks_figure(models, args.image, args.method, args.percentile, args.colours, args.alpha)
     out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    np.savez_compressed(out.with_suffix(".npz"), **{k.replace("/", "__"): v for k, v in arrays.items()})
+    from .files import write_atomic
+    from PIL import Image
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{out}: give an image file name (.png, .jpg, ...)")
+    write_atomic(out, lambda t: img.save(t, format=fmt))
+    write_atomic(out.with_suffix(".npz"), lambda t: np.savez_compressed(
+        open(t, "wb"), **{k.replace("/", "__"): v for k, v in arrays.items()}))
     print(f"wrote {out} and {out.with_suffix('.npz')}")
     return 0
 

@@ -55,12 +55,6 @@ def channel_maxima(model, x, value, channels):
     return scores.astype(np.float64), np.stack(np.unravel_index(where, maps.shape[2:]), axis=-1)
 
 
-def _image_batch(model, paths):
-    from ..image import load_image
-    spec = model.preprocessing()
-    return np.concatenate([load_image(p, spec) for p in paths])
-
-
 def _readable_batch(model, paths):
     """(inputs of the readable images or None, their paths, {path: why not} for the others): one bad file
     is skipped, never the batch."""
