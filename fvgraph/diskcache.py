@@ -21,11 +21,13 @@ miss). A cache folder or entry owned by another user, or writable by others with
 (said once per process); fvgraph creates its folders with mode 0700.
 
 File hashes (the model's, and an entry's files') are remembered in the index (graphs/index), keyed by the
-file's path, size, mtime, inode, device and ctime: ctime changes on every write, truncation or rename and
-cannot be set back by the user, so a model edited in place with its size and mtime restored is hashed again.
-A file changed less than RACY_NS ago is hashed each time and not remembered (a second write within the
-filesystem's timestamp granularity would keep the same ctime). So a hit hashes an entry's files once (about
-0.25 s for 160 MB of weights here, twice a hit's explain) and later hits only stat them.
+file's path, size, mtime, inode, device and ctime: ctime changes on every write or truncation and cannot be
+set back by the user, so a model edited in place with its size and mtime restored is hashed again, and the
+inode tells a file moved in from elsewhere. A file changed less than RACY_NS ago is hashed each time and not
+remembered (a second write within the filesystem's timestamp granularity could keep the same ctime). So the
+first hit on an entry hashes its files (0.16 s for 160 MB of weights here, twice the 0.08 s such a hit's
+explain takes otherwise; writing the entry hashes them too) and later hits only stat them. Changes that bypass
+the filesystem (bit rot on the disk) are not seen once a hash is remembered.
 """
 from __future__ import annotations
 
@@ -141,7 +143,7 @@ def _digest(path, index: Path) -> str | None:
     try:
         with open(memo) as f:
             known = f.read(100).strip()
-        if _HEX64.fullmatch(known):
+        if _HEX64.fullmatch(known) and _trusted(index):
             return known
     except (OSError, ValueError):
         pass  # not remembered, or unreadable: hashed again

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import onnx
@@ -315,7 +316,9 @@ def test_the_cli_on_a_damaged_entry(tmp_path, cache, net, capsys):
     (entry,) = _entries(cache)
     _flip(entry / "weights.data")
     capsys.readouterr()
-    assert main(["explain", str(net), image, "-m", "guided", "-o", str(tmp_path / "again"), "-q"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["explain", str(net), image, "-m", "guided", "-o", str(tmp_path / "again"), "-q"]) == 0
     err = capsys.readouterr().err  # the CLI prints the warning on one line
     assert err.startswith("fvgraph: warning: the disk cache entry") and err.count("\n") == 1, err
     (npy,) = (tmp_path / "plain").glob("*.npy")
