@@ -147,15 +147,11 @@ def _digest(path, index: Path) -> str | None:
             return known
     except (OSError, ValueError):
         pass  # not remembered, or unreadable: hashed again
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
+        digest = _sha256(path)
         after = os.stat(path)
     except OSError:
         return None
-    digest = h.hexdigest()
     same = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns) == \
         (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if same and now - st.st_ctime_ns > RACY_NS:
