@@ -21,6 +21,14 @@ MatConvNet's conventions, converted exactly:
   it after bsxfun(@minus, im, averageImage); keepAspect, border, cropSize and interpolation go into the
   preprocessing; meta.classes (or, in the pre-2015 layout, net.classes and net.normalization at the top
   level) gives the class names.
+
+Untrusted files: a .mat is read only from its own bytes. In a v7.3 (HDF5) file, HDF5 external storage,
+external links, virtual datasets, soft links that dangle or pass through an external link, filters h5py
+cannot decode, reference cycles, nesting deeper than 64 levels and datasets claiming more bytes than the file
+could decode to (4 GiB each; 1032x, deflate's largest ratio, the file's size in all) are refused with one
+ModelLoadError line naming the file and the HDF5 path, before any of their data is read. A v5/v6 file
+(scipy.io.loadmat) has no way to name another file: it is parsed from its own stream only, and its
+compressed elements decode to at most deflate's ratio.
 """
 from __future__ import annotations
 
@@ -39,13 +47,23 @@ OPSET = 13
 
 
 # ----------------------------------------------------------------------------------------------- reading
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def _read_mat(path):
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(128)
-    if head[:8] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in head:
+        # HDF5's superblock sits at 0 or after a user block of 512, 1024, 2048, ... bytes (MATLAB: 512)
+        hdf5 = head[:8] == _HDF5_SIGNATURE
+        for offset in (512 << k for k in range(8)):
+            if hdf5:
+                break
+            f.seek(offset)
+            hdf5 = f.read(8) == _HDF5_SIGNATURE
+    if hdf5 or b"MATLAB 7.3" in head:
         return _read_hdf5(path)
     from scipy.io import loadmat
     try:
@@ -57,6 +75,17 @@ def _read_mat(path):
     return _to_py(net)
 
 
+# What a v7.3 (HDF5) file may make the reader do. HDF5 can pull data from outside the file (external storage,
+# external links, virtual datasets), claim any size in a header (unallocated chunks read as the fill value) and
+# reference itself; a .mat from the internet is read only from its own bytes, within these bounds:
+_H5_MAX_DEPTH = 64                 # nesting of groups, cells and struct arrays (MatConvNet nets need < 10)
+_H5_MAX_OBJECTS = 1_000_000        # objects visited, shared ones counted each time (a DAG of references)
+_H5_MAX_DATASET = 4 << 30          # bytes one dataset may decode to (VGG-VD's largest is 0.4 GB)
+_H5_MAX_RATIO = 1032               # deflate's largest ratio: decoded bytes <= this x the file's size (+ 1 MiB)
+_H5_MAX_ATTR = 1 << 20             # bytes of one attribute (MATLAB's are a few bytes)
+_H5_MAX_SOFT_HOPS = 16             # soft links followed to reach one object
+
+
 def _read_hdf5(path):
     try:
         import h5py
@@ -64,41 +93,188 @@ def _read_hdf5(path):
         raise ModelLoadError(f"{path} is a MATLAB v7.3 (HDF5) file: install h5py to read it "
                              "(pip install 'fvgraph[matconvnet]'), or re-save it in MATLAB with save(..., '-v7')") \
             from None
-    with h5py.File(path, "r") as f:
-        root = f["net"] if "net" in f else f
-        return _h5_to_py(f, root)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({_one_line(e)})") from None
+    with f:
+        reader = _H5Reader(path, f, h5py)
+        try:
+            net = reader.child(f, "net")
+            return reader.value(net if net is not None else f, 0, frozenset())
+        except FvGraphError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+            raise ModelLoadError(f"{path}: malformed MATLAB v7.3 (HDF5) file ({type(e).__name__}: "
+                                 f"{_one_line(e)})") from None
 
 
-def _mclass(obj):
-    c = obj.attrs.get("MATLAB_class", b"")
-    return c.decode() if isinstance(c, bytes) else str(c)
+def _one_line(text):
+    return " ".join(str(text).split())
 
 
-def _h5_to_py(f, obj):
+class _H5Reader:
     """MATLAB v7.3 layout: structs are groups; a struct array's fields are datasets of references (one per
-    element); cells are reference datasets marked 'cell'; char is uint16; arrays are stored transposed."""
-    import h5py
-    if isinstance(obj, h5py.Group):
-        fields = {k: obj[k] for k in obj.keys() if not k.startswith("#")}
-        is_refs = lambda d: isinstance(d, h5py.Dataset) and d.dtype == h5py.ref_dtype  # noqa: E731
-        if fields and all(is_refs(d) and _mclass(d) != "cell" for d in fields.values()):
-            refs = {k: np.asarray(d[()]).reshape(-1, order="F") for k, d in fields.items()}
-            n = len(next(iter(refs.values())))
-            items = [{k: _h5_to_py(f, f[r[i]]) for k, r in refs.items()} for i in range(n)]
-            return items[0] if n == 1 else items
-        return {k: _h5_to_py(f, d) for k, d in fields.items()}
-    if obj.attrs.get("MATLAB_empty", 0):
-        return np.zeros((0, 0))
-    data = obj[()]
-    if obj.dtype == h5py.ref_dtype:
-        items = [_h5_to_py(f, f[r]) for r in np.asarray(data).reshape(-1, order="F")]
-        return items[0] if len(items) == 1 else items
-    if _mclass(obj) == "char":
-        return "".join(chr(c) for c in np.asarray(data).reshape(-1))
-    a = np.asarray(data)
-    if a.size == 1:
-        return a.reshape(()).item()
-    return a.T  # HDF5 stores MATLAB's column-major arrays with the dimensions reversed
+    element); cells are reference datasets marked 'cell'; char is uint16; arrays are stored transposed.
+    Everything is checked before it is read: links, storage, filters, types and sizes; a refusal is a
+    ModelLoadError naming the file and the HDF5 path."""
+
+    def __init__(self, path, f, h5py):
+        self.path, self.f, self.h5py = path, f, h5py
+        size = os.path.getsize(path)
+        self.total_left = _H5_MAX_RATIO * size + (1 << 20)
+        self.dataset_cap = min(_H5_MAX_DATASET, self.total_left)
+        self.objects = 0
+
+    def refuse(self, where, why):
+        return ModelLoadError(f"{self.path}: {where}: {why}; refusing to read this MATLAB v7.3 file")
+
+    # ------------------------------------------------------------------------------------------ links
+    def child(self, group, name):
+        """group[name] when it stays inside this file (hard links, soft links that resolve), None if absent."""
+        where = f"{group.name.rstrip('/')}/{name}"
+        link = group.get(name, getlink=True)
+        if link is None:
+            return None
+        return self._follow(group, name, link, where, 0)
+
+    def _follow(self, group, name, link, where, hops):
+        h5py = self.h5py
+        if isinstance(link, h5py.ExternalLink):
+            raise self.refuse(f"link {where!r}", f"an HDF5 external link to {link.filename!r}:{link.path!r} "
+                                                 "(another file)")
+        if isinstance(link, h5py.SoftLink):
+            if hops >= _H5_MAX_SOFT_HOPS:
+                raise self.refuse(f"soft link {where!r}", f"more than {_H5_MAX_SOFT_HOPS} soft links in a row "
+                                                          "(a loop?)")
+            return self._resolve_soft(group, link.path, where, hops + 1)
+        if isinstance(link, h5py.HardLink):
+            return group[name]
+        raise self.refuse(f"link {where!r}", f"an HDF5 link of an unknown kind ({type(link).__name__})")
+
+    def _resolve_soft(self, group, target, where, hops):
+        """Walk a soft link's path one name at a time, so that it cannot pass through an external link."""
+        cur = self.f if target.startswith("/") else group
+        for part in [p for p in target.split("/") if p and p != "."]:
+            if not isinstance(cur, self.h5py.Group):
+                raise self.refuse(f"soft link {where!r}", f"its target {target!r} does not exist (dangling)")
+            link = cur.get(part, getlink=True)
+            if link is None:
+                raise self.refuse(f"soft link {where!r}", f"its target {target!r} does not exist (dangling)")
+            cur = self._follow(cur, part, link, where, hops)
+        return cur
+
+    def deref(self, holder, ref):
+        try:
+            if not ref:
+                raise ValueError("null reference")
+            return self.f[ref]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise self.refuse(f"dataset {holder.name!r}", f"an object reference that does not resolve "
+                                                          f"({_one_line(e)})") from None
+
+    # ------------------------------------------------------------------------------------------ checks
+    def attr(self, obj, name, default):
+        if name not in obj.attrs:
+            return default
+        aid = obj.attrs.get_id(name)
+        nbytes = int(np.prod(aid.shape or (), dtype=object)) * aid.dtype.itemsize
+        if nbytes > _H5_MAX_ATTR or aid.dtype.kind == "O":
+            raise self.refuse(f"attribute {name!r} of {obj.name!r}", f"an attribute of {nbytes} bytes or of "
+                                                                     f"type {aid.dtype}")
+        return obj.attrs[name]
+
+    def mclass(self, obj):
+        c = self.attr(obj, "MATLAB_class", b"")
+        return c.decode(errors="replace") if isinstance(c, bytes) else str(c)
+
+    def check_dataset(self, d):
+        """Everything that could read outside the file, fail inside a decoder or claim absurd sizes, before
+        any data is read."""
+        where = f"dataset {d.name!r}"
+        if d.is_virtual:
+            raise self.refuse(where, "an HDF5 virtual dataset (VDS), whose data comes from other files")
+        external = d.external
+        if external:
+            names = ", ".join(repr(os.fsdecode(e[0])) for e in external)
+            raise self.refuse(where, f"HDF5 external storage: its data is read from {names}, outside the file")
+        plist = d.id.get_create_plist()
+        for i in range(plist.get_nfilters()):
+            code, _, _, fname = plist.get_filter(i)
+            if not self.h5py.h5z.filter_avail(code):
+                fname = fname.decode(errors="replace") if isinstance(fname, bytes) else str(fname)
+                raise self.refuse(where, f"HDF5 filter {code} ({fname or 'unnamed'}) that h5py cannot decode")
+        dt = d.dtype
+        ref = self.h5py.check_ref_dtype(dt)
+        if ref is not None and ref is not self.h5py.Reference:
+            raise self.refuse(where, "HDF5 region references (MATLAB writes object references only)")
+        if ref is None and (dt.kind == "O" or self.h5py.check_vlen_dtype(dt) is not None
+                            or any(dt.fields[n][0].kind == "O" for n in (dt.names or ()))):
+            raise self.refuse(where, f"variable-length data of type {dt} (MATLAB writes fixed-size types)")
+        nbytes = int(np.prod(d.shape or (), dtype=object)) * dt.itemsize
+        if nbytes > self.dataset_cap or nbytes > self.total_left:
+            raise self.refuse(where, f"shape {d.shape} of {dt} claims {nbytes} bytes, more than the "
+                                     f"{min(self.dataset_cap, self.total_left)} bytes a file of this size "
+                                     f"can hold (at most {_H5_MAX_DATASET} per dataset, {_H5_MAX_RATIO}x the "
+                                     "file's size in all)")
+        self.total_left -= nbytes
+
+    def read(self, d):
+        self.check_dataset(d)
+        if d.shape is None:  # an HDF5 null dataspace
+            return np.zeros((0, 0))
+        try:
+            return d[()]
+        except (OSError, ValueError, TypeError, RuntimeError) as e:
+            raise self.refuse(f"dataset {d.name!r}", f"its data cannot be read ({_one_line(e)})") from None
+
+    # ------------------------------------------------------------------------------------------ values
+    def value(self, obj, depth, path):
+        """obj as Python values; path holds the objects being read above it, so a cycle is refused."""
+        h5py = self.h5py
+        where = f"{'group' if isinstance(obj, h5py.Group) else 'dataset'} {obj.name!r}"
+        info = h5py.h5o.get_info(obj.id)
+        key = (info.fileno, info.addr)
+        if key in path:
+            raise self.refuse(where, "an HDF5 reference cycle (this object contains itself)")
+        if depth >= _H5_MAX_DEPTH:
+            raise self.refuse(where, f"nesting deeper than {_H5_MAX_DEPTH} levels")
+        self.objects += 1
+        if self.objects > _H5_MAX_OBJECTS:
+            raise self.refuse(where, f"more than {_H5_MAX_OBJECTS} objects to read")
+        path = path | {key}
+        if isinstance(obj, h5py.Group):
+            fields = {}
+            for k in obj.keys():
+                if not k.startswith("#"):
+                    child = self.child(obj, k)
+                    if child is not None:
+                        fields[k] = child
+            is_refs = lambda d: isinstance(d, h5py.Dataset) and d.dtype == h5py.ref_dtype  # noqa: E731
+            if fields and all(is_refs(d) and self.mclass(d) != "cell" for d in fields.values()):
+                refs = {k: np.asarray(self.read(d)).reshape(-1, order="F") for k, d in fields.items()}
+                n = len(next(iter(refs.values())))
+                if any(len(r) != n for r in refs.values()):
+                    raise self.refuse(where, "a struct array whose fields have different numbers of elements")
+                items = [{k: self.value(self.deref(fields[k], r[i]), depth + 1, path) for k, r in refs.items()}
+                         for i in range(n)]
+                return items[0] if n == 1 else items
+            return {k: self.value(d, depth + 1, path) for k, d in fields.items()}
+        if not isinstance(obj, h5py.Dataset):
+            raise self.refuse(where, f"an HDF5 object of an unknown kind ({type(obj).__name__})")
+        if self.attr(obj, "MATLAB_empty", 0):
+            return np.zeros((0, 0))
+        data = self.read(obj)
+        if obj.dtype == h5py.ref_dtype:
+            items = [self.value(self.deref(obj, r), depth + 1, path)
+                     for r in np.asarray(data).reshape(-1, order="F")]
+            return items[0] if len(items) == 1 else items
+        if self.mclass(obj) == "char":
+            return "".join(chr(c) for c in np.asarray(data).reshape(-1))
+        a = np.asarray(data)
+        if a.size == 1:
+            return a.reshape(()).item()
+        return a.T  # HDF5 stores MATLAB's column-major arrays with the dimensions reversed
 
 
 def _to_py(v):
