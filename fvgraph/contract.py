@@ -228,25 +228,63 @@ def _from_dict(d: dict) -> list[str]:
 
 def labels_from_metadata(meta: dict) -> list[str] | None:
     """The class names an export carries: fvgraph's, ultralytics' `names`, PaddleOCR's `character`, or a
-    `classes`/`labels` list."""
+    `classes`/`labels` list. Always a list of strings, or None where the value is not a list of names (a number,
+    a nested object, garbage): labels are informative, and a bad value must not break the commands."""
     try:
-        if "fvgraph.classes" in meta:
-            return json.loads(meta["fvgraph.classes"])
-        if "names" in meta:
-            names = ast.literal_eval(meta["names"])
-            return _from_dict(names) if isinstance(names, dict) else [str(n) for n in names]
-        if "character" in meta:  # PaddleOCR: the characters of its recognizer, or a classifier's labels
-            return meta["character"].split("\n") if "\n" in meta["character"] else meta["character"].split()
-        for key in ("classes", "labels", "class_names"):
-            if key in meta:
-                text = meta[key]
-                v = json.loads(text) if text.lstrip().startswith(("[", "{")) else None
-                if v is None:
-                    return [s.strip() for s in text.replace("\n", ",").split(",") if s.strip()]
-                return _from_dict(v) if isinstance(v, dict) else [str(x) for x in v]
-    except (ValueError, SyntaxError, TypeError, KeyError, InputError):
+        names = _metadata_names(meta)
+    except Exception:  # ValueError, SyntaxError, RecursionError, MemoryError of a hostile value
         return None
+    if isinstance(names, dict):
+        if any(isinstance(n, (list, tuple, dict, set)) for n in names.values()):
+            return None
+        try:
+            names = [None if names[k] is None else names[k] for k in sorted(names, key=lambda k: int(k))]
+        except (TypeError, ValueError):
+            return None
+    if not isinstance(names, (list, tuple)) or not names:
+        return None
+    if any(isinstance(n, (list, tuple, dict, set)) for n in names):
+        return None
+    return ["" if n is None else str(n) for n in names]
+
+
+def _metadata_names(meta: dict):
+    if "fvgraph.classes" in meta:
+        return json.loads(meta["fvgraph.classes"])
+    if "names" in meta:
+        text = meta["names"]
+        if len(text) > MAX_METADATA:
+            return None
+        return ast.literal_eval(text)
+    if "character" in meta:  # PaddleOCR: the characters of its recognizer, or a classifier's labels
+        return meta["character"].split("\n") if "\n" in meta["character"] else meta["character"].split()
+    for key in ("classes", "labels", "class_names"):
+        if key in meta:
+            text = meta[key]
+            if text.lstrip().startswith(("[", "{")):
+                return json.loads(text)
+            return [s.strip() for s in text.replace("\n", ",").split(",") if s.strip()]
     return None
+
+
+MAX_METADATA = 1 << 20  # characters of a Python literal fvgraph evaluates (ast.literal_eval is recursive)
+
+
+def check_metadata(meta: dict, where: str) -> None:
+    """The metadata fvgraph interprets beyond labels, checked at load: ultralytics' imgsz (used when there is no
+    fvgraph.preprocess) must be a size, one whole number or [h, w], or the model cannot be fed."""
+    if "imgsz" not in meta or "fvgraph.preprocess" in meta:
+        return
+    text = meta["imgsz"]
+    try:
+        v = json.loads(str(text).replace("(", "[").replace(")", "]"))
+    except (ValueError, RecursionError):
+        v = None
+    vals = v if isinstance(v, list) else [v]
+    if not 1 <= len(vals) <= 2 or not all(_whole(a) and 1 <= a <= MAX_SIZE for a in vals):
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        raise InputError(f"{where}: model metadata imgsz={shown!r} is not an input size (ultralytics writes a "
+                         f"whole number or [h, w] from 1 to {MAX_SIZE}, e.g. [640, 640]); correct the metadata")
 
 
 # ----------------------------------------------------------------------------------------------- layout

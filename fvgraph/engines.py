@@ -141,6 +141,7 @@ class OrtEngine(Engine):
         if memory:  # onnxruntime copies these once; they are not serialized into the model
             so.add_external_initializers(list(memory), [self.ort.OrtValue.ortvalue_from_numpy(a)
                                                         for a in memory.values()])
+        _drop_trailing_empty_inputs(proto)
         log.debug("onnxruntime session: %d nodes, outputs %s", len(proto.graph.node), list(outputs)[:4])
         try:
             return self.ort.InferenceSession(proto.SerializeToString(), so, providers=self.providers)
@@ -183,6 +184,18 @@ class CachedGraph:
 
     def input_names(self):
         return [v.name for v in self.inputs]
+
+
+def _drop_trailing_empty_inputs(proto):
+    """Optional inputs given as "" at the end of a node's inputs, dropped: the same node by ONNX's rules, and
+    the form onnxruntime's optimizer expects (onnxruntime 1.32 segfaults on a LayerNormalization whose bias is "", where
+    leaving the bias out runs). An empty input before a given one (Resize's roi) must stay: it holds a place."""
+    for n in proto.graph.node:
+        k = len(n.input)
+        while k and not n.input[k - 1]:
+            k -= 1
+        if k < len(n.input):
+            del n.input[k:]
 
 
 def _first_line(e) -> str:

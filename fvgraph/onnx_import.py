@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from .errors import ModelLoadError, UnsupportedModelError
+from .errors import FvGraphError, ModelLoadError, UnsupportedModelError
 from .graph import Graph, Node, ValueInfo, topological_order, unique_name
 from .onnx_file import read_model
 from .onnx_types import numpy_dtype
+from .contract import check_metadata
 
 MIN_OPSET = 1
 MAX_ELEMENTS = 1 << 31  # refuse absurd declared sizes before allocating anything
@@ -140,8 +141,47 @@ def _value_info(vi, where, strict=True) -> ValueInfo:
             dtype = None
     shape = None
     if tt.HasField("shape"):
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        shape = tuple(_dim(d) for d in tt.shape.dim)
     return ValueInfo(vi.name, shape, dtype)
+
+
+def _dim(d):
+    """A declared dim: its value, its symbol, or None (unknown). A negative value is how PaddlePaddle and some
+    converters write a dim they leave free (-1): unknown, like a symbol, never a size."""
+    if d.HasField("dim_value"):
+        return d.dim_value if d.dim_value >= 0 else None
+    return d.dim_param or None
+
+
+def _check_inputs(node, opset: int, where: str):
+    """A default-domain node's inputs against its ONNX schema: a required input left out or given as "" (the
+    ONNX way of omitting an optional one) is refused here, with the node's name, rather than reaching a
+    kernel or onnxruntime as a missing value."""
+    if node.op_type in ("Constant", "Upsample") or "." in node.op_type:
+        return
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset)
+        newest = onnx.defs.get_schema(node.op_type)
+        latest = newest.inputs
+    except Exception:
+        return  # an op ONNX does not know: the executor's registry names it
+    formal = list(schema.inputs)
+    if not formal:
+        return
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    for k, v in enumerate(node.inputs):
+        if k >= len(formal):
+            break  # more inputs than the schema has (or a variadic tail): the kernels' own checks name it
+        param = formal[k]
+        # required then and still (Resize-11's roi, required at 11, was often written as "" and is optional now)
+        if not v and param.option == single and k < len(latest) and latest[k].option == single:
+            raise ModelLoadError(f"{where}: node {node.name!r} ({node.op_type}): its required input {k} "
+                                 f"({param.name!r}) is empty")
+    present, needed = len(node.inputs), min(schema.min_input, newest.min_input)
+    if present < needed:
+        missing = formal[min(present, len(formal) - 1)].name
+        raise ModelLoadError(f"{where}: node {node.name!r} ({node.op_type}) has {present} input(s), fewer than "
+                             f"the {needed} it needs (missing {missing!r})")
 
 
 class _Importer:
@@ -164,6 +204,15 @@ class _Importer:
         if opset < MIN_OPSET:
             raise UnsupportedModelError(f"{self.where}: opset {opset} is older than fvgraph supports "
                                         f"({MIN_OPSET}+); re-export or convert it with onnx.version_converter")
+        newest = onnx.defs.onnx_opset_version()
+        if opset > newest:
+            raise UnsupportedModelError(f"{self.where}: opset {opset} is newer than the onnx package here knows "
+                                        f"(up to {newest}); upgrade onnx, or re-export the model at opset "
+                                        f"{newest} or older")
+        if not g.output:
+            raise ModelLoadError(f"{self.where}: the graph declares no outputs (nothing to run or explain)")
+        if any(not _text(o.name) for o in g.output):
+            raise ModelLoadError(f"{self.where}: a graph output has an empty name")
         if g.sparse_initializer:
             raise UnsupportedModelError(f"{self.where}: sparse initializers are not supported")
         self.used_names = {v for n in g.node for v in list(n.input) + list(n.output)}
@@ -186,6 +235,7 @@ class _Importer:
             if domain not in ("", "ai.onnx"):
                 op_type = f"{domain}.{op_type}"
             node = Node(name, op_type, n_in, n_out, attrs)
+            _check_inputs(node, opset, self.where)
             if node.op_type == "Constant":
                 self.initializers[node.outputs[0]] = self.constant_value(node)
                 continue
@@ -206,7 +256,8 @@ class _Importer:
         missing = [o.name for o in outputs if o.name not in produced]
         if missing:
             raise ModelLoadError(f"{self.where}: graph output(s) {missing} are never computed")
-        meta = {p.key: p.value for p in self.proto.metadata_props}
+        meta = {_text(p.key): _text(p.value) for p in self.proto.metadata_props}
+        check_metadata(meta, self.where)
         graph = Graph(nodes, self.initializers, inputs, outputs, opset,
                       f"{self.proto.producer_name} {self.proto.producer_version}".strip(), meta)
         graph.value_info = self.inferred_shapes()
@@ -285,7 +336,7 @@ def import_model(source: Any) -> Graph:
     try:
         return _Importer(proto, where, owned=not isinstance(source, onnx.ModelProto), mapped=mapped,
                          refs=refs).run()
-    except (ModelLoadError, UnsupportedModelError):
+    except FvGraphError:
         raise
     except Exception as e:  # anything a corrupt protobuf can still trigger
         raise ModelLoadError(f"{where}: malformed model ({type(e).__name__}: {e})") from None

@@ -17,11 +17,20 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .errors import UnsupportedModelError
+
 BATCH = "N"
 
 
-class ShapeUnknown(Exception):
-    """A dim the lowering needs is not known statically (raised inside fvgraph, answered by `measure`)."""
+class ShapeUnknown(UnsupportedModelError):
+    """A dim the lowering needs is not known statically (raised inside fvgraph, answered by `measure`). Where
+    even the measured shapes leave it open (a reduction over the batch axis), it reaches the caller: an
+    UnsupportedModelError naming the value, never a traceback."""
+
+    def __str__(self):
+        value = self.args[0] if self.args else "?"
+        return (f"the reverse pass needs the shape of {value!r} fixed, and it depends on the batch size (an op "
+                "that reduces or reshapes across the batch axis); explaining this model is not supported")
 
 
 @dataclass
@@ -64,7 +73,8 @@ def infer(graph, input_dims: dict, constants: dict | None = None) -> ShapeTable:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
             continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        dims = tuple((d.dim_value if d.dim_value >= 0 else None) if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in tt.shape.dim)  # -1: a free dim (see onnx_import._dim)
         try:
             dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else None
         except Exception:
