@@ -770,6 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
                         help="build every lowered graph anew instead of reusing what earlier runs kept in the cache "
                              "($FVGRAPH_CACHE, default ~/.cache/fvgraph; FVGRAPH_CACHE=off disables it)")
+    common.add_argument("--max-image-pixels", metavar="N", default=argparse.SUPPRESS,
+                        help="the largest image read, in pixels (width x height, of the file and of the resize's "
+                             "result), checked before decoding; e.g. 1e8 (default 50 megapixels, "
+                             "$FVGRAPH_MAX_IMAGE_PIXELS)")
+    common.add_argument("--max-image-aspect", metavar="R", default=argparse.SUPPRESS,
+                        help="the largest ratio of an image's long side to its short one (default 32, "
+                             "$FVGRAPH_MAX_IMAGE_ASPECT)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="log what is built (lowered graphs, sessions) and show tracebacks on errors")
     p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).",
@@ -993,7 +1000,8 @@ def main(argv=None) -> int:
         logging.basicConfig(format="fvgraph: %(message)s")
         logging.getLogger("fvgraph").setLevel(logging.DEBUG)
     try:
-        return int(args.func(args) or 0)
+        with _ImageLimits(args):
+            return int(args.func(args) or 0)
     except FvGraphError as e:
         if args.debug:
             raise
@@ -1010,6 +1018,55 @@ def main(argv=None) -> int:
             raise
         print(f"fvgraph: error: {_describe(e, args)}", file=sys.stderr)
         return 2
+
+
+IMAGE_LIMITS = (("max_image_pixels", "--max-image-pixels", "max_pixels", "FVGRAPH_MAX_IMAGE_PIXELS", "1e8"),
+                ("max_image_aspect", "--max-image-aspect", "max_aspect", "FVGRAPH_MAX_IMAGE_ASPECT", "64"))
+
+
+class _ImageLimits:
+    """--max-image-pixels / --max-image-aspect in force while the command runs (serve's requests included, and
+    folder runs' worker processes through the environment), and as they were again after it (main called
+    in-process, as the tests do). A value that is not a number of at least 1 is one InputError line."""
+
+    def __init__(self, args):
+        import math
+        self.given = {}
+        for attr, flag, key, var, example in IMAGE_LIMITS:
+            text = getattr(args, attr, None)
+            if text is None:
+                continue
+            try:
+                v = float(str(text).strip())
+            except ValueError:
+                v = math.nan
+            if not (math.isfinite(v) and v >= 1):
+                raise InputError(f"{flag} {text!r} is not a number of at least 1 (e.g. {flag} {example})")
+            self.given[key] = (int(v) if key == "max_pixels" else v, var)
+
+    def __enter__(self):
+        import os
+
+        from . import image
+        self.saved = dict(image._SET), {var: os.environ.get(var) for _, var in self.given.values()}
+        if self.given:
+            image.set_image_limits(**{key: v for key, (v, _) in self.given.items()})
+            os.environ.update({var: str(v) for v, var in self.given.values()})  # spawned workers read these
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        from . import image
+        limits, env = self.saved
+        image._SET.clear()
+        image._SET.update(limits)
+        for var, old in env.items():
+            if old is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = old
+        return False
 
 
 def _describe(e, args) -> str:

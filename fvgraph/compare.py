@@ -7,7 +7,6 @@ k = 1% of the pixels) that both maps agree on. A method agrees when max_abs <= a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError, refuse_overwrite
 from .engines import host_array
+from .files import sha256_file
 
 SCHEMA = "fvgraph.check/1"
 
@@ -64,14 +64,6 @@ def topk_overlap(got, ref, fraction=0.01) -> float:
         a, b = set(np.argpartition(-gi, k - 1)[:k]), set(np.argpartition(-ri, k - 1)[:k])
         scores.append(len(a & b) / k)
     return float(np.mean(scores))
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_method(text: str):
@@ -141,7 +133,7 @@ def record(model, model_path, images, methods, out, overwrite=False, target=None
     for m in methods:
         name, params = parse_method(m)
         arrays[f"method/{m}"] = run_method(model, x, name, params, target).relevance
-    meta = {"schema": SCHEMA, "fvgraph": __version__, "model_sha256": file_sha256(model_path),
+    meta = {"schema": SCHEMA, "fvgraph": __version__, "model_sha256": sha256_file(model_path),
             "model": str(model_path), "images": [str(p) for p in images], "methods": list(methods),
             "preprocess": spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "target": _target_record(target, arrays)}
@@ -173,7 +165,7 @@ def compare(model, model_path, ref_path, rtol=1e-4, atol=1e-6):
         name, params = parse_method(m)
         rows.append(metrics(m, run_method(model, x, name, params, target).relevance,
                             data[f"method/{m}"], rtol, atol))
-    info = {"reference": str(ref_path), "model": str(model_path), "model_sha256": file_sha256(model_path),
+    info = {"reference": str(ref_path), "model": str(model_path), "model_sha256": sha256_file(model_path),
             "reference_model_sha256": meta["model_sha256"], "fvgraph": __version__,
             "reference_fvgraph": meta["fvgraph"]}
     return rows, info

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FvGraphWarning, InputError, refuse_overwrite
+from .files import write_atomic
 
 trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 has only trapz
 
@@ -131,17 +132,19 @@ def save_png(path, rgb: np.ndarray, overwrite: bool = False) -> Path:
     from PIL import Image
     path = Path(path)
     refuse_overwrite(path, overwrite, other_out=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(path)
-    return path
+    picture = Image.fromarray(np.asarray(rgb, np.uint8))
+    return write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))  # a kill leaves no half a PNG
 
 
 def save_npy(path, a: np.ndarray, overwrite: bool = False) -> Path:
     path = Path(path)
     refuse_overwrite(path, overwrite, other_out=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, a)
-    return path
+    a = np.asarray(a)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.save adds no second ".npy"
+            np.save(f, a)
+    return write_atomic(path, write)  # a kill leaves no half an array
 
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),

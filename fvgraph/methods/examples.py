@@ -284,7 +284,8 @@ def build_bank(model, images, layer, cache_dir=None, batch=16, quiet=None, faile
     cached in cache_dir under a key of the model's and the images' content hashes (a retrained model or an
     edited image of the same size and date is a new bank), the layer and the preprocessing; a model without
     a file is not cached. Unreadable images are skipped: `failed` (a dict) receives {image: reason}, else
-    one warning lists them."""
+    one warning lists them. The cache folder is created private and not used (one warning) when another user
+    could write it; a cached bank is used only when its key, shapes and sha256 check out, else it is rebuilt."""
     from ..batch import image_files
     from ..files import clean_parts, write_atomic
     from .reconstruction import Progress
@@ -293,19 +294,18 @@ def build_bank(model, images, layer, cache_dir=None, batch=16, quiet=None, faile
     if not files:
         raise InputError(f"no images found in {', '.join(map(str, images))}")
     model_sha = _model_sha(model)
-    cache = None
-    if cache_dir and model_sha is not None:
+    cache = key = None
+    if cache_dir and model_sha is not None and _bank_folder(Path(cache_dir)):
         key = hashlib.sha256(json.dumps([model_sha, value, model.preprocessing(), sorted(_hashes(files).items())],
                                         sort_keys=True, default=str).encode()).hexdigest()[:24]
         cache = Path(cache_dir) / f"bank-{key}.npz"
         clean_parts(cache_dir, older_than=3600)  # a killed build's leftovers (others may be writing now)
     if cache is not None and cache.exists():
-        try:
-            z = np.load(cache, allow_pickle=False)
-            _report_failed(json.loads(str(z["failed"])), failed)
-            return z["vectors"], z["where"], [str(f) for f in z["files"]]
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable entry: built again, and replaced
+        loaded = _load_bank(cache, key, files)
+        if loaded is not None:
+            vectors, where, good, bad = loaded
+            _report_failed(bad, failed)
+            return vectors, where, good
     vectors, where, good, bad = [], [], [], {}
     bar = Progress(len(files), "bank", quiet)
     for i in range(0, len(files), batch):
@@ -325,10 +325,82 @@ def build_bank(model, images, layer, cache_dir=None, batch=16, quiet=None, faile
         raise InputError(f"no readable images in {', '.join(map(str, images))}: {failure_line(bad)}")
     vectors, where = np.concatenate(vectors), np.concatenate(where)
     if cache is not None:
-        write_atomic(cache, lambda t: np.savez(open(t, "wb"), vectors=vectors, where=where, files=np.array(good),
-                                               failed=np.array(json.dumps(bad))))
+        arrays = {"vectors": vectors, "where": where.astype(np.int64), "files": np.array(good, dtype=str),
+                  "failed": np.array(json.dumps(bad)), "key": np.array(key)}
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, digest=np.array(_bank_digest(arrays)), **arrays)
+        write_atomic(cache, write)
     _report_failed(bad, failed)
     return vectors, where, good
+
+
+def _bank_folder(folder: Path) -> bool:
+    """Whether the bank cache may be used: the folder created private (fvgraph.cache.private_dir) and the
+    user's own (fvgraph.cache.untrusted); when not, one warning per folder (diskcache's) and no cache."""
+    from ..cache import private_dir, untrusted
+    from ..diskcache import _warn_once
+    try:
+        private_dir(folder)
+        reason = untrusted(folder)
+    except OSError as e:
+        reason = f"cannot be created ({e.strerror or e})"
+    if reason is not None:  # keyed apart from diskcache's own warning about the same folder
+        _warn_once(f"bank:{folder}", f"the cache folder {folder} {reason}: fvgraph does not use its cache of patch "
+                                     "banks (the bank is built anew, and not kept)")
+    return reason is None
+
+
+def _bank_digest(arrays: dict) -> str:
+    """sha256 over the bank's arrays (name, dtype, shape, bytes): what a cached bank is checked against."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _load_bank(path: Path, key: str, files) -> tuple | None:
+    """(vectors, where, files, failed) of a cached bank, or None (with one warning line) when it is damaged,
+    truncated, of another key or malformed: then it is rebuilt over."""
+    import warnings
+    import zipfile
+
+    from ..errors import FvGraphWarning
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in ("vectors", "where", "files", "failed", "key")}
+            digest = str(z["digest"])
+        problem = _bank_problem(arrays, digest, key, files)
+        bad = json.loads(str(arrays["failed"])) if problem is None else None
+        if problem is None and not (isinstance(bad, dict) and all(isinstance(k, str) for k in bad)):
+            problem = "lists its unreadable images wrongly"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        problem = f"cannot be read ({type(e).__name__}: {e})"
+    if problem is not None:
+        warnings.warn(FvGraphWarning(f"the cached patch bank {path} {problem}: it is not used, the bank is "
+                                     "rebuilt"), stacklevel=3)
+        return None
+    return arrays["vectors"], arrays["where"], [str(f) for f in arrays["files"]], bad
+
+
+def _bank_problem(arrays, digest, key, files) -> str | None:
+    """Why a cached bank's arrays are not a bank of this key over these files (None: they are)."""
+    v, where, names = arrays["vectors"], arrays["where"], arrays["files"]
+    if digest != _bank_digest(arrays):
+        return "does not match its sha256 (damaged)"
+    if str(arrays["key"]) != key:
+        return "is another bank's (its key differs)"
+    if v.ndim != 2 or v.dtype != np.float32 or not len(v) or not np.isfinite(v).all():
+        return f"holds vectors of shape {v.shape} ({v.dtype}), not finite float32 rows"
+    if where.shape != (len(v), 3) or where.dtype.kind != "i" or (where < 0).any():
+        return f"holds positions of shape {where.shape}, not one (image, y, x) per vector"
+    if names.ndim != 1 or names.dtype.kind != "U" or not set(names.tolist()) <= set(files) \
+            or where[:, 0].max() >= len(names):
+        return "names images that are not among the bank's"
+    return None
 
 
 def _cell(field, y, x, hw, grid):

@@ -61,13 +61,16 @@ def fixed_target(model, x, target, through_softmax=False):
     """The target with classes resolved at x (so that every copy explains the same class)."""
     if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
         return target
-    from .attribution import class_indices, logits_value, value_dims
+    from .attribution import batch_axis, class_indices, logits_value, time_major_predicted, value_dims
     feeds = model.feeds(x)
     value = logits_value(model, through_softmax)
-    classes = class_indices(target, value_dims(model, feeds, value), len(x), value)
+    dims = value_dims(model, feeds, value)
+    classes = class_indices(target, dims, len(x), value)
     if (classes < 0).any():
-        out = model.run(x, outputs=[value])[value].reshape(len(x), -1)
-        classes = np.where(classes < 0, out.argmax(axis=1), classes)
+        out = model.run(x, outputs=[value])[value]
+        ax = batch_axis(dims)  # a time-major (T, N, C) output: the argmax of the class scores summed over time
+        predicted = time_major_predicted(out, ax) if ax != 0 else out.reshape(len(x), -1).argmax(axis=1)
+        classes = np.where(classes < 0, predicted, classes)
     return classes
 
 
