@@ -682,7 +682,8 @@ def cmd_serve(args) -> int:
     """The interactive view in the browser (fvgraph.serve)."""
     from .serve import serve
     model = _load(args.model or DEMO_MODEL, args)
-    return serve(model, args.images, args.host, args.port, args.quiet, int(args.max_upload * 2**20))
+    return serve(model, args.images, args.host, args.port, args.quiet, int(args.max_upload * 2**20),
+                 args.max_passes, args.allow_host or ())
 
 
 def cmd_export_explainer(args) -> int:
@@ -959,6 +960,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     s.add_argument("--max-upload", type=float, default=20, help="largest accepted upload in MB (default 20)")
+    s.add_argument("--max-passes", type=int, default=2048,
+                   help="most forward/reverse passes one request may take (occlusion windows, steps; default 2048)")
+    s.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="a host name this server answers for besides its address, localhost and this machine's "
+                        "name (behind a proxy; repeatable)")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_serve)
 

@@ -40,6 +40,7 @@ from .lru import LRU
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 20 << 20
+MAX_PASSES = 2048  # forward/reverse passes one request may take (occlusion's windows, IG's steps, ...)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SMOOTHABLE = ("gradient", "input-x-gradient", "deconvnet", "guided")
 
@@ -72,7 +73,7 @@ class Cancelled(Exception):
 class Service:
     """The model and what the API does with it (independent of HTTP, so it is tested directly too)."""
 
-    def __init__(self, model, images_dir=None, max_upload=MAX_UPLOAD, name=None):
+    def __init__(self, model, images_dir=None, max_upload=MAX_UPLOAD, name=None, max_passes=MAX_PASSES):
         from .image import DEMO_MODEL, demo_images
         from .methods.cam import CAM_METHODS
         from .rules import preset_names
@@ -82,6 +83,7 @@ class Service:
         self.demo = images_dir is None and Path(model.source or "") == Path(DEMO_MODEL)
         self.demo_images = {p.name: p for p in demo_images()} if self.demo else {}
         self.max_upload = max_upload
+        self.max_passes = max_passes
         self.lock = threading.Lock()
         self.images = LRU(32)        # image_id -> (x, shown picture)
         self.results = LRU(64)       # request key -> relevance (re-rendering needs no recomputation)
@@ -142,20 +144,19 @@ class Service:
 
     # ------------------------------------------------------------------ images
     def decode(self, data: bytes):
-        from PIL import Image, UnidentifiedImageError
+        """An upload as uint8 RGB: the size, the pixel count and the aspect ratio are checked before decoding
+        (image.read_rgb, the limits every command uses)."""
+        from .image import read_rgb
         if len(data) > self.max_upload:
             raise TooLarge(f"the image is {len(data) / 2**20:.1f} MB; the limit is {self.max_upload / 2**20:.0f} MB")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > 50_000_000:
-                    raise InputError(f"the image is {im.width}x{im.height} pixels; the limit is 50 megapixels")
-                return np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise InputError(f"not a readable image ({type(e).__name__})") from None
+        return read_rgb(data, name="the upload")
 
     def image(self, body: dict):
         """(image_id, x, shown) from an upload (base64), an id of an earlier one, or a listed file."""
         from .image import resize_crop, to_input
+        for field in ("image_id", "name"):
+            if body.get(field) is not None and not isinstance(body[field], str):
+                raise InputError(f"{field} must be a string")
         if body.get("image_id") in self.images:
             x, shown = self.images[body["image_id"]]
             return body["image_id"], x, shown
@@ -198,14 +199,17 @@ class Service:
         """One map as a PNG (and optionally the array as .npy). progress(done, total, picture) hears
         occlusion's and reconstruction's growing results."""
         from .methods import map_kind
+        from .render import KINDS
         start = time.perf_counter()
         method = body.get("method", "gradient")
-        if method not in self.methods:
+        if not isinstance(method, str) or method not in self.methods:
             raise InputError(f"unknown method {method!r}: use one of {', '.join(self.methods)}")
-        params = body.get("params") or {}
-        if not isinstance(params, dict):
-            raise InputError("params must be an object")
+        params = self.checked_params(method, body.get("params"))
         target, layer, channel = body.get("target"), body.get("layer") or None, body.get("channel")
+        if layer is not None and not isinstance(layer, str):
+            raise InputError(f"layer must be a layer name or null, got {layer!r}")
+        if body.get("colors") is not None and body["colors"] not in KINDS:
+            raise InputError(f"colors must be one of {', '.join(KINDS)}, got {body['colors']!r}")
         if target is not None and (not isinstance(target, int) or isinstance(target, bool)):
             raise InputError(f"target must be a class index or null, got {target!r}")
         if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
@@ -213,6 +217,7 @@ class Service:
         alpha = _number(body.get("alpha", 0.5), "alpha", 0, 1)
         kind = body.get("colors") or (map_kind(method) if method != "reconstruction" else None)
         image_id, x, shown = self.image(body)
+        self.check_work(method, params, x.shape)
         key = json.dumps([image_id, method, params, target, layer, channel], sort_keys=True, default=str)
         rel = self.results.get(key)
         info = {}
@@ -232,6 +237,42 @@ class Service:
             np.save(buf, rel)
             out["npy"] = base64.b64encode(buf.getvalue()).decode()
         return out
+
+    def checked_params(self, method, params) -> dict:
+        """The request's parameters: an object of numbers and strings whose names the method takes."""
+        params = params or {}
+        if not isinstance(params, dict):
+            raise InputError("params must be an object")
+        known = [p["name"] for p in PARAMS.get(method, ())]
+        for name, value in params.items():
+            if name not in known:
+                raise InputError(f"{method} takes no parameter {name!r}"
+                                 + (f": use {', '.join(known)}" if known else ""))
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise InputError(f"{name} must be a number or a string, got {value!r}")
+        return params
+
+    def check_work(self, method, params, shape):
+        """One request's forward/reverse passes stay under the server's budget (--max-passes): the server
+        runs one request at a time, so one huge request would block everybody."""
+        passes = 1
+        if method == "integrated-gradients":
+            passes = _int(params.get("steps", 16), "steps", 1, 1 << 30)
+        elif method in SMOOTHABLE or method == "smoothgrad":
+            passes = max(1, _int(params.get("samples", 8 if method == "smoothgrad" else 0), "samples", 0, 1 << 30))
+        elif method == "reconstruction":
+            passes = (_int(params.get("steps", 128), "steps", 1, 1 << 30)
+                      * _int(params.get("crops", 4), "crops", 1, 16))
+        elif method == "occlusion":
+            from .methods.occlusion import positions
+            box = _int(params.get("box", 32), "box", 1, 4096)
+            stride = _int(params.get("stride", 16), "stride", 1, 4096)
+            passes = 1
+            for n in shape[2:]:
+                passes *= max(1, len(positions(int(n), min(box, int(n)), stride)))
+        if passes > self.max_passes:
+            raise InputError(f"{method} with these parameters takes {passes} passes; this server allows "
+                             f"{self.max_passes} per request (fvgraph serve --max-passes)")
 
     def _render(self, method, rel, kind, shown, alpha):
         from .image import to_display
@@ -350,8 +391,126 @@ def _fill(v):
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
-def app(service: Service):
-    """The Starlette application over a Service."""
+class Job:
+    """One explanation on a worker thread, its progress as events; the client going away cancels it (at the
+    next progress report: occlusion's windows, reconstruction's steps), streamed or not."""
+
+    def __init__(self, service: Service, body: dict, stream: bool):
+        self.service, self.body, self.stream = service, body, stream
+        self.queue: queue.Queue = queue.Queue()
+        self.cancel = threading.Event()
+        self.last = 0.0
+
+    def progress(self, done, total, partial_png):
+        if self.cancel.is_set():
+            raise Cancelled()
+        now = time.perf_counter()
+        if self.stream and (now - self.last > 0.25 or done == total):  # a picture four times a second at most
+            self.last = now
+            self.queue.put({"progress": done / max(total, 1), "png": png64(partial_png())})
+
+    def work(self):
+        try:
+            self.queue.put({"done": True, **self.service.explain(self.body, self.progress)})
+        except Cancelled:
+            self.queue.put(None)
+        except TooLarge as e:
+            self.queue.put({"error": str(e), "status": 413})
+        except FvGraphError as e:
+            self.queue.put({"error": str(e).splitlines()[0] if str(e) else "error", "status": 400})
+        except Exception as e:  # the server keeps serving
+            self.queue.put({"error": f"internal error: {type(e).__name__}: {e}", "status": 500})
+
+    async def events(self, request):
+        """Progress events, then the final answer (or an error); nothing more once the client is gone."""
+        import anyio
+        threading.Thread(target=self.work, daemon=True).start()
+        try:
+            while True:
+                try:
+                    item = await anyio.to_thread.run_sync(lambda: self.queue.get(timeout=0.2))
+                except queue.Empty:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if item is None:
+                    return
+                yield item
+                if item.get("done") or "error" in item:
+                    return
+        finally:
+            self.cancel.set()
+
+    async def lines(self, request):
+        async for item in self.events(request):
+            yield json.dumps(item) + "\n"
+
+
+class SameOrigin:
+    """ASGI middleware: only this server's own pages and local scripts get answers.
+
+    - Host must name this server: an IP address (DNS rebinding needs a name), localhost, this machine's name
+      or a name given with --allow-host; a page on attacker.example whose name was re-pointed at 127.0.0.1
+      is refused.
+    - Origin, when a browser sends one, must be this very server (scheme, host and port).
+    - Sec-Fetch-Site, when sent, must be same-origin or none for the API (a cross-site page cannot even
+      start work).
+    - POSTs must say Content-Type: application/json, which a cross-origin page cannot send without a CORS
+      preflight, and this server answers none.
+    """
+
+    def __init__(self, app, allowed_hosts=()):
+        import socket
+        self.app = app
+        self.names = {"localhost", socket.gethostname().lower(), *(h.lower() for h in allowed_hosts)}
+
+    def refusal(self, scope) -> tuple[int, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        host = headers.get("host", "")
+        name = _host_name(host)
+        if not name or not (_is_ip(name) or name in self.names or name.endswith(".localhost")):
+            return 403, f"this server does not answer for the host {host!r} (fvgraph serve --allow-host NAME)"
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() != f"{scope.get('scheme', 'http')}://{host}".lower():
+            return 403, f"cross-origin requests are refused (origin {origin!r})"
+        api = scope["path"].startswith("/api/")
+        if api and headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return 403, "cross-site requests are refused"
+        if scope.get("method") == "POST":
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return 415, "send the request body as JSON (Content-Type: application/json)"
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refused = self.refusal(scope)
+            if refused is not None:
+                from starlette.responses import JSONResponse
+                await JSONResponse({"error": refused[1]}, refused[0])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """The name or address of a Host header, without the port ("[::1]:8000" -> "::1")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.index("]")] if "]" in host else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def app(service: Service, allowed_hosts=()):
+    """The Starlette application over a Service, answering same-origin requests only (SameOrigin)."""
     import anyio
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -416,53 +575,18 @@ def app(service: Service):
 
     async def explain(request):
         body = await body_of(request)
-        if not body.get("stream"):
-            return JSONResponse(await anyio.to_thread.run_sync(service.explain, body))
-        return StreamingResponse(_stream(request, body), media_type="application/x-ndjson")
-
-    async def _stream(request, body):
-        """Progress lines while the work runs on a thread; the client going away cancels it."""
-        q: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-        last = [0.0]
-
-        def progress(done, total, partial_png):
-            if cancel.is_set():
-                raise Cancelled()
-            now = time.perf_counter()
-            if now - last[0] > 0.25 or done == total:  # a picture four times a second at most
-                last[0] = now
-                q.put({"progress": done / max(total, 1), "png": png64(partial_png())})
-
-        def work():
-            try:
-                q.put({"done": True, **service.explain(body, progress)})
-            except Cancelled:
-                q.put(None)
-            except TooLarge as e:
-                q.put({"error": str(e), "status": 413})
-            except FvGraphError as e:
-                q.put({"error": str(e).splitlines()[0], "status": 400})
-            except Exception as e:
-                q.put({"error": f"internal error: {type(e).__name__}: {e}", "status": 500})
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            while True:
-                try:
-                    item = await anyio.to_thread.run_sync(lambda: q.get(timeout=0.2))
-                except queue.Empty:
-                    if await request.is_disconnected():
-                        cancel.set()
-                        return
-                    continue
-                if item is None:
-                    return
-                yield json.dumps(item) + "\n"
-                if item.get("done") or "error" in item:
-                    return
-        finally:
-            cancel.set()
+        job = Job(service, body, stream=bool(body.get("stream")))
+        if body.get("stream"):
+            return StreamingResponse(job.lines(request), media_type="application/x-ndjson")
+        final = None
+        async for item in job.events(request):
+            final = item
+        if final is None:  # the client went away: nobody reads the answer
+            return error(499, "the client went away")
+        if "error" in final:
+            return error(final["status"], final["error"])
+        final.pop("done", None)
+        return JSONResponse(final)
 
     async def not_found(request, exc):
         return error(exc.status_code, exc.detail if exc.status_code != 404 else f"no such page: {request.url.path}")
@@ -473,20 +597,21 @@ def app(service: Service):
               Route("/api/explain", guarded(explain), methods=["POST"]),
               Route("/api/examples", guarded(examples), methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    return SameOrigin(Starlette(routes=routes, exception_handlers={HTTPException: not_found}), allowed_hosts)
 
 
-def serve(model, images_dir=None, host="127.0.0.1", port=8000, quiet=False, max_upload=MAX_UPLOAD):
+def serve(model, images_dir=None, host="127.0.0.1", port=8000, quiet=False, max_upload=MAX_UPLOAD,
+          max_passes=MAX_PASSES, allowed_hosts=()):
     """Run the app until Ctrl-C."""
     import uvicorn
     if images_dir is not None and not Path(images_dir).is_dir():
         raise InputError(f"{images_dir}: not a folder of images")
-    service = Service(model, images_dir, max_upload)
+    service = Service(model, images_dir, max_upload, max_passes=max_passes)
     warm = threading.Thread(target=service.warm_up, daemon=True)
     warm.start()
     if not quiet:
         print(f"fvgraph: serving {service.name} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-    config = uvicorn.Config(app(service), host=host, port=port, log_level="warning" if quiet else "info",
+    config = uvicorn.Config(app(service, (host, *allowed_hosts)), host=host, port=port, log_level="warning" if quiet else "info",
                             access_log=False)
     server = uvicorn.Server(config)
     try:

@@ -141,7 +141,7 @@ def test_errors_are_one_line_4xx_and_the_server_keeps_serving(server):
     client, *_ = server
     bad = [({"name": "chelsea.png", "method": "nope"}, 400, "unknown method"),
            ({"image": "%%%not base64%%%", "method": "gradient"}, 400, "base64"),
-           ({"image": b64(b"not an image at all"), "method": "gradient"}, 400, "not a readable image"),
+           ({"image": b64(b"not an image at all"), "method": "gradient"}, 400, "not an image fvgraph can read"),
            ({"name": "chelsea.png", "method": "lrp-epsilon", "params": {"epsilon": "big"}}, 400, "number"),
            ({"name": "chelsea.png", "method": "gradient", "target": 5000}, 400, "out of range"),
            ({"image": b64(os.urandom(1_500_000)), "method": "gradient"}, 413, "limit"),
@@ -149,10 +149,87 @@ def test_errors_are_one_line_4xx_and_the_server_keeps_serving(server):
     for body, status, words in bad:
         r = client.post("/api/explain", json=body)
         assert r.status_code == status and words in r.json()["error"] and "\n" not in r.json()["error"], (body, r.text)
-    r = client.post("/api/predict", content=b"{not json")
+    r = client.post("/api/predict", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["error"]
+    malformed = [({"image_id": {"a": 1}, "method": "gradient"}, "image_id must be a string"),
+                 ({"name": ["chelsea.png"]}, "name must be a string"),
+                 ({"name": "chelsea.png", "method": {"m": 1}}, "unknown method"),
+                 ({"name": "chelsea.png", "method": "gradient", "params": {"target": 3}}, "takes no parameter"),
+                 ({"name": "chelsea.png", "method": "lrp-epsilon", "params": {"epsilon": {"x": 1}}}, "number or"),
+                 ({"name": "chelsea.png", "method": "gradient", "params": [1]}, "params must be an object"),
+                 ({"name": "chelsea.png", "method": "gradient", "layer": 3}, "layer must be"),
+                 ({"name": "chelsea.png", "method": "gradient", "colors": "plaid"}, "colors must be")]
+    for body, words in malformed:
+        r = client.post("/api/explain", json=body)
+        assert r.status_code == 400 and words in r.json()["error"], (body, r.text)
     assert client.get("/api/nothing").status_code == 404
     assert client.post("/api/predict", json={"name": "chelsea.png"}).status_code == 200
+
+
+def test_only_same_origin_requests_are_answered(server):
+    """A page on another site can neither start work (Origin, Sec-Fetch-Site, a non-JSON body) nor read answers
+    through DNS rebinding (a Host that is not this server's)."""
+    client, _, _, port = server
+    body = json.dumps({"name": "chelsea.png", "method": "gradient"})
+    here = f"http://127.0.0.1:{port}"
+    refused = [("POST", "/api/explain", {"Origin": "http://evil.example", "Content-Type": "text/plain"}, 403),
+               ("POST", "/api/explain", {"Origin": "http://evil.example", "Content-Type": "application/json"}, 403),
+               ("POST", "/api/explain", {"Origin": "null", "Content-Type": "application/json"}, 403),
+               ("POST", "/api/explain", {"Content-Type": "text/plain"}, 415),
+               ("POST", "/api/explain", {}, 415),
+               ("POST", "/api/explain", {"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"}, 403),
+               ("GET", "/api/model", {"Host": "attacker.example"}, 403),
+               ("GET", "/api/model", {"Host": f"attacker.example:{port}"}, 403),
+               ("GET", "/api/images/chelsea.png", {"Host": "rebind.evil.example"}, 403),
+               ("GET", "/", {"Host": "attacker.example"}, 403),
+               ("GET", "/api/model", {"Origin": f"http://127.0.0.1:{port + 1}"}, 403)]
+    for method, path, headers, status in refused:
+        r = client.request(method, path, content=body if method == "POST" else None, headers=headers)
+        assert r.status_code == status and "\n" not in r.json()["error"], (method, path, headers, r.text)
+        assert b"efficientnet" not in r.content and b"chelsea" not in r.content
+    allowed = [("POST", "/api/explain", {"Origin": here, "Content-Type": "application/json; charset=utf-8",
+                                          "Sec-Fetch-Site": "same-origin"}),
+               ("GET", "/api/model", {"Host": f"localhost:{port}"}),
+               ("GET", "/api/model", {"Host": f"[::1]:{port}", "Sec-Fetch-Site": "none"})]
+    for method, path, headers in allowed:
+        r = client.request(method, path, content=body if method == "POST" else None, headers=headers)
+        assert r.status_code == 200, (method, path, headers, r.text)
+
+
+def test_work_and_images_are_bounded_per_request(server):
+    client, *_ = server
+    heavy = [("integrated-gradients", {"steps": 20000}), ("occlusion", {"box": 1, "stride": 1}),
+             ("smoothgrad", {"samples": 5000}), ("reconstruction", {"steps": 2000, "crops": 8})]
+    for method, params in heavy:
+        start = time.perf_counter()
+        r = client.post("/api/explain", json={"name": "chelsea.png", "method": method, "params": params,
+                                              "target": 1})
+        assert r.status_code == 400 and "--max-passes" in r.json()["error"], (method, r.text)
+        assert time.perf_counter() - start < 5, method  # refused before any work
+    strip = io.BytesIO()
+    Image.new("RGB", (20000, 1)).save(strip, format="PNG")
+    r = client.post("/api/explain", json={"image": b64(strip.getvalue()), "method": "gradient"})
+    assert r.status_code == 400 and "aspect" in r.json()["error"], r.text
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 6000)).save(bomb, format="PNG")  # 72 megapixels in a few kB
+    r = client.post("/api/explain", json={"image": b64(bomb.getvalue()), "method": "gradient"})
+    assert r.status_code == 400 and "megapixels" in r.json()["error"], r.text
+
+
+def test_work_is_cancelled_when_the_client_goes(server):
+    """A client that gives up on a long request (not streamed) does not hold the server: the work stops at
+    its next window."""
+    _, _, _, port = server
+    body = {"name": "chelsea.png", "method": "occlusion", "params": {"box": 4, "stride": 5}}  # 2025 windows
+    impatient = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1.0)
+    with pytest.raises(httpx.TimeoutException):
+        impatient.post("/api/explain", json=body)
+    impatient.close()
+    start = time.perf_counter()
+    r = httpx.post(f"http://127.0.0.1:{port}/api/explain", json={"name": "chelsea.png", "method": "gradient"},
+                   timeout=120)
+    took = time.perf_counter() - start
+    assert r.status_code == 200 and took < 6, took
 
 
 def test_no_file_outside_the_images_folder_is_read(server):
