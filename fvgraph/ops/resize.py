@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ..backend import host_ints, to_host, xp_of
+from ..shapes import ShapeUnknown
 from . import Op, matmul_along, register
 
 COORD_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
@@ -38,8 +39,9 @@ class Resize(Op):
         if self.policy not in ("stretch", "not_larger", "not_smaller"):
             self.unsupported(f"keep_aspect_ratio_policy={self.policy!r}")
 
-    def plan(self, shape, roi, scales, sizes):
-        """Per axis: (output size, scale, roi start, roi end)."""
+    def plan(self, shape, roi, scales, sizes, out_dims=None):
+        """Per axis: (output size, scale, roi start, roi end). out_dims: the output's dims, standing in for
+        sizes computed at run time (the reverse pass reads them from the graph's shapes)."""
         r = len(shape)
         axes = [a % r for a in self.axes_attr] if self.axes_attr is not None else list(range(r))
         full_scale, out = [1.0] * r, list(shape)
@@ -48,17 +50,24 @@ class Resize(Op):
         if roi_v:
             for k, a in enumerate(axes):
                 start[a], end[a] = roi_v[k], roi_v[k + len(axes)]
-        if sizes is not None and sizes.size:
-            sz = host_ints(sizes)
-            if self.policy != "stretch":
-                ratios = [sz[k] / shape[a] for k, a in enumerate(axes)]
-                s = min(ratios) if self.policy == "not_larger" else max(ratios)
+        if (sizes is not None and sizes.size) or out_dims is not None:
+            s = None
+            if sizes is not None and sizes.size:
+                sz = host_ints(sizes)
+                if self.policy != "stretch":
+                    ratios = [sz[k] / shape[a] for k, a in enumerate(axes)]
+                    s = min(ratios) if self.policy == "not_larger" else max(ratios)
+            else:
+                sz = [int(out_dims[a]) for a in axes]
+                if self.policy != "stretch":
+                    s = self.common_scale(shape, sz, axes)
+            if s is not None:
                 sz = [int(math.floor(s * shape[a] + 0.5)) for a in axes]
                 for a in axes:
                     full_scale[a] = s
             for k, a in enumerate(axes):
                 out[a] = sz[k]
-                if self.policy == "stretch":
+                if s is None:
                     full_scale[a] = sz[k] / shape[a]
         elif scales is not None and scales.size:
             sc = [float(v) for v in np.asarray(to_host(scales)).reshape(-1)]
@@ -69,6 +78,17 @@ class Resize(Op):
         else:
             raise ValueError("Resize needs scales or sizes")
         return out, full_scale, start, end
+
+    def common_scale(self, shape, out, axes):
+        """The one scale keep_aspect_ratio_policy applied, from the output sizes alone: it is sizes[k] / shape
+        for the axis that set it, where that ratio is exact; it must be the only ratio that reproduces every
+        output size (else the sizes it came from are ambiguous and the sampling positions unknown)."""
+        ratios = {o / shape[a] for o, a in zip(out, axes)}
+        fit = [r for r in ratios if all(int(math.floor(r * shape[a] + 0.5)) == o for o, a in zip(out, axes))]
+        if len(fit) != 1:
+            self.unsupported(f"sizes computed at run time with keep_aspect_ratio_policy={self.policy!r}: the scale "
+                             f"it applied cannot be read from the output's shape {tuple(out)}")
+        return fit[0]
 
     def source_coords(self, n_in, n_out, scale, start, end):
         x = np.arange(n_out, dtype=np.float64)
@@ -123,9 +143,9 @@ class Resize(Op):
                 w = w / w.sum(axis=1, keepdims=True)
         return np.clip(idx, 0, n_in - 1).astype(np.int64), w
 
-    def axis_plans(self, x, roi, scales, sizes):
+    def axis_plans(self, x, roi, scales, sizes, out_dims=None):
         """Per resized axis, in the order applied: (axis, taps indices, weights, outside mask or None)."""
-        out, scale, start, end = self.plan(x.shape, roi, scales, sizes)
+        out, scale, start, end = self.plan(x.shape, roi, scales, sizes, out_dims)
         plans = []
         for a in range(x.ndim):
             if out[a] == x.shape[a] and scale[a] == 1.0 and self.coord != "tf_crop_and_resize":
@@ -158,8 +178,7 @@ class Resize(Op):
         """Separable sampling is one matrix per resized axis, A (n_out, n_in); the adjoint contracts the
         gradient with each A along its axis, last axis first."""
         x = inputs[0]
-        args = [b.constant(v) if v else None for v in inputs[1:]] + [None] * (4 - len(inputs))
-        resized = self.plan_axes(b, x, *args[:3])
+        resized = self.plan_axes(b, x, *self.settings(b, inputs), y=outputs[0])
         shape = list(b.dims(x))
         for a, idx, _, _ in resized:
             shape[a] = idx.shape[0]
@@ -180,15 +199,50 @@ class Resize(Op):
                 g = matmul_along(b, g, b.const(A.astype(dtype), "resize_adjoint"), a, tuple(shape))
         return [g] + [None] * (len(inputs) - 1)
 
-    def plan_axes(self, b, x, roi, scales, sizes):
-        """axis_plans from x's dims alone (the resized axes must be static)."""
+    def settings(self, b, inputs):
+        """(roi, scales, sizes) as arrays for the reverse pass, sizes as the string "dynamic" where they are
+        computed at run time (the output's dims then say them). Scales computed at run time are refused: every
+        coordinate mode samples at positions that depend on their exact value, which the output's dims (a
+        floor of size * scale) do not give back; nor does anything give back a roi computed at run time, which
+        only tf_crop_and_resize reads."""
+        names = (list(inputs[1:4]) + ["", "", ""])[:3]
+        vals = []
+        for v in names:
+            c = b.constant(v) if v else None
+            dynamic = bool(v) and c is None and b.table.dims.get(v) != (0,)
+            vals.append("dynamic" if dynamic else c)
+        roi, scales, sizes = vals
+        if isinstance(roi, str):
+            if self.coord == "tf_crop_and_resize":
+                self.unsupported("roi computed at run time with coordinate_transformation_mode='tf_crop_and_resize'"
+                                 ": the reverse pass needs its value; export it as a constant")
+            roi = None
+        if sizes is None or (not isinstance(sizes, str) and not sizes.size):
+            if isinstance(scales, str):
+                self.unsupported("scales computed at run time: the reverse pass needs their exact value (the output's "
+                                 "shape does not give it back); export the model with constant scales, or with sizes")
+        return roi, None if isinstance(scales, str) else scales, sizes
+
+    def plan_axes(self, b, x, roi, scales, sizes, y=None):
+        """axis_plans from x's dims alone (the resized axes must be static); sizes "dynamic": from y's dims, the
+        resized axes of y static too."""
         dims = b.dims(x)
         probe = _Dims([d if isinstance(d, int) else 1 for d in dims])
-        out, scale, start, end = self.plan(probe.shape, roi, scales, sizes)
+        out_dims = None
+        if isinstance(sizes, str):
+            ydims, sizes = b.dims(y), None
+            if len(ydims) != len(dims):
+                raise ShapeUnknown(y)
+            changed = [a for a in range(len(dims)) if dims[a] != ydims[a]]
+            b.static(x, changed)
+            out_dims = list(probe.shape)
+            for a, n in zip(changed, b.static(y, changed)):
+                out_dims[a] = n
+        out, scale, start, end = self.plan(probe.shape, roi, scales, sizes, out_dims)
         touched = [a for a in range(len(dims)) if not (out[a] == probe.shape[a] and scale[a] == 1.0
                                                        and self.coord != "tf_crop_and_resize")]
         b.static(x, touched)
-        return self.axis_plans(probe, roi, scales, sizes)
+        return self.axis_plans(probe, roi, scales, sizes, out_dims)
 
 
 class _Dims:
