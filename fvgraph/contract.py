@@ -31,8 +31,10 @@ import numpy as np
 
 from .errors import InputError
 
+# torchvision's normalization: the preset "imagenet", and fvgraph.image's default (one definition)
+IMAGENET = {"scale": 1 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": "RGB"}
 PRESETS = {
-    "imagenet": {"scale": 1 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": "RGB"},
+    "imagenet": IMAGENET,
     "caffe": {"scale": 1.0, "mean": [103.939, 116.779, 123.68], "std": [1.0, 1.0, 1.0], "channels": "BGR"},
     "tf": {"scale": 1 / 127.5, "mean": [1.0, 1.0, 1.0], "std": [1.0, 1.0, 1.0], "channels": "RGB"},
     "raw": {"scale": 1 / 255.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "channels": "RGB"},

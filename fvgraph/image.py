@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import IMAGENET
 from .errors import FvGraphWarning, InputError
 
-DEFAULT = {"size": 224, "resize": "shorter", "crop": "center", "scale": 1 / 255.0,
-           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": "RGB"}
+DEFAULT = {"size": 224, "resize": "shorter", "crop": "center", **IMAGENET}
 META_KEY = "fvgraph.preprocess"
 
 
