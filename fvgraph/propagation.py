@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import RuleError
-from .ops.activation import positive
+from .ops.activation import positive, relu_like
 
 LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "AveragePool", "GlobalAveragePool", "Resize",
               "BatchNormalization", "ReduceMean", "ReduceSum", "Pad", "LayerNormalization", "GroupNormalization",
@@ -67,12 +67,12 @@ def _constant_operand(b, node, k):
 def _relu_gate(step: Step):
     """The forward gate of a ReLU-like op as a boolean value, or None when the op is not ReLU-like."""
     b, y = step.b, step.outputs[0]
+    if not relu_like(step.node, b.constant):
+        return None
     if step.node.op_type == "Relu":
         return positive(b, y)
-    if step.node.op_type == "Clip" and _constant_operand(b, step.node, 1) == 0.0:
-        ins = list(step.inputs) + ["", ""]
-        return step.kernel.gate_graph(b, y, ins[1], ins[2])
-    return None
+    ins = list(step.inputs) + ["", ""]
+    return step.kernel.gate_graph(b, y, ins[1], ins[2])
 
 
 def deconvnet(step: Step):
@@ -389,3 +389,8 @@ def gate(step: Step):
 RULES = {"gradient": gradient, "deconvnet": deconvnet, "guided": guided, "pass": passthrough,
          "epsilon": epsilon, "zplus": zplus, "alphabeta": alphabeta, "zb": zb, "w2": w2, "flat": flat,
          "proportional": proportional, "gate": gate}
+# what each rule reads from step.params (tests/test_rules_base.py runs each rule with only these)
+RULE_PARAMS = {"gradient": (), "deconvnet": (), "guided": (), "pass": (),
+               "epsilon": ("epsilon",), "zplus": ("epsilon",), "alphabeta": ("alpha", "beta", "epsilon"),
+               "zb": ("low", "high", "epsilon"), "w2": ("epsilon",), "flat": ("epsilon",),
+               "proportional": ("epsilon",), "gate": ()}

@@ -19,6 +19,12 @@ A preset (`rules/<method>.toml`, or any file a user writes):
     position = "first"            # "first", "last", or an index among the nodes of that op type
     rule = "zb"
 
+A preset can extend another, `extends = "lrp-base"` (a preset's name, or a path ending in .toml, relative to the
+extending file): the base's keys come first, the extending file's [ops], [params], [integrate], [smooth] entries
+and other keys override them, and its [[override]] list goes before the base's (first match wins). `name` and
+`abstract` are the file's own, never inherited. A base with `abstract = true` (rules/lrp-base.toml) is no
+method: preset_names() leaves it out and loading it is refused.
+
 Unknown keys, rules, op types or parameters fail at load with the file and line at fault.
 """
 from __future__ import annotations
@@ -37,16 +43,29 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RULE_NAMES = ("gradient", "deconvnet", "guided", "pass", "epsilon", "zplus", "alphabeta", "zb", "w2", "flat",
-              "proportional", "gate")
 PARAMS = {"epsilon": 1e-3, "alpha": 2.0, "beta": 1.0, "low": None, "high": None}
 TOP_KEYS = {"name", "description", "default", "seed", "canonize", "multiply_input", "params", "ops", "override",
-            "integrate", "smooth"}
+            "integrate", "smooth", "extends", "abstract"}
+MERGED_TABLES = ("ops", "params", "integrate", "smooth")  # extends: entries merged, the extending file's win
+OWN_KEYS = ("name", "abstract", "extends")                  # extends: never inherited
 INTEGRATE = {"steps": 32, "baseline": "zero", "integration": "gausslegendre"}
 SMOOTH = {"samples": 16, "sigma": 0.15, "kind": "mean", "seed": 0}
 INTEGRATION_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 SMOOTH_KINDS = ("mean", "mean-of-squares", "variance")
 OVERRIDE_KEYS = {"name", "op", "position", "rule"}
+
+
+def __getattr__(name):
+    """RULE_NAMES: the keys of fvgraph.propagation.RULES, read when first asked for (propagation imports the
+    op registry, which `import fvgraph.rules` need not pay for)."""
+    if name == "RULE_NAMES":
+        return _rule_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _rule_names() -> tuple:
+    from .propagation import RULES
+    return tuple(RULES)
 
 
 @dataclass(frozen=True)
@@ -77,23 +96,31 @@ class Rules:
         """A preset by name ("guided", "lrp-epsilon", ...) or a path to a .toml file."""
         if isinstance(source, Rules):
             return source
-        text, where = _read(source)
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise RuleError(f"{where}: not valid TOML: {e}") from None
-        return cls.from_dict(data, where, text)
+        text, where, folder, ident = _read(source)
+        return cls.from_dict(_parse(text, where), where, text, folder=folder, _ident=ident)
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "<rules>", text: str = "") -> "Rules":
+    def from_dict(cls, data: dict, where: str = "<rules>", text: str = "", folder=None, _ident=None) -> "Rules":
+        """A preset from its parsed TOML; `folder` is where a relative `extends` path is looked for (the
+        current directory when None)."""
+        _check_own(data, where, text)
+        if data.get("abstract"):
+            raise RuleError(f"{where}: {data.get('name', Path(where).stem)!r} is an abstract preset (abstract = true): "
+                            "a base that presets extend (extends = ...), no method of its own; use one of "
+                            f"{', '.join(preset_names())}")
+        if "extends" in data:
+            data = _extended(cls, data, where, text, folder, ((_ident or where, where),))
+        return cls._build(data, where, text)
+
+    @classmethod
+    def _build(cls, data: dict, where: str, text: str) -> "Rules":
         from .ops import supported_op_types
+        RULE_NAMES = _rule_names()
 
         def fail(msg, key):
             raise RuleError(f"{where}{_line(text, key)}: {msg}")
 
-        for k in data:
-            if k not in TOP_KEYS:
-                fail(f"unknown key {k!r} (expected one of {sorted(TOP_KEYS)})", k)
+        _check_own(data, where, text)
         default = data.get("default", "gradient")
         if default not in RULE_NAMES:
             fail(f"unknown rule {default!r} for default (rules: {', '.join(RULE_NAMES)})", default)
@@ -171,6 +198,14 @@ class Rules:
                 raise RuleError(f"parameter {k} must be a number (or, for low/high, one per channel), got {v!r}")
         return replace(self, params={**self.params, **params}, **sampling)
 
+    def parameters(self) -> tuple:
+        """The parameter names this preset's rules read (over its ops, default and overrides), in PARAMS'
+        order: what a caller may usefully set."""
+        from .propagation import RULE_PARAMS
+        used = {self.default, *self.ops.values(), *(o.rule for o in self.overrides)}
+        read = {p for r in used for p in RULE_PARAMS.get(r, ())}
+        return tuple(p for p in PARAMS if p in read)
+
     # ------------------------------------------------------------------ resolution
     def resolve(self, graph, node_indices) -> dict[int, str]:
         """The rule for each of the given nodes (indices into graph.nodes, in execution order)."""
@@ -199,6 +234,75 @@ class Rules:
 
 def _refuse(message):
     raise RuleError(message)
+
+
+def _parse(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RuleError(f"{where}: not valid TOML: {e}") from None
+
+
+def _check_own(data: dict, where: str, text: str):
+    """The top-level keys of one file, and its extends/abstract values."""
+    for k in data:
+        if k not in TOP_KEYS:
+            raise RuleError(f"{where}{_line(text, k)}: unknown key {k!r} (expected one of {sorted(TOP_KEYS)})")
+    if "abstract" in data and not isinstance(data["abstract"], bool):
+        raise RuleError(f"{where}{_line(text, 'abstract')}: abstract must be true or false, got {data['abstract']!r}")
+    if "extends" in data and not (isinstance(data["extends"], str) and data["extends"]):
+        raise RuleError(f"{where}{_line(text, 'extends')}: extends must name a preset or a .toml path, "
+                        f"got {data['extends']!r}")
+
+
+def _extended(cls, data: dict, where: str, text: str, folder, chain: tuple) -> dict:
+    """data with its `extends` chain merged in below it. chain: ((identity, shown as), ...) of the files that
+    led here, to refuse a cycle by naming them. Each base is checked on its own, so a fault names its file."""
+    ref = data["extends"]
+    if ref.endswith(".toml"):
+        path = (Path(folder) if folder is not None else Path.cwd()) / ref
+        shown = str(Path(where).parent / ref) if folder is not None else ref
+        if not path.is_file():
+            raise RuleError(f"{where}{_line(text, 'extends')}: extends {ref!r}: no such file {shown}")
+        btext, bwhere, bfolder, bident = path.read_text(), shown, path.parent, str(path.resolve())
+    else:
+        res = presets_dir() / f"{ref}.toml"
+        if not res.is_file():
+            raise RuleError(f"{where}{_line(text, 'extends')}: extends {ref!r}: no preset of that name (presets: "
+                            f"{', '.join(_all_preset_names())}), and a path must end in .toml")
+        btext, bwhere, bfolder, bident = res.read_text(), f"rules/{ref}.toml", presets_dir(), _identity(res)
+    seen = [ident for ident, _ in chain]
+    if bident in seen:
+        loop = [shown for _, shown in chain[seen.index(bident):]] + [bwhere]
+        raise RuleError(f"{chain[0][1]}: extends cycle: {' -> '.join(loop)}")
+    base = _parse(btext, bwhere)
+    cls._build(base, bwhere, btext)  # its own faults, with its own name and lines
+    if "extends" in base:
+        base = _extended(cls, base, bwhere, btext, bfolder, chain + ((bident, bwhere),))
+    return _merge(base, data)
+
+
+def _merge(base: dict, own: dict) -> dict:
+    """own over base: tables merged entry by entry, own [[override]]s first, scalars replaced; the OWN_KEYS of
+    base dropped."""
+    out = {k: v for k, v in base.items() if k not in OWN_KEYS}
+    for k, v in own.items():
+        if k == "extends":
+            continue
+        if k in MERGED_TABLES and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        elif k == "override" and isinstance(v, list) and isinstance(out.get(k), list):
+            out[k] = list(v) + list(out[k])
+        else:
+            out[k] = v
+    return out
+
+
+def _identity(p) -> str:
+    try:
+        return str(Path(p).resolve())
+    except TypeError:  # a Traversable inside an archive
+        return str(p)
 
 
 def check_sampling(key: str, settings: dict, fail) -> dict:
@@ -233,21 +337,34 @@ def presets_dir():
 
 
 def preset_names() -> list[str]:
+    """The shipped methods: every preset but the abstract bases."""
+    return [n for n in _all_preset_names() if not _is_abstract(presets_dir() / f"{n}.toml")]
+
+
+def _all_preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in presets_dir().iterdir() if p.name.endswith(".toml"))
 
 
-def _read(source) -> tuple[str, str]:
+def _is_abstract(res) -> bool:
+    try:
+        return tomllib.loads(res.read_text()).get("abstract") is True
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # loading it says what is wrong
+
+
+def _read(source) -> tuple:
+    """(text, shown as, folder a relative `extends` is read from, identity for cycles)."""
     if isinstance(source, (str, Path)) and (str(source).endswith(".toml") or Path(str(source)).exists()):
         p = Path(source)
         if not p.is_file():
             raise RuleError(f"{p}: no such rules file")
-        return p.read_text(), str(p)
+        return p.read_text(), str(p), p.parent, _identity(p)
     name = str(source)
     res = presets_dir() / f"{name}.toml"
     if not res.is_file():
         raise RuleError(f"unknown method {name!r}: use one of {', '.join(preset_names() + ['cam', 'gradcam'])}, "
                         "or the path of a rules .toml file")
-    return res.read_text(), f"rules/{name}.toml"
+    return res.read_text(), f"rules/{name}.toml", presets_dir(), _identity(res)
 
 
 def _line(text: str, token: str) -> str:

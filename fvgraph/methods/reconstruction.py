@@ -449,12 +449,8 @@ def _preactivation(model, value: str):
     node = model.graph.producers().get(value)
     if node is None:
         return None
-    if node.op_type == "Relu":
-        return node.inputs[0]
-    if node.op_type == "Clip" and len(node.inputs) > 1 and node.inputs[1] in model.graph.initializers \
-            and float(np.asarray(model.graph.initializers[node.inputs[1]]).reshape(-1)[0]) == 0.0:
-        return node.inputs[0]
-    return None
+    from ..ops.activation import relu_like
+    return node.inputs[0] if relu_like(node, model.graph.initializers.get) else None
 
 
 def invert(model, x, layer, steps=200, lr=None, lp=(2, 1e-2), tv=(2, 0.1), jitter=0, optimizer="adam", seed=0,

@@ -93,6 +93,18 @@ def positive(b, v):
     return b.op("Greater", [v, b.scalar(0, v)], dims=b.dims(v), dtype=np.bool_)
 
 
+def relu_like(node, constant) -> bool:
+    """Whether a node is a ReLU-like gate: Relu, or Clip whose lower bound is a constant 0 (ReLU6 and kin).
+    constant(name) is the value's array when it is a constant, else None. The one test that guided
+    backprop/deconvnet (fvgraph.propagation) and dead-unit redirection (fvgraph.methods.reconstruction) share."""
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip" or len(node.inputs) < 2 or not node.inputs[1]:
+        return False
+    low = constant(node.inputs[1])
+    return low is not None and float(np.asarray(low).reshape(-1)[0]) == 0.0
+
+
 def _expit(xp):
     if xp is np:
         from scipy.special import expit
