@@ -11,6 +11,8 @@ as written, equal to onnxruntime's own fused and integer kernels:
   on its integer operands, the float op, and QuantizeLinear on its result (the QDQ form). The integer
   accumulators of ConvInteger/MatMulInteger are summed in float (exact for integer sums below 2^24) and cast to
   the declared int32 by a Cast marked exact, which the reverse pass crosses.
+- LSTM, GRU and RNN whose sequence length is fixed at load: the time loop unrolled (fvgraph.ops.recurrent.unroll;
+  kept as they are otherwise).
 
 Any other com.microsoft op stays as it is and is refused at load with its name and nodes.
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from .errors import UnsupportedModelError
 from .graph import Node, unique_name
+from .ops.recurrent import unroll
 
 MS = "com.microsoft."
 
@@ -278,6 +281,9 @@ REWRITES = {
     MS + "MatMulIntegerToFloat": lambda r: matmul_to_float(r, False),
     MS + "QuantizeLinear": renamed("QuantizeLinear"),
     MS + "DequantizeLinear": renamed("DequantizeLinear"),
+    "LSTM": unroll,  # unrolled where the sequence length is fixed at load (fvgraph.ops.recurrent), else kept
+    "GRU": unroll,
+    "RNN": unroll,
 }
 
 
@@ -287,6 +293,9 @@ class Names:
     def __init__(self, graph, initializers: dict):
         self.taken = {v for n in graph.nodes for v in list(n.inputs) + list(n.outputs)} | set(initializers)
         self.initializers = initializers
+        self.value_info = dict(getattr(graph, "value_info", None) or {})  # shapes at load (recurrent ops' lengths)
+        for v in getattr(graph, "inputs", ()):
+            self.value_info.setdefault(v.name, v)
 
     def fresh(self, base: str) -> str:
         return unique_name(base, self.taken)

@@ -157,4 +157,4 @@ def supported_op_types() -> list[str]:
 
 
 # Import the op families so that they register themselves.
-from . import activation, conv, elementwise, gridsample, indexing, linear, norm, pool, quant, reduce, resize, shape  # noqa: E402,F401,E501
+from . import activation, conv, elementwise, gridsample, indexing, linear, norm, pool, quant, recurrent, reduce, resize, shape  # noqa: E402,F401,E501
