@@ -12,7 +12,7 @@ as written, equal to onnxruntime's own fused and integer kernels:
   accumulators of ConvInteger/MatMulInteger are summed in float (exact for integer sums below 2^24) and cast to
   the declared int32 by a Cast marked exact, which the reverse pass crosses.
 - LSTM, GRU and RNN whose sequence length is fixed at load: the time loop unrolled (fvgraph.ops.recurrent.unroll;
-  kept as they are otherwise).
+  kept as they are otherwise), and com.microsoft's DynamicQuantizeLSTM as an LSTM on its dequantized weights.
 
 Any other com.microsoft op stays as it is and is refused at load with its name and nodes.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import UnsupportedModelError
 from .graph import Node, unique_name
-from .ops.recurrent import unroll
+from .ops.recurrent import dynamic_quantize_lstm, unroll
 
 MS = "com.microsoft."
 
@@ -284,6 +284,7 @@ REWRITES = {
     "LSTM": unroll,  # unrolled where the sequence length is fixed at load (fvgraph.ops.recurrent), else kept
     "GRU": unroll,
     "RNN": unroll,
+    MS + "DynamicQuantizeLSTM": dynamic_quantize_lstm,  # an LSTM on the dequantized weights
 }
 
 

@@ -296,3 +296,51 @@ def test_conv_features_into_an_lstm(tmp_path):
         np.testing.assert_allclose(model.run(x), ref, rtol=1e-5, atol=1e-5)
         got = model.explain(x, "gradient", target=2).relevance
         assert rel_l2(got, fd) < FD_TOLERANCE, (engine, rel_l2(got, fd))
+
+
+def test_dynamic_quantize_lstm_is_the_lstm_of_its_dequantized_weights():
+    """com.microsoft's DynamicQuantizeLSTM (W (D, in, 4H) and R (D, H, 4H) uint8 with per-direction or
+    per-column scales): fvgraph runs and differentiates the float LSTM of the dequantized weights, equal to
+    onnxruntime's LSTM on those weights, and within the activation-quantization rounding of onnxruntime's
+    DynamicQuantizeLSTM itself."""
+    H, D = 3, 2
+    rng = np.random.default_rng(3)
+    wq = rng.integers(40, 220, (D, IN, 4 * H)).astype(np.uint8)
+    rq = rng.integers(30, 220, (D, H, 4 * H)).astype(np.uint8)
+    w_scale, w_zero = np.array([0.012, 0.009], np.float32), np.array([131, 125], np.uint8)
+    r_scale = rng.uniform(0.004, 0.008, (D, 4 * H)).astype(np.float32)
+    r_zero = np.full((D, 4 * H), 128, np.uint8)
+    bias = (rng.standard_normal((D, 8 * H)) * 0.3).astype(np.float32)
+    wg = (rng.standard_normal((CLASSES, D * H))).astype(np.float32)
+
+    def model(quantized):
+        if quantized:
+            lstm = helper.make_node("DynamicQuantizeLSTM", ["X", "W", "R", "B", "", "", "", "", "ws", "wz", "rs", "rz"],
+                                    ["", "Y_h"], name="the_rnn", domain="com.microsoft", hidden_size=H,
+                                    direction="bidirectional")
+            inits = [_c("W", wq), _c("R", rq), _c("ws", w_scale), _c("wz", w_zero), _c("rs", r_scale), _c("rz", r_zero)]
+        else:
+            wf = ((wq.astype(np.float32) - w_zero[:, None, None]) * w_scale[:, None, None]).transpose(0, 2, 1)
+            rf = ((rq.astype(np.float32) - r_zero[:, None, :]) * r_scale[:, None, :]).transpose(0, 2, 1)
+            lstm = helper.make_node("LSTM", ["X", "W", "R", "B"], ["", "Y_h"], hidden_size=H, direction="bidirectional")
+            inits = [_c("W", np.ascontiguousarray(wf)), _c("R", np.ascontiguousarray(rf))]
+        nodes = [helper.make_node("Transpose", ["x"], ["X"], perm=[1, 0, 2]), lstm,
+                 helper.make_node("Transpose", ["Y_h"], ["ht"], perm=[1, 0, 2]),
+                 helper.make_node("Flatten", ["ht"], ["hf"]),
+                 helper.make_node("Gemm", ["hf", "Wg"], ["logits"], transB=1)]
+        g = helper.make_graph(nodes, "dq_lstm", [helper.make_tensor_value_info("x", T.FLOAT, ["N", STEPS, IN])],
+                              [helper.make_tensor_value_info("logits", T.FLOAT, ["N", CLASSES])],
+                              inits + [_c("B", bias), _c("Wg", wg)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("com.microsoft", 1)])
+        m.ir_version = 8
+        return m
+
+    q, f = model(True), model(False)
+    x = _x()
+    ref = ort_session(f).run(None, {"x": x})[0]
+    own = ort_session(q).run(None, {"x": x})[0]
+    got = fv.load(q, engine="numpy").run(x)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert np.abs(own - ref).max() < 0.05 * np.abs(ref).max()  # onnxruntime's run-time rounding of X and H
+    relevance = fv.load(q).explain(x, "gradient", target=1).relevance
+    assert rel_l2(relevance, fd_gradient(f, x, target=1)) < FD_TOLERANCE

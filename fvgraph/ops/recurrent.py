@@ -303,3 +303,31 @@ def unroll(r):
     for name, values in ((outs[1], last_h), (outs[2] if s.kind == "LSTM" else "", last_c)):
         if name:
             r.op("Concat", values, name, axis=a) if D > 1 else r.op("Identity", values, name)
+
+
+def dynamic_quantize_lstm(r):
+    """com.microsoft's DynamicQuantizeLSTM(X, W, R, B, sequence_lens, initial_h, initial_c, P, W_scale,
+    W_zero_point, R_scale, R_zero_point): an LSTM on the dequantized weights (W (D, in, 4H) and R (D, H, 4H),
+    scales and zero points per direction or per direction and column), then the same path as LSTM. As for
+    DynamicQuantizeMatMul, onnxruntime's run-time quantization of X and H is not modelled: the twin computes
+    the float recurrence those weights stand for (onnxruntime's own result differs by that rounding)."""
+    n = r.node
+    float_weights = []
+    for w, s, z in ((1, 8, 9), (2, 10, 11)):
+        q, scale = r.constants.get(r.arg(w)), r.constants.get(r.arg(s))
+        zero = r.constants.get(r.arg(z)) if r.arg(z) else np.zeros_like(np.asarray(scale, np.float32))
+        if q is None or scale is None or zero is None:
+            raise UnsupportedModelError(f"node {n.name!r} (DynamicQuantizeLSTM): weights, scales and zero points "
+                                        "computed at run time are not supported")
+        D = q.shape[0]
+        per = lambda a: np.asarray(a, np.float32).reshape(D, 1, -1)  # noqa: E731  (D,) or (D, 4H) -> columns
+        real = (np.asarray(q, np.float32) - per(zero)) * per(scale)
+        float_weights.append(r.const("dequantized", np.ascontiguousarray(real.transpose(0, 2, 1))))
+    inputs = [r.arg(0), *float_weights] + [r.arg(k) for k in range(3, 8)]
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    r.node = Node(n.name, "LSTM", inputs, list(n.outputs), dict(n.attrs))
+    try:
+        unroll(r)
+    finally:
+        r.node = n
