@@ -75,34 +75,33 @@ def read_input(model, path):
     return to_input(shown, spec), shown
 
 
-def explain_to_files(model, x, shown, name, methods, out, target=None, params=None, overwrite=False, stems=None):
+def explain_to_files(model, x, shown, name, methods, out, target=None, params=None, overwrite=False, stems=None,
+                     layer=None, channel=None):
     """Each method's maps of one input, written as NAME_STEM.png/_abs.png/.npy. Returns (picture row, class
     scores from a method's own pass or None, the file names written)."""
     from PIL import Image
 
-    from .compare import parse_method, run_method
-    from .methods import map_kind
+    from .image import to_display
+    from .methods.registry import lookup, parse_spec, run_spec
     from .render import picture
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = stems or method_stems(methods)
     row, scores, written = [shown], None, []
     for m, s in zip(methods, stems):
-        meth, mp = parse_method(m)
-        mp = {**(params or {}), **mp}
-        tgt = target
-        if meth in ("cam", "gradcam") and tgt is not None and hasattr(tgt, "layer"):
-            mp.setdefault("layer", tgt.layer)  # --layer names the Grad-CAM layer; the class stays predicted
-            tgt = None
-        e = run_method(model, x, meth, mp, tgt)
-        if scores is None and (tgt is None or isinstance(tgt, (int, np.integer))) and e.output is not None \
-                and np.ndim(e.output) >= 2 and all(d == 1 for d in np.shape(e.output)[2:]):
+        e = run_spec(model, x, m, target, params, layer=layer, channel=channel)
+        method = lookup(parse_spec(m)[0])
+        of_classes = (target is None or isinstance(target, (int, np.integer))) and (  # a CAM's --layer is no unit
+            layer is None or (method.layer and channel is None))
+        if scores is None and of_classes and e.output is not None and np.ndim(e.output) >= 2 \
+                and all(d == 1 for d in np.shape(e.output)[2:]):
             scores = np.asarray(e.output)[0]
-        pic = picture(e.relevance[0], map_kind(meth), image=shown)
+        pic = to_display(e.relevance[0], model.preprocessing()) if method.kind == "image" else \
+            picture(e.relevance[0], method.kind, image=shown)
         row.append(pic)
         stem = f"{name}_{s}"
         files = {out / f"{stem}.png": pic}
-        if e.relevance.ndim == 4:
+        if e.relevance.ndim == 4 and method.kind != "image":
             files[out / f"{stem}_abs.png"] = picture(e.relevance[0], "abs")
         for f in list(files) + [out / f"{stem}.npy"]:
             refuse_overwrite(f, overwrite, other_out=True)
@@ -113,14 +112,16 @@ def explain_to_files(model, x, shown, name, methods, out, target=None, params=No
     return row, scores, written
 
 
-def write_explanations(model, path, name, methods, out, target=None, params=None, overwrite=False):
+def write_explanations(model, path, name, methods, out, target=None, params=None, overwrite=False, layer=None,
+                       channel=None):
     """Explain one image with each method and write its pictures and arrays. Returns (picture row, (file
     name, class, label, probability)): the class of the explained output, or (None, what was explained,
     None) for an output target (an element or region of any output is not a class)."""
     from .explanation import OutputTarget
     from .methods.attribution import output_value, prediction
     x, shown = read_input(model, path)
-    row, scores, _ = explain_to_files(model, x, shown, name, methods, out, target, params, overwrite)
+    row, scores, _ = explain_to_files(model, x, shown, name, methods, out, target, params, overwrite,
+                                      layer=layer, channel=channel)
     if isinstance(target, OutputTarget):
         value = output_value(model, target)
         shape = tuple(np.shape(model.run(x, outputs=[value])[value])[1:])
@@ -171,12 +172,12 @@ def map_jobs(model_path, jobs, func, workers=1, ray_address=None, load_options=N
 
 def _explain_one(model, job):
     """A worker's image: (name, files written, None) or (name, [], why the image could not be read)."""
-    path, name, methods, stems, out, target, params = job
+    path, name, methods, stems, out, target, params, layer, channel = job
     try:
         x, shown = read_input(model, path)
     except InputError as e:
         return name, [], str(e)
-    _, _, written = explain_to_files(model, x, shown, name, methods, out, target, params, True, stems)
+    _, _, written = explain_to_files(model, x, shown, name, methods, out, target, params, True, stems, layer, channel)
     return name, written, None
 
 
@@ -196,7 +197,7 @@ def _content_hash(path):
 
 
 def explain_folder(model_path, inputs, methods, out, target=None, params=None, workers=1, ray_address=None,
-                   overwrite=False, quiet=None, load_options=None, failed=None):
+                   overwrite=False, quiet=None, load_options=None, failed=None, layer=None, channel=None):
     """Explain every image under `inputs`; returns (explained, skipped as already done). `failed`, a dict,
     receives {image: reason} for images that could not be read (skipped; the others go on). load_options:
     fv.load's engine, device and threads for every worker; its preprocess and labels are part of the run's
@@ -208,15 +209,15 @@ def explain_folder(model_path, inputs, methods, out, target=None, params=None, w
         raise InputError(f"no images found in {', '.join(map(str, inputs))}")
     lo = load_options or {}
     stems = method_stems(methods)
-    options = {"methods": list(methods), "target": target, "params": params or {},
-               "preprocess": lo.get("preprocess"), "labels": lo.get("labels")}
+    options = {"methods": list(methods), "target": target, "params": params or {}, "layer": layer,
+               "channel": channel, "preprocess": lo.get("preprocess"), "labels": lo.get("labels")}
     state = RunState(out, "explain", model_path, options, overwrite)
     state.claim([f for _, n in images for f in planned_files(n, stems)])
     hashes = {n: _content_hash(f) for f, n in images}
     todo = [(f, n) for f, n in images if overwrite or hashes[n] is None or not state.is_done(n, hashes[n])]
     skipped = len(images) - len(todo)
     paths = {n: str(f) for f, n in todo}
-    jobs = [(str(f), n, list(methods), stems, str(out), target, params or {}) for f, n in todo]
+    jobs = [(str(f), n, list(methods), stems, str(out), target, params or {}, layer, channel) for f, n in todo]
     bar = Progress(len(jobs), "explain", quiet)
     bad, explained = {}, 0
     try:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .compare import parse_value
 from .errors import FvGraphError, InputError, refuse_overwrite
 
 from .image import DEMO_MODEL  # noqa: E402,F401 -- the embedded model, as `fvgraph.cli.DEMO_MODEL` too
@@ -86,13 +85,13 @@ def cmd_info(args) -> int:
 
 
 def _parse_params(items) -> dict:
-    """--param epsilon=0.01 alpha=2 ... -> {"epsilon": 0.01, ...}"""
+    """--param epsilon=0.01 alpha=2 ... -> {"epsilon": "0.01", ...}: each method's options type the texts."""
     out = {}
     for item in items or []:
         if "=" not in item:
             raise InputError(f"--param takes key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k] = parse_value(v)
+        out[k.strip()] = v
     return out
 
 
@@ -125,13 +124,21 @@ def _output_target_asked(args) -> bool:
 def _any_target(args, model):
     """The target the options name: a unit (--layer/--channel), an output element or region, or a class."""
     from .explanation import Unit
+    if getattr(args, "layer", None):
+        if _output_target_asked(args) or getattr(args, "target", None) is not None:
+            raise InputError("--layer/--channel name a unit, which replaces --target, --target-index and "
+                             "--target-mask; give one of them")
+        return Unit(args.layer, getattr(args, "channel", None))
+    return _class_or_output(args, model)
+
+
+def _class_or_output(args, model):
+    """An output element or region (--target-index/--target-mask), or a class (--target), or None."""
     out = _output_target(args, model)
     if out is not None:
-        if getattr(args, "layer", None) or getattr(args, "target", None) is not None:
-            raise InputError("--target-index/--target-mask replace --target and --layer; give one of them")
+        if getattr(args, "target", None) is not None:
+            raise InputError("--target-index/--target-mask replace --target; give one of them")
         return out
-    if getattr(args, "layer", None):
-        return Unit(args.layer, getattr(args, "channel", None))
     return _target(args.target)
 
 
@@ -225,7 +232,8 @@ def _stems(paths) -> list[str]:
     return unique_names([safe_part(Path(p).stem) for p in paths], [str(p) for p in paths])
 
 
-def explain_images(model, images, methods, out, target=None, params=None, overwrite=False, quiet=False):
+def explain_images(model, images, methods, out, target=None, params=None, overwrite=False, quiet=False, layer=None,
+                   channel=None):
     """Explain each image with each method and write the maps; returns picture rows and predictions. Every
     map's file is checked before the first is written, so a refusal writes nothing."""
     from .batch import method_stems, write_explanations
@@ -237,8 +245,8 @@ def explain_images(model, images, methods, out, target=None, params=None, overwr
                     refuse_overwrite(Path(out) / f"{name}_{s}{tail}", overwrite, other_out=True)
     rows, preds = [], []
     for path, name in zip(images, names):
-        kw = dict(params or {})
-        row, pred = write_explanations(model, path, name, methods, out, target, kw, overwrite)
+        row, pred = write_explanations(model, path, name, methods, out, target, dict(params or {}), overwrite,
+                                       layer, channel)
         rows.append(row)
         preds.append(pred)
         if not quiet:
@@ -247,24 +255,32 @@ def explain_images(model, images, methods, out, target=None, params=None, overwr
 
 
 def cmd_explain(args) -> int:
+    from .methods.registry import check_shared, lookup, parse_spec
     methods = _methods(args.method)
+    params = _parse_params(args.param)
+    for m in methods:
+        lookup(parse_spec(m)[0])  # an unknown method is named before any work
+    check_shared(methods, params)
+    where = {"layer": args.layer, "channel": args.channel}
     if any(Path(p).is_dir() for p in args.images) or args.workers > 1 or args.ray:
         from .batch import explain_folder
-        target = _any_target(args, _load(args.model, args) if _output_target_asked(args) else None)
+        target = _class_or_output(args, _load(args.model, args) if _output_target_asked(args) else None)
         failed = {}
-        done, skipped = explain_folder(args.model, args.images, methods, args.out, target,
-                                       _parse_params(args.param), args.workers, args.ray, args.overwrite,
-                                       args.quiet or None, _load_options(args), failed)
+        done, skipped = explain_folder(args.model, args.images, methods, args.out, target, params, args.workers,
+                                       args.ray, args.overwrite, args.quiet or None, _load_options(args), failed,
+                                       **where)
         if not args.quiet:
             print(f"explained {done} image(s), skipped {skipped} already done; maps in {args.out}/")
         return _folder_exit(failed, done + skipped)
 
     model = _load(args.model, args)
-    target = _whole_output_unless_classes(model, _any_target(args, model), args.quiet)
+    target = _class_or_output(args, model)
+    if target is None and args.layer is None:
+        target = _whole_output_unless_classes(model, args.quiet)
     if len(methods) > 1 or len(args.images) > 1:
         refuse_overwrite(Path(args.out) / "grid.png", args.overwrite, other_out=True)  # before any map
-    rows, preds = explain_images(model, args.images, methods, args.out, target, _parse_params(args.param),
-                                 args.overwrite, args.quiet)
+    rows, preds = explain_images(model, args.images, methods, args.out, target, params, args.overwrite, args.quiet,
+                                 **where)
     if len(methods) > 1 or len(args.images) > 1:
         from .render import grid, save_png
         labels = [f"{p[2]} {p[3]:.2f}" if p[1] is not None else p[2] for p in preds]
@@ -283,13 +299,13 @@ def _folder_exit(failed, succeeded) -> int:
     return 1 if failed and not succeeded else 0
 
 
-def _whole_output_unless_classes(model, target, quiet):
+def _whole_output_unless_classes(model, quiet):
     """No target asked for, on a model whose output is a dense map (a text detector's probability map, a
     segmenter's (N, classes, H, W)): the command line explains the sum of the whole first output, and says so;
     the API, and the command line on a detector's (N, 4 + classes, anchors), ask for an OutputTarget instead. The model is run once at the size its preprocessing implies, so an input size
     that does not fit the model is named here, with what to do."""
-    if target is not None or len(model.inputs) != 1:
-        return target
+    if len(model.inputs) != 1:
+        return None
     from .errors import FvGraphError
     from .explanation import OutputTarget
     from .image import input_shape
@@ -678,6 +694,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    """The method table: each method, its map, whether it takes --layer and exports, its options."""
+    from .methods.registry import lookup, table
+    chosen = [lookup(args.name)] if args.name else list(table().values())
+    for m in chosen:
+        print(m.summary())
+        for o in m.options:
+            print(f"    -p {o.describe()}: {o.help}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     """The interactive view in the browser (fvgraph.serve)."""
     from .serve import serve
@@ -692,7 +719,8 @@ def cmd_export_explainer(args) -> int:
     refuse_overwrite(out, args.overwrite)
     model = _load(args.model, args)
     shape = _shape(args.shape) if args.shape else None
-    options = _parse_params(args.param)
+    from .methods.registry import lookup
+    options = lookup(args.method).parse(_parse_params(args.param))
     if args.layer is not None:
         options["layer"] = args.layer
     proto = model.export_explainer(args.method, shape=shape, **options)
@@ -753,6 +781,11 @@ class _Subcommands:
         return self.sub.add_parser(name, parents=[self.common], **kw)
 
 
+def method_names(exports=False) -> list[str]:
+    from .methods.registry import table
+    return [k for k, m in table().items() if m.exports or not exports]
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)  # defaults suppressed: given before or after the command
     common.add_argument("--engine", default=argparse.SUPPRESS, choices=["auto", "onnxruntime", "numpy", "cupy"],
@@ -808,12 +841,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="an .onnx file")
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--method", "-m", default="guided",
-                   help="gradient, input-x-gradient, deconvnet, guided, lrp-epsilon, lrp-zplus, lrp-alphabeta, "
-                        "lrp-composite, cam, gradcam, or a rules .toml file; several separated by commas")
+                   help=f"{', '.join(method_names())}, or a rules .toml file; several separated by commas, "
+                        "options as method:key=value,key=value (`fvgraph methods` lists them)")
     s.add_argument("--target", "-t", help="class index (default: the predicted class)")
-    s.add_argument("--layer", help="explain a unit of this layer (with --channel), or the Grad-CAM layer")
-    s.add_argument("--channel", type=int, help="channel of --layer")
-    s.add_argument("--param", "-p", nargs="*", help="method parameters, e.g. epsilon=0.01 alpha=2 beta=1")
+    s.add_argument("--layer", help="for the CAMs: the layer the map is drawn at; with --channel, or for any other "
+                                   "method: explain a unit of this layer instead of a class")
+    s.add_argument("--channel", type=int, help="channel of --layer (a unit, for every method)")
+    s.add_argument("--param", "-p", nargs="*", help="options for every method that takes them, e.g. epsilon=0.01 "
+                                                     "samples=8 (`fvgraph methods` lists each method's)")
     s.add_argument("--out", "-o", default="fvgraph-out", help="output folder (default: fvgraph-out)")
     s.add_argument("--overwrite", action="store_true", help="replace files that already exist")
     s.add_argument("--workers", type=int, default=1, help="processes for folders of images (default 1)")
@@ -954,6 +989,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("methods", help="the methods: their maps, options, defaults and ranges")
+    s.add_argument("name", nargs="?", help="one method (default: all)")
+    s.set_defaults(func=cmd_methods)
+
     s = sub.add_parser("serve", help="an interactive view in the browser: every method, live parameters")
     s.add_argument("model", nargs="?", help="an .onnx or .mat file (default: the embedded EfficientNet-Lite0)")
     s.add_argument("--images", help="a folder of images to pick from (only its files are ever read)")
@@ -970,9 +1009,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export-explainer", help="write a method as a standalone ONNX model (runs without fvgraph)")
     s.add_argument("model", help="an .onnx file")
-    s.add_argument("--method", "-m", default="gradient", help="a preset, a rules .toml file, cam or gradcam")
-    s.add_argument("--param", "-p", nargs="*", help="method parameters, e.g. epsilon=0.01")
-    s.add_argument("--layer", help="the Grad-CAM layer")
+    s.add_argument("--method", "-m", default="gradient", help="a method that lowers into one graph: "
+                   f"{', '.join(method_names(exports=True))}, or a rules .toml file")
+    s.add_argument("--param", "-p", nargs="*", help="the method's options, e.g. epsilon=0.01")
+    s.add_argument("--layer", help="the layer a CAM is drawn at")
     s.add_argument("--shape", help="input shape NxCxHxW where the model's is not fixed (the batch stays dynamic)")
     s.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     s.add_argument("--overwrite", action="store_true")

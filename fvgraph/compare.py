@@ -19,6 +19,7 @@ from . import __version__
 from .errors import InputError, refuse_overwrite
 from .engines import host_array
 from .files import sha256_file
+from .methods.registry import run_spec
 
 SCHEMA = "fvgraph.check/1"
 
@@ -66,39 +67,6 @@ def topk_overlap(got, ref, fraction=0.01) -> float:
     return float(np.mean(scores))
 
 
-def parse_method(text: str):
-    """'lrp-epsilon:epsilon=0.001,beta=1' -> ('lrp-epsilon', {'epsilon': 0.001, 'beta': 1.0})"""
-    name, _, rest = text.partition(":")
-    params = {}
-    for item in filter(None, rest.split(",")):
-        if "=" not in item:
-            raise InputError(f"method parameters are key=value, got {item!r} in {text!r}")
-        k, v = item.split("=", 1)
-        params[k] = parse_value(v)
-    return name.strip(), params
-
-
-def parse_value(v: str):
-    """A command-line parameter value: int, float, or the text itself."""
-    try:
-        return int(v) if v.lstrip("-").isdigit() else float(v)
-    except ValueError:
-        return v
-
-
-def run_method(model, x, method: str, params: dict, target=None):
-    """One method by name (occlusion included), as used by check, figure and evaluate; target None: the
-    method's default (the predicted class)."""
-    if target is not None:
-        params = {**params, "target": target}
-    if method == "occlusion":
-        p = dict(params)
-        box = int(p.pop("box", 32))
-        stride = int(p.pop("stride", max(1, box // 2)))
-        return model.occlusion(x, box=box, stride=stride, quiet=True, **p)
-    return model.explain(x, method, **params)
-
-
 # --------------------------------------------------------------------------- record / compare
 def _target_record(target, arrays) -> dict | None:
     """How a target is stored in a reference: a class (ints), or an OutputTarget (index, output; the mask as
@@ -131,8 +99,7 @@ def record(model, model_path, images, methods, out, overwrite=False, target=None
     x = np.concatenate([load_image(p, spec) for p in images])
     arrays = {"input": x, "output": model.run(x)}
     for m in methods:
-        name, params = parse_method(m)
-        arrays[f"method/{m}"] = run_method(model, x, name, params, target).relevance
+        arrays[f"method/{m}"] = run_spec(model, x, m, target).relevance
     meta = {"schema": SCHEMA, "fvgraph": __version__, "model_sha256": sha256_file(model_path),
             "model": str(model_path), "images": [str(p) for p in images], "methods": list(methods),
             "preprocess": spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -162,8 +129,7 @@ def compare(model, model_path, ref_path, rtol=1e-4, atol=1e-6):
     target = _target_from(meta.get("target"), data)
     rows = [metrics("output", model.run(x), data["output"], rtol, atol)]
     for m in meta["methods"]:
-        name, params = parse_method(m)
-        rows.append(metrics(m, run_method(model, x, name, params, target).relevance,
+        rows.append(metrics(m, run_spec(model, x, m, target).relevance,
                             data[f"method/{m}"], rtol, atol))
     info = {"reference": str(ref_path), "model": str(model_path), "model_sha256": sha256_file(model_path),
             "reference_model_sha256": meta["model_sha256"], "fvgraph": __version__,
@@ -178,9 +144,7 @@ def diff(model_a, model_b, images, methods, rtol=1e-4, atol=1e-6):
     x = np.concatenate([load_image(p, spec) for p in images])
     rows = [metrics("output", model_b.run(x), model_a.run(x), rtol, atol)]
     for m in methods:
-        name, params = parse_method(m)
-        rows.append(metrics(m, run_method(model_b, x, name, params).relevance,
-                            run_method(model_a, x, name, params).relevance, rtol, atol))
+        rows.append(metrics(m, run_spec(model_b, x, m).relevance, run_spec(model_a, x, m).relevance, rtol, atol))
     return rows
 
 

@@ -32,6 +32,11 @@ class RuleError(FvGraphError):
     """A propagation rule or rule preset is unknown or malformed."""
 
 
+class OptionError(RuleError, InputError):
+    """An unknown method or option, or a value out of its range (fvgraph.methods.registry): one line naming
+    the valid choices and ranges, the same from the API, the command line and serve."""
+
+
 class FvGraphWarning(UserWarning):
     """Something worth knowing that is not an error (a unit that stayed dead); the CLI prints it on one line."""
 

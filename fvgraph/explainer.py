@@ -10,17 +10,24 @@ import numpy as np
 import onnx
 
 from .errors import InputError
-from .reverse import RELEVANCE, Target, lower, rules_key
+from .reverse import RELEVANCE, Target, rules_key
 from .shapes import BATCH
 
 
-def export_explainer(model, method="gradient", *, layer=None, upsample: bool = True, shape=None,
-                     through_softmax: bool = False, **params) -> onnx.ModelProto:
-    """The explainer of `method` (a preset name, a rules .toml path, fv.Rules, "cam" or "gradcam") for
-    `model`. shape: the input shape (any batch) where the model's own is not fixed."""
+def export_explainer(model, method="gradient", *, shape=None, through_softmax: bool = False,
+                     **options) -> onnx.ModelProto:
+    """The explainer of `method` (a method of the table that lowers into one graph: a rule preset, a rules
+    .toml path, fv.Rules, "cam" or "gradcam") with its options, for `model`. shape: the input shape (any
+    batch) where the model's own is not fixed."""
     from .methods.attribution import logits_value
-    from .methods.cam import lower_cam
+    from .methods.registry import lookup, table
     from .onnx_export import to_onnx
+    m = lookup(method)
+    if not m.exports:
+        one_graph = [k for k, v in table().items() if v.exports]
+        raise InputError(f"{m.name} does not lower into one graph (it averages or searches over many passes): "
+                         f"the methods that export are {', '.join(one_graph)}")
+    opts = m.check(options)
     if len(model.graph.inputs) != 1:
         raise InputError("export_explainer supports single-input models")
     first = model.graph.inputs[0]
@@ -31,30 +38,16 @@ def export_explainer(model, method="gradient", *, layer=None, upsample: bool = T
     dims = (BATCH,) + tuple(int(d) for d in dims[1:])
     probe = {first.name: np.zeros((1,) + dims[1:], first.dtype or np.float32)}
     logits = logits_value(model, through_softmax)
-    if method in ("cam", "gradcam"):
-        if params:
-            raise InputError(f"unknown option(s) {sorted(params)} for {method} (options: layer=, upsample=)")
-        if method == "gradcam" and layer is None:
-            from .methods.cam import default_gradcam_layer
-            layer = default_gradcam_layer(model, probe, logits)
-        ref = model.resolve(layer) if layer is not None else None
-        spec = Target("class", logits)
-        lowered = model.lowered(("export", method, ref, bool(upsample), spec), probe,  # the graph itself, not
-                                lambda table: lower_cam(model, method, table, spec, layer, upsample),  # a cached
-                                persist=False)                                                          # session
-    else:
-        if layer is not None:
-            raise InputError(f"layer= is for cam and gradcam; {method!r} explains the input")
-        rules = model.rules_for(method, params)
-        if rules.integrate or rules.smooth:
-            raise InputError(f"{rules.name} averages many passes over changed inputs; a standalone explainer is one "
-                             "pass: export 'gradient' and average its maps over your path or noise")
-        spec = Target("class", logits)
-        lowered = model.lowered(("export", rules_key(rules), spec), probe,
-                                lambda table: lower(model, rules, spec, table, param_inputs=False), persist=False)
+    if m.layer and m.name != "cam" and opts.get("layer") is None:
+        from .methods.cam import default_gradcam_layer
+        opts["layer"] = default_gradcam_layer(model, probe, logits)
+    spec = Target("class", logits)
+    key = ("export", m.name, rules_key(m.rules) if m.rules is not None else None, repr(sorted(opts.items())), spec)
+    lowered = model.lowered(key, probe, lambda table_: m.lower(model, m, table_, spec, opts),  # the graph itself,
+                            persist=False)                                                     # not a session
     outputs = [RELEVANCE] + model.graph.output_names()
     types = {o: (lowered.table.dims.get(o), lowered.table.dtypes.get(o, np.dtype(np.float32))) for o in outputs}
-    proto, _ = to_onnx(lowered.graph, outputs, embed=True, types=types, name=f"{method} explainer",
+    proto, _ = to_onnx(lowered.graph, outputs, embed=True, types=types, name=f"{m.name} explainer",
                        input_shapes={first.name: dims, "target": (BATCH,)})
-    proto.metadata_props.add(key="fvgraph.explainer", value=method if isinstance(method, str) else method.name)
+    proto.metadata_props.add(key="fvgraph.explainer", value=m.name)
     return proto

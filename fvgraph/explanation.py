@@ -49,7 +49,7 @@ class Explanation:
 
     # pictures (fvgraph.display): for notebooks and scripts
     def _kind(self, kind):
-        from .methods import map_kind
+        from .methods.registry import map_kind
         return kind or map_kind(self.method)
 
     def heatmap(self, index: int = 0, kind: str | None = None, percentile: float = 99.5):

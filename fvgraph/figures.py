@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import parse_method, run_method
 from .image import load_image, read_rgb, resize_crop
-from .methods import map_kind
+from .methods.registry import map_kind, parse_spec, run_spec
 from .render import grid, picture
 
 
@@ -33,8 +32,8 @@ def methods_figure(model, images, methods, percentile=99.5, kind=None, alpha=0.5
         labels.append(label)
         row = [shown]
         for m in methods:
-            name, params = parse_method(m)
-            rel = run_method(model, x, name, params).relevance[0]
+            name = parse_spec(m)[0]
+            rel = run_spec(model, x, m).relevance[0]
             arrays[f"{Path(path).stem}/{m}"] = rel
             pic = picture(rel, kind or map_kind(name), percentile, image=shown, alpha=alpha)
             if auc:
@@ -47,7 +46,7 @@ def methods_figure(model, images, methods, percentile=99.5, kind=None, alpha=0.5
 def networks_figure(models: dict, images, method="guided", percentile=99.5, kind=None, alpha=0.5):
     """One row per image, one column per network (its predicted class and score under each map)."""
     from PIL import Image
-    name, params = parse_method(method)
+    name = parse_spec(method)[0]
     rows, arrays, titles = [], {}, ["input"] + list(models)
     for path in images:
         row = None
@@ -62,7 +61,7 @@ def networks_figure(models: dict, images, method="guided", percentile=99.5, kind
             p /= p.sum()
             k = int(np.argmax(logits))
             cls = model.class_names()
-            rel = run_method(model, x, name, params).relevance[0]
+            rel = run_spec(model, x, method).relevance[0]
             arrays[f"{Path(path).stem}/{net}"] = rel
             pic = picture(rel, kind or map_kind(name), percentile, image=shown, alpha=alpha)
             label = f"{(cls[k] if cls else k)} {p[k]:.2f}"

@@ -308,69 +308,32 @@ class Model:
                                 self.native is not None])
 
     # ----------------------------------------------------------------- explanations
-    def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), **params):
-        """Explain the model's decision on x (a batch): see fvgraph.methods. Returns an Explanation.
+    def explain(self, x, method="gradient", target=None, *, through_softmax=False, return_layers=(), progress=None,
+                **options):
+        """Explain the model's decision on x (a batch) with a method of the table (fvgraph.methods.registry:
+        `fvgraph methods` lists them with their options). Returns an Explanation.
 
-        Any method takes smooth= (True, or a dict of samples, sigma, kind, seed: SmoothGrad and kin); the
-        integrated-gradients preset takes steps=, baseline=, method=."""
+        Reverse-pass methods take samples=, sigma=, kind=, seed= (noise averaging: SmoothGrad and kin), or
+        smooth= (True, or a dict of those)."""
         from .explanation import OutputTarget, Unit
-        from .methods import sampling
-        from .methods.cam import CAM_METHODS
+        from .methods.registry import Call, lookup
         if target is not None and not isinstance(target, (Unit, OutputTarget, int, np.integer, list, tuple,
                                                           np.ndarray)):
             raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...), fv.OutputTarget(...) "
                              f"or a seed array; got {type(target).__name__}")
-        if isinstance(method, str) and method == "random":
-            return self._random(x, target, params)
-        target = self._predicted_time_major(x, target, through_softmax)
-        if isinstance(method, str) and method == "rollout":
-            from .methods.rollout import rollout
-            unknown = set(params) - {"head_fusion", "discard_ratio", "upsample"}
-            if unknown or return_layers:
-                raise InputError(f"unknown option(s) {sorted(unknown) or ['return_layers']} for rollout "
-                                 "(options: head_fusion=, discard_ratio=, upsample=)")
-            return rollout(self, x, **params)
-        if isinstance(method, str) and method in CAM_METHODS:
-            from .rules import SMOOTH, check_sampling, _refuse
-            smooth = params.pop("smooth", None)
-            keys = {k: params.pop(k) for k in list(params) if k in SMOOTH}
-            unknown = set(params) - {"layer", "upsample"}
-            if unknown or return_layers:
-                raise InputError(f"unknown option(s) {sorted(unknown) or ['return_layers']} for {method} "
-                                 "(options: layer=, upsample=, smooth=)")
-            settings = None
-            if smooth or keys:
-                settings = check_sampling("smooth", {**SMOOTH, **(smooth if isinstance(smooth, dict) else {}), **keys},
-                                          _refuse)
-
-            def once(xs, t):
-                from .methods.cam import explain_cam
-                return explain_cam(self, xs, method, t, layer=params.get("layer"),
-                                   upsample_maps=params.get("upsample", True), through_softmax=through_softmax,
-                                   flag=settings is None)
-        else:
-            from dataclasses import replace
-            rules = self.rules_for(method, params)
-            name = method if isinstance(method, str) else rules.name
-            settings, rules = rules.smooth, replace(rules, smooth=None)
-            if rules.integrate:
-                if return_layers:
-                    raise InputError("return_layers is not available for integrated gradients")
-
-                def once(xs, t):
-                    return sampling.integrated_gradients(self, xs, rules, t, rules.integrate, through_softmax, name)
-            else:
-                def once(xs, t):
-                    from .methods.attribution import attribute
-                    return attribute(self, xs, rules, t, through_softmax=through_softmax, return_layers=return_layers,
-                                     method_name=name)
-        if settings is None:
-            return once(x, target)
-        result = sampling.smoothed(self, x, once, target, settings, through_softmax)
-        if isinstance(method, str) and method in CAM_METHODS:  # the average is the map: flagged when zero
-            from .methods.cam import flag_degenerate
-            flag_degenerate(result)
-        return result
+        m = lookup(method)
+        smooth = options.pop("smooth", None)
+        if smooth is not None and smooth is not False and m.smoothable:
+            if not isinstance(smooth, dict) and smooth is not True:
+                raise InputError(f"smooth must be True or a dict of samples, sigma, kind, seed; got {smooth!r}")
+            defaults = {"samples": 16} if smooth is True or "samples" not in smooth else {}
+            options = {**defaults, **(smooth if isinstance(smooth, dict) else {}), **options}
+        elif smooth not in (None, False):
+            options["smooth"] = smooth  # named as unknown below
+        checked = m.check(options)
+        if m.family in ("rules", "cam"):
+            target = self._predicted_time_major(x, target, through_softmax)
+        return m.run(self, x, target, checked, Call(through_softmax, tuple(return_layers), progress))
 
     def _predicted_time_major(self, x, target, through_softmax):
         """A predicted-class target (None, -1) on a time-major output (T, N, C) resolved here, to the argmax of
@@ -394,16 +357,6 @@ class Model:
         n = int(np.shape(next(iter(feeds.values())))[0])
         classes = class_indices(target, dims, n, value)
         return np.where(classes < 0, time_major_predicted(self.run(x, outputs=[value])[value], ax), classes)
-
-    def _random(self, x, target, params):
-        """The baseline every method must beat: seeded uniform random relevance of the input's shape."""
-        from .explanation import Explanation
-        unknown = set(params) - {"seed"}
-        if unknown:
-            raise InputError(f"unknown option(s) {sorted(unknown)} for random (options: seed=)")
-        xin = self.feeds(x)[self.graph.input_names()[0]]
-        rel = np.random.default_rng(int(params.get("seed", 0))).random(xin.shape).astype(np.float32)
-        return Explanation(rel, target, self.run(x), "random")
 
     def evaluate(self, x, relevance, metric="deletion", target=None, steps=16, fill="blur", through_softmax=False,
                  patch=None):

@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import io
 import json
+import math
 import os
 import queue
 import threading
@@ -42,28 +43,29 @@ STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 20 << 20
 MAX_PASSES = 2048  # forward/reverse passes one request may take (occlusion's windows, IG's steps, ...)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SMOOTHABLE = ("gradient", "input-x-gradient", "deconvnet", "guided")
 
-# What the page offers per method: sliders and choices, with the names the API and `fvgraph explain -p` take.
-PARAMS = {
-    "lrp-epsilon": [{"name": "epsilon", "min": -6, "max": 0, "step": 0.25, "default": -3, "log10": True}],
-    "lrp-zplus": [{"name": "epsilon", "min": -6, "max": 0, "step": 0.25, "default": -3, "log10": True}],
-    "lrp-composite": [{"name": "epsilon", "min": -6, "max": 0, "step": 0.25, "default": -3, "log10": True}],
-    "lrp-alphabeta": [{"name": "alpha", "min": 1, "max": 4, "step": 0.5, "default": 2}],
-    "integrated-gradients": [{"name": "steps", "min": 4, "max": 64, "step": 4, "default": 16},
-                             {"name": "baseline", "choices": ["zero", "blur", "uniform"], "default": "zero"}],
-    "smoothgrad": [{"name": "samples", "min": 2, "max": 32, "step": 2, "default": 8},
-                   {"name": "sigma", "min": 0, "max": 0.5, "step": 0.05, "default": 0.15}],
-    **{m: [{"name": "samples", "min": 0, "max": 32, "step": 2, "default": 0},
-           {"name": "sigma", "min": 0, "max": 0.5, "step": 0.05, "default": 0.15}] for m in SMOOTHABLE},
-    "occlusion": [{"name": "box", "min": 8, "max": 112, "step": 8, "default": 32},
-                  {"name": "stride", "min": 4, "max": 56, "step": 4, "default": 16},
-                  {"name": "fill", "choices": ["0", "mean", "random"], "default": "0"}],
-    "reconstruction": [{"name": "param", "choices": ["fourier", "maco", "pixel"], "default": "fourier"},
-                       {"name": "steps", "min": 16, "max": 512, "step": 16, "default": 128},
-                       {"name": "crops", "min": 1, "max": 8, "step": 1, "default": 4}],
-    "random": [{"name": "seed", "min": 0, "max": 9, "step": 1, "default": 0}],
-}
+
+def panel_specs(method) -> list[dict]:
+    """What the page offers for a method of the table: a slider per option that has one and a choice per
+    option with choices, under the option's own name, range and default (so a panel's map is the command
+    line's with the same values)."""
+    out = []
+    for o in method.options:
+        default = o.default if not callable(o.default) and o.default is not None else None
+        if o.slider:
+            lo, hi, step = o.slider[:3]
+            log = len(o.slider) > 3 and o.slider[3] == "log10"
+            value = default if default is not None else lo
+            if log:
+                value = math.log10(value) if value and value > 0 else lo
+            elif isinstance(value, tuple):
+                value = value[0]
+            out.append({"name": o.name, "min": lo, "max": hi, "step": step, "default": value, "log10": log})
+        elif o.choices and o.type != "array" or o.type in ("fill", "array"):
+            choices = [str(c) for c in o.choices]
+            out.append({"name": o.name, "choices": choices,
+                        "default": str(default) if str(default) in choices else choices[0]})
+    return out
 
 
 class Cancelled(Exception):
@@ -75,8 +77,7 @@ class Service:
 
     def __init__(self, model, images_dir=None, max_upload=MAX_UPLOAD, name=None, max_passes=MAX_PASSES):
         from .image import DEMO_MODEL, demo_images
-        from .methods.cam import CAM_METHODS
-        from .rules import preset_names
+        from .methods.registry import table
         self.model = model
         self.name = name or Path(model.source or "model").name
         self.images_dir = Path(images_dir).resolve() if images_dir else None
@@ -87,8 +88,8 @@ class Service:
         self.lock = threading.Lock()
         self.images = LRU(32)        # image_id -> (x, shown picture)
         self.results = LRU(64)       # request key -> relevance (re-rendering needs no recomputation)
-        self.cams = set(CAM_METHODS)
-        self.methods = preset_names() + list(CAM_METHODS) + ["occlusion", "reconstruction", "random"]
+        self.table = table()
+        self.methods = list(self.table)
         self.spec = model.preprocessing()
         self._shaped = False
         self.stopping = threading.Event()
@@ -119,7 +120,9 @@ class Service:
         return {"name": self.name, "source": self.model.source,
                 "inputs": [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or ())]}
                            for v in self.model.inputs],
-                "layers": layers, "classes": self.model.class_names(), "methods": self.methods, "params": PARAMS,
+                "layers": layers, "classes": self.model.class_names(), "methods": self.methods,
+                "params": {k: panel_specs(m) for k, m in self.table.items()},
+                "draws_at_layer": [k for k, m in self.table.items() if m.layer],
                 "images": self.list_images(), "examples": self.images_dir is not None}
 
     def list_images(self) -> list[str]:
@@ -198,13 +201,13 @@ class Service:
     def explain(self, body: dict, progress=None) -> dict:
         """One map as a PNG (and optionally the array as .npy). progress(done, total, picture) hears
         occlusion's and reconstruction's growing results."""
-        from .methods import map_kind
         from .render import KINDS
         start = time.perf_counter()
         method = body.get("method", "gradient")
         if not isinstance(method, str) or method not in self.methods:
             raise InputError(f"unknown method {method!r}: use one of {', '.join(self.methods)}")
-        params = self.checked_params(method, body.get("params"))
+        m = self.table[method]
+        params = self.checked_params(m, body.get("params"))
         target, layer, channel = body.get("target"), body.get("layer") or None, body.get("channel")
         if layer is not None and not isinstance(layer, str):
             raise InputError(f"layer must be a layer name or null, got {layer!r}")
@@ -215,22 +218,22 @@ class Service:
         if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
             raise InputError(f"channel must be an integer or null, got {channel!r}")
         alpha = _number(body.get("alpha", 0.5), "alpha", 0, 1)
-        kind = body.get("colors") or (map_kind(method) if method != "reconstruction" else None)
+        kind = body.get("colors") or m.kind
         image_id, x, shown = self.image(body)
-        self.check_work(method, params, x.shape)
+        self.check_work(m, params, x.shape)
         key = json.dumps([image_id, method, params, target, layer, channel], sort_keys=True, default=str)
         rel = self.results.get(key)
         info = {}
         if rel is None:
             def partial_picture(done, total, partial):
                 if progress is not None:
-                    progress(done, total, lambda: self._render(method, partial()[0], kind, shown, alpha))
+                    progress(done, total, lambda: self._render(m, partial()[0], kind, shown, alpha))
             with self.lock:
-                rel, info = self._compute(method, x, params, target, layer, channel, partial_picture)
+                rel, info = self._compute(m, x, params, target, layer, channel, partial_picture)
             self.results.put(key, (rel, info))
         else:
             rel, info = rel
-        out = {"png": png64(self._render(method, rel, kind, shown, alpha)), **info,
+        out = {"png": png64(self._render(m, rel, kind, shown, alpha)), **info,
                "ms": round((time.perf_counter() - start) * 1000, 1)}
         if body.get("array"):
             buf = io.BytesIO()
@@ -239,88 +242,49 @@ class Service:
         return out
 
     def checked_params(self, method, params) -> dict:
-        """The request's parameters: an object of numbers and strings whose names the method takes."""
+        """The request's options, an object of numbers and strings, checked by the method's table entry (one
+        OptionError line naming the valid options and ranges, as the command line and the API say)."""
         params = params or {}
         if not isinstance(params, dict):
             raise InputError("params must be an object")
-        known = [p["name"] for p in PARAMS.get(method, ())]
         for name, value in params.items():
-            if name not in known:
-                raise InputError(f"{method} takes no parameter {name!r}"
-                                 + (f": use {', '.join(known)}" if known else ""))
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise InputError(f"{name} must be a number or a string, got {value!r}")
-        return params
+        return method.check(method.parse(params))
 
-    def check_work(self, method, params, shape):
+    def check_work(self, method, options, shape):
         """One request's forward/reverse passes stay under the server's budget (--max-passes): the server
         runs one request at a time, so one huge request would block everybody."""
-        passes = 1
-        if method == "integrated-gradients":
-            passes = _int(params.get("steps", 16), "steps", 1, 1 << 30)
-        elif method in SMOOTHABLE or method == "smoothgrad":
-            passes = max(1, _int(params.get("samples", 8 if method == "smoothgrad" else 0), "samples", 0, 1 << 30))
-        elif method == "reconstruction":
-            passes = (_int(params.get("steps", 128), "steps", 1, 1 << 30)
-                      * _int(params.get("crops", 4), "crops", 1, 16))
-        elif method == "occlusion":
-            from .methods.occlusion import positions
-            box = _int(params.get("box", 32), "box", 1, 4096)
-            stride = _int(params.get("stride", 16), "stride", 1, 4096)
-            passes = 1
-            for n in shape[2:]:
-                passes *= max(1, len(positions(int(n), min(box, int(n)), stride)))
+        passes = method.passes_for(options, shape)
         if passes > self.max_passes:
-            raise InputError(f"{method} with these parameters takes {passes} passes; this server allows "
+            raise InputError(f"{method.name} with these parameters takes {passes} passes; this server allows "
                              f"{self.max_passes} per request (fvgraph serve --max-passes)")
 
     def _render(self, method, rel, kind, shown, alpha):
         from .image import to_display
         from .render import picture
-        if method == "reconstruction":
+        if method.kind == "image":
             return to_display(rel, self.spec)
         return picture(rel, kind, image=shown, alpha=alpha)
 
-    def _compute(self, method, x, params, target, layer, channel, progress):
-        from .explanation import Unit
-        m, names = self.model, self.model.class_names()
+    def _compute(self, method, x, options, target, layer, channel, progress):
+        """The method as `fvgraph explain` runs it (fvgraph.methods.registry.place_layer: a layer without a
+        channel is where a CAM is drawn, else a unit is the target)."""
+        from .methods.registry import place_layer
+        names = self.model.class_names()
         label = lambda c: names[c] if names and c is not None and 0 <= c < len(names) else str(c)  # noqa: E731
-        if method == "reconstruction":
-            if target is None:
-                raise InputError("reconstruction needs a class: click a prediction or search a class")
-            param = params.get("param", "fourier")
-            if param not in ("fourier", "maco", "pixel"):
-                raise InputError(f"param must be fourier, maco or pixel, got {param!r}")
-            crops = _int(params.get("crops", 4), "crops", 1, 16)
-            r = m.reconstruct(Unit(layer, channel) if layer and channel is not None else int(target),
-                              shape=x.shape, steps=_int(params.get("steps", 128), "steps", 1, 2000), param=param,
-                              transforms={"crops": crops} if param != "pixel" else "auto", quiet=True,
-                              progress=progress)
-            return r.image[0], {"target": target, "label": label(target)}
-        tgt = Unit(layer, channel) if layer and channel is not None else target
-        if method == "occlusion":
-            e = m.occlusion(x, box=_int(params.get("box", 32), "box", 1, 4096),
-                            stride=_int(params.get("stride", 16), "stride", 1, 4096),
-                            fill=_fill(params.get("fill", "0")), target=tgt, quiet=True, progress=progress)
-        else:
-            kw = {k: _param(v) for k, v in params.items()}
-            if method in SMOOTHABLE and "samples" in kw:
-                samples, sigma = int(kw.pop("samples")), kw.pop("sigma", 0.15)
-                if samples > 0:
-                    kw["smooth"] = {"samples": samples, "sigma": sigma}
-            elif method in SMOOTHABLE:
-                kw.pop("sigma", None)
-            if method == "lrp-alphabeta" and "alpha" in kw:
-                kw["beta"] = float(kw["alpha"]) - 1
-            if method in self.cams:
-                tgt = target  # --layer names the CAM's layer there, not a unit
-                if layer:
-                    kw["layer"] = layer
-            e = m.explain(x, method, target=tgt, **kw)
+        if method.kind == "image" and target is None and not (layer and channel is not None):
+            raise InputError("reconstruction needs a class: click a prediction or search a class")
+        tgt, extra = place_layer(method, None if (layer and channel is not None) else target, layer or None,
+                                 channel if layer else None)
+        if extra:
+            options = {**options, "layer": method.option("layer").check(extra["layer"], method.name)}
+        e = self.model.explain(x, method, target=tgt, progress=progress, **options)
+        if method.kind == "image":
+            return e.relevance[0], {"target": target, "label": label(target)}
         used = e.target[0] if isinstance(e.target, np.ndarray) and e.target.size else None
         used = int(used) if used is not None else None
         return e.relevance[0], {"target": used, "label": label(used) if used is not None else str(e.target)}
-
 
     def examples(self, body: dict) -> dict:
         """A unit's dataset examples among the served images (--images): the top patches, best first."""
@@ -375,19 +339,6 @@ def _int(v, name, lo, hi) -> int:
     if f != int(f):
         raise InputError(f"{name} must be an integer, got {v!r}")
     return int(f)
-
-
-def _param(v):
-    if isinstance(v, str):
-        from .compare import parse_value
-        return parse_value(v)
-    return v
-
-
-def _fill(v):
-    if isinstance(v, str) and v in ("mean", "random"):
-        return v
-    return _number(v, "fill", -1e6, 1e6)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP

@@ -84,7 +84,7 @@ def test_bad_methods_targets_and_parameters_fail_before_anything_runs():
                         (lambda: model.explain(x, "gradient", target=fv.Unit(3, channel=99)), "out of range"),
                         (lambda: model.explain(x[:, :2], "gradient"), "expected shape"),
                         (lambda: fv.export_explainer(model, "lrp-alphabeta", alpha=3, beta=1), "alpha - beta = 1"),
-                        (lambda: fv.export_explainer(model, "gradient", layer=2), "for cam and gradcam"),
+                        (lambda: fv.export_explainer(model, "gradient", layer=2), "unknown parameter .layer. for gradient"),
                         (lambda: fv.export_explainer(model, "smoothgrad"), "many passes")):
         with pytest.raises(fv.FvGraphError, match=match) as err:
             call()

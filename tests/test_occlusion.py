@@ -104,7 +104,7 @@ def test_incremental_equals_full_with_units_and_probabilities():
     for kw in (dict(target=fv.Unit(layer.name, channel=3)), dict(score="prob"), dict(fill=[0.1, -0.2, 0.3])):
         a = model.occlusion(x, box=(6, 6), stride=(3, 3), incremental=False, **kw)
         b = model.occlusion(x, box=(6, 6), stride=(3, 3), incremental=True, **kw)
-        assert np.linalg.norm(a.relevance - b.relevance) <= 1e-5 * np.linalg.norm(a.relevance), kw
+        assert np.linalg.norm(a.relevance - b.relevance) <= 2e-5 * np.linalg.norm(a.relevance), kw  # float32 sums
 
 
 def test_seed_determinism_and_bad_options():

@@ -154,7 +154,7 @@ def test_errors_are_one_line_4xx_and_the_server_keeps_serving(server):
     malformed = [({"image_id": {"a": 1}, "method": "gradient"}, "image_id must be a string"),
                  ({"name": ["chelsea.png"]}, "name must be a string"),
                  ({"name": "chelsea.png", "method": {"m": 1}}, "unknown method"),
-                 ({"name": "chelsea.png", "method": "gradient", "params": {"target": 3}}, "takes no parameter"),
+                 ({"name": "chelsea.png", "method": "gradient", "params": {"target": 3}}, "unknown parameter 'target' for gradient"),
                  ({"name": "chelsea.png", "method": "lrp-epsilon", "params": {"epsilon": {"x": 1}}}, "number or"),
                  ({"name": "chelsea.png", "method": "gradient", "params": [1]}, "params must be an object"),
                  ({"name": "chelsea.png", "method": "gradient", "layer": 3}, "layer must be"),

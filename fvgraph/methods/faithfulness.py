@@ -138,7 +138,7 @@ def evaluate_methods(model, images, methods, metrics=METRICS, target=None, steps
     """Each method's map (names as `fvgraph check` takes them, e.g. 'lrp-epsilon:epsilon=0.01') on each image
     file, scored by each metric: {"results": [{image, method, metric, auc, curve, fractions}, ...],
     "mean_auc": {method: {metric: mean AUC over the images}}}."""
-    from ..compare import parse_method, run_method
+    from .registry import run_spec
     from ..image import load_image
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
@@ -148,8 +148,7 @@ def evaluate_methods(model, images, methods, metrics=METRICS, target=None, steps
     for path in images:
         x = load_image(path, spec)
         for meth in methods:
-            name, params = parse_method(meth)
-            rel = run_method(model, x, name, params, target).relevance
+            rel = run_spec(model, x, meth, target).relevance
             for metric in metrics:
                 ev = evaluate(model, x, rel, metric, target=target, steps=steps)
                 results.append({"image": str(path), "method": meth, "metric": metric, "auc": float(ev.auc[0]),
