@@ -101,7 +101,12 @@ def picture(rel, kind="signed", percentile=99.5, image=None, alpha=0.5) -> np.nd
         return rgb_map(rel, percentile)
     m = to_2d(rel, "absmax" if kind == "abs" else "sum")
     pic = {"signed": signed_map, "heat": heat_map, "abs": abs_map, "rgb": signed_map}[kind](m, percentile)
-    return overlay(image, pic, alpha) if image is not None and kind == "heat" else pic
+    if image is None or kind != "heat":
+        return pic
+    if pic.shape[:2] != np.shape(image)[:2]:  # a map at a layer's size (a CAM not upsampled): drawn over it all
+        from PIL import Image
+        pic = np.asarray(Image.fromarray(pic).resize(np.shape(image)[1::-1], Image.NEAREST))
+    return overlay(image, pic, alpha)
 
 
 def grid(rows: list[list[np.ndarray]], titles: list[str] | None = None, row_labels: list[str] | None = None,
