@@ -15,6 +15,15 @@ uses the JSON API below, which scripts can use too:
                          occlusion and reconstruction with "stream": newline-delimited JSON, progress and the
                          partial map as it grows, the final map last
 
+The methods, their panels' sliders and the options a request may give all come from the method table
+(fvgraph.methods.registry), so a panel's map is `fvgraph explain`'s with the same options.
+
+Only same-origin requests are answered (SameOrigin: the Host must be an IP literal, localhost, this machine's
+name, the bound host or an --allow-host name, which defeats DNS rebinding; an Origin must equal the page's;
+POSTs must be JSON, which a cross-site form cannot send). Uploads go through the command line's safe image
+reader; each request's passes are bounded by --max-passes, and its work runs in a Job that is cancelled when
+the client goes away.
+
 Errors are HTTP 4xx (or 500) with {"error": "<one line>"}, and the server keeps serving. The model runs on a
 worker thread, one request at a time (two cores gain nothing from more); decoded images and explanations are
 kept in small LRU caches, so changing only the overlay or the colours re-renders without recomputing, and
@@ -268,15 +277,17 @@ class Service:
         return picture(rel, kind, image=shown, alpha=alpha)
 
     def _compute(self, method, x, options, target, layer, channel, progress):
-        """The method as `fvgraph explain` runs it (fvgraph.methods.registry.place_layer: a layer without a
-        channel is where a CAM is drawn, else a unit is the target)."""
+        """The method as `fvgraph explain` runs it (fvgraph.methods.registry.place_layer): a layer without a
+        channel is where a CAM is drawn; a layer with a channel is a unit, the target of every method."""
         from .methods.registry import place_layer
         names = self.model.class_names()
         label = lambda c: names[c] if names and c is not None and 0 <= c < len(names) else str(c)  # noqa: E731
         if method.kind == "image" and target is None and not (layer and channel is not None):
             raise InputError("reconstruction needs a class: click a prediction or search a class")
-        tgt, extra = place_layer(method, None if (layer and channel is not None) else target, layer or None,
-                                 channel if layer else None)
+        unit = bool(layer) and channel is not None
+        if layer and not unit and not method.layer:
+            layer = None  # the page's layer is for the CAMs and, with a channel, units; other panels keep the class
+        tgt, extra = place_layer(method, None if unit else target, layer or None, channel if unit else None)
         if extra:
             options = {**options, "layer": method.option("layer").check(extra["layer"], method.name)}
         e = self.model.explain(x, method, target=tgt, progress=progress, **options)

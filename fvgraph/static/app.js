@@ -253,25 +253,21 @@ async function showExamples() {
 function shellQuote(s) { return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${String(s).replace(/'/g, "'\\''")}'`; }
 
 function command(panel) {
+  // the same method table as the page: every method is `fvgraph explain -m`, its options as -p key=value;
+  // a layer without a channel is where a CAM is drawn, a layer with a channel is a unit (for every method)
   const model = shellQuote(state.model.source || "MODEL");
   const image = shellQuote(state.imageName || "IMAGE");
   const p = panel.params, m = panel.method;
-  const target = state.target !== null ? ` --target ${state.target}` : "";
-  const unit = state.layer && state.channel !== null && !m.endsWith("cam") && !m.endsWith("cam++")
-    ? ` --layer ${shellQuote(state.layer)} --channel ${state.channel}` : "";
-  const layer = state.layer && (m.endsWith("cam") || m.endsWith("cam++")) ? ` --layer ${shellQuote(state.layer)}` : "";
-  if (m === "occlusion")
-    return `fvgraph occlude ${model} ${image} --box ${p.box}x${p.box} --stride ${p.stride}x${p.stride} --fill ${p.fill}${target}${unit}`;
-  if (m === "reconstruction") {
-    const what = unit || ` --target ${state.target !== null ? state.target : state.predicted}`;
-    const crops = p.param === "pixel" ? "" : ` --crops ${p.crops}`;
-    return `fvgraph reconstruct ${model}${what} --param ${p.param} --steps ${p.steps}${crops}`;
-  }
-  const kv = Object.entries(p).filter(([k, v]) => !(k === "samples" && v === 0) && !(k === "sigma" && !p.samples))
-    .map(([k, v]) => `${k}=${v}`);
-  if (m === "lrp-alphabeta" && p.alpha !== undefined) kv.push(`beta=${p.alpha - 1}`);
+  const drawsAtLayer = (state.model.draws_at_layer || []).includes(m);
+  const unit = state.layer && state.channel !== null;
+  let where = "";
+  if (unit) where = ` --layer ${shellQuote(state.layer)} --channel ${state.channel}`;
+  else if (state.layer && drawsAtLayer) where = ` --layer ${shellQuote(state.layer)}`;
+  let target = state.target !== null && !unit ? ` --target ${state.target}` : "";
+  if (m === "reconstruction" && !unit && state.target === null) target = ` --target ${state.predicted}`;
+  const kv = Object.entries(p).map(([k, v]) => `${k}=${v}`);
   const params = kv.length ? ` -p ${kv.join(" ")}` : "";
-  return `fvgraph explain ${model} ${image} -m ${m}${params}${target}${layer}${unit}`;
+  return `fvgraph explain ${model} ${image} -m ${m}${params}${target}${where}`;
 }
 
 async function copyCommand(panel) {
