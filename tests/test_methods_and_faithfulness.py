@@ -171,6 +171,18 @@ def test_score_cam_and_eigen_cam_equal_their_formulas():
     assert rel_l2(got.relevance[0], np.maximum(proj, 0).reshape(A.shape[2:])) < 1e-4
 
 
+def test_eigen_cam_from_either_gram_matrix_equals_the_svd():
+    """Eigen-CAM takes the smaller Gram matrix (positions or channels): both equal the SVD's projection."""
+    from fvgraph.methods.cam import eigencam
+    for c, h, w in ((64, 3, 4), (5, 9, 7)):  # fewer positions than channels, and the other way round
+        A = np.random.default_rng(c).standard_normal((2, c, h, w)).astype(np.float32)
+        for a, got in zip(A.astype(np.float64), eigencam(A)):
+            flat = a.reshape(c, -1).T - a.reshape(c, -1).T.mean(axis=0)
+            proj = flat @ np.linalg.svd(flat, full_matrices=False)[2][0]
+            proj = proj if np.dot(proj, a.sum(axis=0).reshape(-1)) >= 0 else -proj
+            assert rel_l2(got, np.maximum(proj, 0).reshape(h, w)) < 1e-5
+
+
 # --------------------------------------------------------------------------- faithfulness
 def linear_toy(size=8):
     """Two classes on an 8x8 one-channel image: logit_1 = sum(W * x), logit_0 = 0, so p_1 = sigmoid(sum W x)

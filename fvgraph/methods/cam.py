@@ -255,6 +255,9 @@ def resize_maps(maps, size, align_corners=False):
 
 
 def eigencam(A):
+    """The maps' first principal component per sample, from the smaller of the two Gram matrices (positions x
+    positions or channels x channels, whichever is smaller): the same projection as the SVD's first singular
+    vector, at O(min(hw, C)^3) instead of a full SVD of the (hw, C) matrix."""
     maps = []
     for a in A.astype(np.float64):
         flat = a.reshape(a.shape[0], -1).T
@@ -262,7 +265,11 @@ def eigencam(A):
         if not np.any(flat):
             maps.append(np.zeros(a.shape[1:]))
             continue
-        projection = flat @ np.linalg.svd(flat, full_matrices=False)[2][0]
+        if flat.shape[0] <= flat.shape[1]:  # fewer positions than channels: u s = top eigenvector of F F^T
+            values, vectors = np.linalg.eigh(flat @ flat.T)
+            projection = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+        else:
+            projection = flat @ np.linalg.eigh(flat.T @ flat)[1][:, -1]
         if np.dot(projection, a.sum(axis=0).reshape(-1)) < 0:
             projection = -projection
         maps.append(np.maximum(projection, 0).reshape(a.shape[1:]))
