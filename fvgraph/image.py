@@ -27,6 +27,8 @@ max_pixels where that is higher, so that fvgraph's limit is the one that holds.
 """
 from __future__ import annotations
 
+import math
+
 import json
 import os
 import re
@@ -128,8 +130,8 @@ class ImageLimits:
         if max(w, h) > self.max_aspect * min(w, h):
             raise InputError(f"{name}: the image is {w}x{h} pixels, its long side {max(w, h) / min(w, h):.0f} times "
                              f"its short one, over the limit of {self.max_aspect:g} (resizing such a strip blows "
-                             "it up); crop it, or raise the limit with FVGRAPH_MAX_IMAGE_ASPECT or "
-                             "fvgraph.image.set_image_limits(max_aspect=...)")
+                             "it up); crop it, or raise the limit with --max-image-aspect N (or "
+                             "FVGRAPH_MAX_IMAGE_ASPECT, or fvgraph.image.set_image_limits(max_aspect=N))")
 
 
 RAISE_PIXELS = ("raise it with --max-image-pixels N (or FVGRAPH_MAX_IMAGE_PIXELS, or "
@@ -154,12 +156,14 @@ def set_image_limits(max_pixels=None, max_aspect=None) -> ImageLimits:
     for key, v, kind in (("max_pixels", max_pixels, int), ("max_aspect", max_aspect, float)):
         if v is None:
             continue
+        given = v
         try:
-            v = kind(float(v))
-        except (TypeError, ValueError):
+            f = float(v)
+            v = kind(f) if math.isfinite(f) else 0
+        except (TypeError, ValueError, OverflowError):
             v = 0
         if not v > 0:
-            raise InputError(f"{key}={v!r}: the image limit must be a positive number")
+            raise InputError(f"{key}={given!r}: the image limit must be a positive finite number")
         _SET[key] = v
     return image_limits()
 

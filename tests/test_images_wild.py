@@ -112,9 +112,23 @@ for source, limits in [(png(30000, 30000, raw=b"\0" * 64), None), (png(1, 50000)
     assert lines[4].startswith("refused") and "not enough memory" in lines[4], lines[4]
 
 
+def test_image_limits_must_be_positive_finite_numbers():
+    from fvgraph.errors import InputError
+    from fvgraph.image import image_limits, set_image_limits
+    before = image_limits()
+    for bad in (float("inf"), "inf", float("nan"), -1, 0, "lots", None and 1):
+        if bad is None:
+            continue
+        with pytest.raises(InputError, match="must be a positive finite number"):
+            set_image_limits(max_pixels=bad)
+        with pytest.raises(InputError, match="must be a positive finite number"):
+            set_image_limits(max_aspect=bad)
+    assert image_limits() == before  # a refused value changes nothing
+
+
 def test_strips_are_refused_by_their_aspect_and_by_the_size_their_resize_would_make():
     refused(png(1, 50000), "1x50000 pixels", "50000 times", "over the limit of 32")
-    refused(png(20000, 1), "20000x1 pixels", "FVGRAPH_MAX_IMAGE_ASPECT")
+    refused(png(20000, 1), "20000x1 pixels", "FVGRAPH_MAX_IMAGE_ASPECT", "--max-image-aspect N")
     loose = ImageLimits(max_aspect=1e9)
     strip = png(1, 20000)
     assert len(strip) < 200
