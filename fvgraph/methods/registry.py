@@ -577,3 +577,57 @@ def run_spec(model, x, spec, target=None, shared=None, progress=None, layer=None
     given.update(own)
     target, extra = place_layer(m, target, layer, channel)
     return model.explain(x, m, target=target, progress=progress, **m.parse({**given, **extra}))
+
+
+# --------------------------------------------------------------------------- forward passes only (#24)
+def _compute_rise(model, method, x, target, options, call):
+    from ..errors import InputError
+    from .blackbox import rise
+    if call.return_layers:
+        raise InputError("return_layers is for the reverse-pass methods, not rise")
+    return rise(model, x, target, masks=options["masks"], cells=options["cells"], p=options["p"],
+                seed=options["seed"], batch_size=options["batch_size"], score=options["score"],
+                quiet=True if call.progress is None else None, progress=call.progress)
+
+
+register(Method("rise", "heat", "perturbation",
+                "RISE (Petsiuk et al. 2018): the score on copies under random upsampled masks, averaged per pixel",
+                _compute_rise,
+                (Option("masks", "int", 2000, "random masks (one forward each, in batches)", low=1,
+                        slider=(100, 2000, 100)),
+                 Option("cells", "int", 7, "the masks' grid: cells x cells before upsampling", low=1, high=64,
+                        slider=(2, 16, 1)),
+                 Option("p", "float", 0.5, "the probability a cell is kept (in (0, 1])", low=0, high=1,
+                        slider=(0.1, 0.9, 0.1)),
+                 Option("seed", "int", 0, "the masks' seed"),
+                 Option("score", "str", "prob", "the score the masks are weighted by (the paper's: prob)",
+                        choices=("prob", "logit")),
+                 Option("batch_size", "int", None, "masked copies per batch (default: what fits the memory cap)",
+                        low=1)),
+                passes=lambda o, shape: int(o["masks"])))
+
+
+def _compute_reciprocam(model, method, x, target, options, call):
+    from ..errors import InputError
+    from .blackbox import reciprocam
+    if call.return_layers:
+        raise InputError(f"return_layers is for the reverse-pass methods; {method.name} draws one layer's map")
+    return reciprocam(model, x, target, layer=options["layer"], gaussian=options["gaussian"],
+                      score=options["score"], upsample_maps=options["upsample"], batch_size=options["batch_size"],
+                      quiet=True if call.progress is None else None, progress=call.progress)
+
+
+register(Method("reciprocam", "heat", "cam",
+                "ReciproCAM (Byun and Lee 2022): the class scores of a layer's maps kept at one position at a time, "
+                "all positions as one batch through the layers after it (no gradient)",
+                _compute_reciprocam,
+                (Option("layer", "layer", None, "the layer the map is drawn at (default: Grad-CAM's, the last "
+                        "map-shaped layer every path to the class passes through)"),
+                 Option("gaussian", "bool", False, "keep each position's 3x3 Gaussian neighbourhood, not the "
+                        "position alone"),
+                 Option("score", "str", "prob", "the class score read on each copy (the paper's: prob)",
+                        choices=("prob", "logit")),
+                 Option("upsample", "bool", True, "resize the map to the input's size"),
+                 Option("batch_size", "int", None, "positions per tail batch (default: all that fit the memory "
+                        "cap)", low=1)),
+                layer=True, passes=lambda o, shape: 1))

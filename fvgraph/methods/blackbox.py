@@ -1,0 +1,243 @@
+"""Methods that only run the model forward: they serve any model, also one whose ops the reverse pass refuses.
+
+- RISE (Petsiuk et al. 2018): `masks` random binary grids of cells x cells, each cell kept with probability p,
+  upsampled bilinearly (half-pixel centres, edges clamped: ONNX Resize "linear", what the paper's skimage
+  resize does) to (cells + 1) * ceil(H / cells) and cropped to H x W at a random shift in [0, ceil(H / cells));
+  the saliency is sum_i score(x * M_i) M_i / (masks * p), the Monte Carlo estimate of E[score | pixel kept].
+  The seed draws, in this order, the grids (rng.random((masks, cells, cells)) < p), the row shifts and the
+  column shifts (rng.integers(0, cell, masks) each), so the masks do not depend on the batch size. Masked
+  copies run in batches under the memory cap; score "prob" (the paper's) is the class's softmax probability.
+- ReciproCAM (Byun & Lee 2022): at a layer every path to the output passes through, one copy of the feature
+  map per spatial position (i, j) that keeps only that position (or, with gaussian, its 3 x 3 neighbourhood
+  weighted 1/4, 1/8, 1/16), all run as one batch through the model's tail (the nodes after the layer, a
+  graph of their own whose input is the layer's value); the class's score on copy (i, j) is the map at
+  (i, j), min-max normalized per class, then upsampled like the CAMs. Every class's map comes from the same
+  batch (extras["classes"]). Token maps (N, T, C) keep their leading tokens (the class token) unmasked, as
+  ViT-ReciproCAM does.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+
+from ..errors import InputError, OptionError
+from ..explanation import Explanation, OutputTarget, Unit
+from ..graph import Graph, ValueInfo
+from .reconstruction import Progress
+
+MAX_TAILS = 4  # tail graphs kept per model (each holds an onnxruntime session)
+_TAILS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+# --------------------------------------------------------------------------- RISE
+def rise_grids(masks: int, cells, p: float, size, seed: int):
+    """(grids (masks, ch, cw) bool, row shifts, column shifts, cell size (h, w)): what the seed draws."""
+    ch, cw = _cells(cells)
+    rng = np.random.default_rng(seed)
+    grids = rng.random((masks, ch, cw)) < p
+    cell = (math.ceil(size[0] / ch), math.ceil(size[1] / cw))
+    dy = rng.integers(0, cell[0], masks)
+    dx = rng.integers(0, cell[1], masks)
+    return grids, dy, dx, cell
+
+
+def _cells(cells):
+    return (int(cells), int(cells)) if np.ndim(cells) == 0 else (int(cells[0]), int(cells[1]))
+
+
+def rise_masks(grids, dy, dx, cell, size) -> np.ndarray:
+    """The masks (k, H, W) of these grids: upsampled bilinearly to (cells + 1) * cell, cropped at the shifts."""
+    from .cam import resize_maps
+    k, ch, cw = grids.shape
+    up = resize_maps(grids.astype(np.float32), ((ch + 1) * cell[0], (cw + 1) * cell[1]))
+    H, W = size
+    return np.stack([up[i, dy[i]:dy[i] + H, dx[i]:dx[i] + W] for i in range(k)]).astype(np.float32)
+
+
+def rise(model, x, target=None, masks=2000, cells=7, p=0.5, seed=0, batch_size=None, score="prob", memory=None,
+         quiet=None, progress=None):
+    """RISE saliency (N, H, W); extras: the settings and the batch size used."""
+    from .memory import available_memory, bytes_per_sample
+    from .sampling import MAX_ROWS, copy_scores, fixed_target
+    if not 0 < p <= 1:
+        raise OptionError(f"p of rise must be in (0, 1], got {p!r}")
+    if score not in ("prob", "logit"):
+        raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
+    first = model.graph.input_names()[0]
+    x = model.feeds(x)[first]
+    if x.ndim != 4:
+        raise InputError(f"rise needs an image batch (N, C, H, W), got shape {x.shape}")
+    N, C, H, W = x.shape
+    probabilities = score == "prob"
+    target = fixed_target(model, x, target)  # every masked copy explains the class predicted on x
+    grids, dy, dx, cell = rise_grids(int(masks), cells, float(p), (H, W), int(seed))
+    if batch_size is None:
+        per = bytes_per_sample(model, x[:1], model.graph.output_names()[0])
+        cap = memory if memory is not None else available_memory() // 4
+        batch_size = int(max(1, min(masks, MAX_ROWS, cap // max(per, 1))))
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    sal = np.zeros((N, H, W), np.float64)
+    bar = Progress(N * masks, "rise", quiet, progress)
+    done = 0
+    for n in range(N):
+        t = target[n:n + 1] if isinstance(target, np.ndarray) else target
+        for s in range(0, masks, batch_size):
+            e = min(masks, s + batch_size)
+            m = rise_masks(grids[s:e], dy[s:e], dx[s:e], cell, (H, W))
+            scores = copy_scores(model, x[n:n + 1] * m[:, None], t, probabilities=probabilities)
+            sal[n] += np.tensordot(np.asarray(scores, np.float64), m.astype(np.float64), axes=1)
+            done += e - s
+            seen = e
+            bar.update(done, partial=lambda n=n, seen=seen: (sal / (max(seen, 1) * p)).astype(np.float32))
+    rel = (sal / (masks * p)).astype(np.float32)
+    reported = target if isinstance(target, (Unit, OutputTarget)) else np.asarray(target)
+    return Explanation(rel, reported, model.run(x), "rise",
+                       extras={"masks": int(masks), "cells": _cells(cells), "p": float(p), "seed": int(seed),
+                               "batch_size": batch_size, "score": score})
+
+
+# --------------------------------------------------------------------------- ReciproCAM
+GAUSSIAN = np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]], np.float32)
+
+
+def position_masks(h: int, w: int, gaussian: bool = False) -> np.ndarray:
+    """(h * w, h, w): position (i, j) alone, or its 3 x 3 Gaussian neighbourhood (cut at the borders)."""
+    m = np.zeros((h * w, h, w), np.float32)
+    for i in range(h):
+        for j in range(w):
+            if not gaussian:
+                m[i * w + j, i, j] = 1
+                continue
+            for a in (-1, 0, 1):
+                for b in (-1, 0, 1):
+                    if 0 <= i + a < h and 0 <= j + b < w:
+                        m[i * w + j, i + a, j + b] = GAUSSIAN[a + 1, b + 1]
+    return m
+
+
+def tail_graph(model, value: str, outputs: list) -> Graph:
+    """The nodes after `value` that `outputs` need, as a graph whose input is `value` (and the model's input
+    where shape computations read it). Refused where a path from the input reaches the outputs around it."""
+    from .cam import _reaches
+    g = model.graph
+    key = (value, tuple(outputs))
+    kept = _TAILS.setdefault(model, {})
+    if key in kept:
+        return kept[key]
+    static = model.executor.static
+    first = g.input_names()[0]
+    for o in outputs:
+        if _reaches(g, static, first, o, blocked=value):
+            raise InputError(f"reciprocam: the layer {value!r} is not on every path from the input to the output "
+                             "(a skip connection passes it); give a layer every path passes through (the default "
+                             "is one)")
+    prod = g.producers()
+    needed, seen, stack = set(), set(), list(outputs)
+    while stack:
+        v = stack.pop()
+        if not v or v in seen or v == value or v in g.initializers:
+            continue
+        seen.add(v)
+        node = prod.get(v)
+        if node is not None:
+            needed.add(id(node))
+            stack.extend(node.inputs)
+    vi = g.value_info.get(value)
+    dtype = vi.dtype if vi is not None and vi.dtype is not None else np.dtype(np.float32)
+    inputs = [ValueInfo(value, None, dtype)] + ([g.inputs[0]] if first in seen else [])
+    tail = Graph([n for n in g.nodes if id(n) in needed], g.initializers, inputs,
+                 [ValueInfo(o, None, g.value_info[o].dtype if o in g.value_info else None) for o in outputs],
+                 g.opset, g.producer, {}, g.value_info, g.weight_files)
+    if len(kept) >= MAX_TAILS:
+        kept.pop(next(iter(kept)))
+    kept[key] = tail
+    return tail
+
+
+def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
+    """Copies of one sample's layer value a1 (its own layout) with the positions weighted by each mask."""
+    P, h, w = masks.shape
+    if view.kind == "nchw":
+        return a1[None] * masks[:, None]
+    if view.kind == "nhwc":
+        return a1[None] * masks[..., None]
+    out = np.repeat(a1[None], P, axis=0)  # tokens: the leading tokens (class token) stay as they are
+    out[:, view.prefix:] *= masks.reshape(P, h * w, 1)
+    return out
+
+
+def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", upsample_maps=True,
+               batch_size=None, memory=None, quiet=None, progress=None):
+    """ReciproCAM maps (N, H, W) (or (N, h, w) without upsampling); extras: the layer, every class's map
+    before upsampling (classes), how many times the tail ran."""
+    from .attribution import class_indices, logits_value, value_dims
+    from .cam import default_gradcam_layer, layer_view, resize_maps
+    from .memory import available_memory, bytes_per_sample
+    from .occlusion import ends_in_softmax, probabilities
+    from .sampling import in_model_batches
+    if score not in ("prob", "logit"):
+        raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
+    if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
+        raise InputError("reciprocam explains class scores (each class's map from one batch): give a class target")
+    feeds = model.feeds(x)
+    first = model.graph.input_names()[0]
+    x = feeds[first]
+    if x.ndim != 4:
+        raise InputError(f"reciprocam needs an image batch (N, C, H, W), got shape {x.shape}")
+    N = len(x)
+    logits = logits_value(model, through_softmax=(score == "prob"))
+    softmax = score == "prob" and not ends_in_softmax(model, logits)
+    value = model.resolve(layer) if layer is not None else default_gradcam_layer(model, feeds, logits_value(model))
+    if value in model.graph.input_names():
+        raise InputError("reciprocam draws at a layer inside the model, not at its input")
+    dims = value_dims(model, feeds, logits)
+    classes = class_indices(target, dims, N, logits)
+    view = layer_view(model, model.shape_table(feeds), value)
+    got = model.run(x, outputs=[value, logits])
+    A, clean = got[value], np.asarray(got[logits])
+    reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
+    h, w = view.grid
+    masks = position_masks(h, w, bool(gaussian))
+    tail = tail_graph(model, value, [logits])
+    needs_input = first in tail.input_names()
+    if batch_size is None:
+        per = bytes_per_sample(model, x[:1], logits)  # a whole forward per copy: a bound on the tail's
+        cap = memory if memory is not None else available_memory() // 4
+        batch_size = int(max(1, min(N * h * w, cap // max(per, 1))))
+    runs = [0]
+
+    def run_tail(rows, images):
+        runs[0] += 1
+        feed = {value: np.ascontiguousarray(rows)}
+        if needs_input:
+            feed[first] = np.ascontiguousarray(images)
+        return np.asarray(model.engine.run(tail, feed, [logits])[logits])
+
+    bar = Progress(N * h * w, "reciprocam", quiet, progress)
+    scores = []
+    for n in range(N):
+        copies = mosaic(A[n], view, masks).astype(A.dtype)
+        out = []
+        for s in range(0, len(copies), batch_size):
+            rows = copies[s:s + batch_size]
+            if needs_input:
+                imgs = np.repeat(x[n:n + 1], len(rows), axis=0)
+                out.append(in_model_batches(model, run_tail, rows, imgs))
+            else:
+                out.append(in_model_batches(model, lambda r: run_tail(r, None), rows))
+            bar.update(n * h * w + s + len(rows))
+        y = np.concatenate(out).reshape(h * w, -1).astype(np.float64)
+        scores.append(probabilities(y) if softmax else y)
+    Y = np.stack(scores)  # (N, h*w, classes)
+    lo, hi = Y.min(axis=1, keepdims=True), Y.max(axis=1, keepdims=True)
+    norm = np.where(hi > lo, (Y - lo) / np.where(hi > lo, hi - lo, 1), 0.0)
+    all_maps = np.ascontiguousarray(norm.transpose(0, 2, 1).reshape(N, -1, h, w)).astype(np.float32)
+    maps = all_maps[np.arange(N), reported]
+    if upsample_maps:
+        maps = resize_maps(maps, x.shape[2:])
+    return Explanation(np.asarray(maps, np.float32), reported, clean, "reciprocam",
+                       extras={"layer": value, "classes": all_maps, "tail_runs": runs[0], "batch_size": batch_size,
+                               "gaussian": bool(gaussian), "score": score})
