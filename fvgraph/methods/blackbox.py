@@ -7,10 +7,12 @@
   The seed draws, in this order, the grids (rng.random((masks, cells, cells)) < p), the row shifts and the
   column shifts (rng.integers(0, cell, masks) each), so the masks do not depend on the batch size. Masked
   copies run in batches under the memory cap; score "prob" (the paper's) is the class's softmax probability.
-- ReciproCAM (Byun & Lee 2022): at a layer every path to the output passes through, one copy of the feature
-  map per spatial position (i, j) that keeps only that position (or, with gaussian, its 3 x 3 neighbourhood
-  weighted 1/4, 1/8, 1/16), all run as one batch through the model's tail (the nodes after the layer, a
-  graph of their own whose input is the layer's value); the class's score on copy (i, j) is the map at
+- ReciproCAM (Byun & Lee 2022): at a layer (by default Grad-CAM's, which every path to the output passes
+  through), one copy of the feature map per spatial position (i, j) that keeps only that position (or, with
+  gaussian, its 3 x 3 neighbourhood weighted 1/4, 1/8, 1/16), all run as one batch through the model's tail
+  (the nodes after the layer, a graph of their own whose input is the layer's value; values a skip
+  connection carries around the layer keep their clean values, as in the model with the layer's output
+  replaced by the copy); the class's score on copy (i, j) is the map at
   (i, j), min-max normalized per class, then upsampled like the CAMs. Every class's map comes from the same
   batch (extras["classes"]). Token maps (N, T, C) keep their leading tokens (the class token) unmasked, as
   ViT-ReciproCAM does.
@@ -118,43 +120,54 @@ def position_masks(h: int, w: int, gaussian: bool = False) -> np.ndarray:
     return m
 
 
-def tail_graph(model, value: str, outputs: list) -> Graph:
-    """The nodes after `value` that `outputs` need, as a graph whose input is `value` (and the model's input
-    where shape computations read it). Refused where a path from the input reaches the outputs around it."""
-    from .cam import _reaches
+def tail_graph(model, value: str, outputs: list):
+    """(graph, values it reads from the clean forward): the nodes downstream of `value` that `outputs` need,
+    as a graph whose inputs are `value`, the values computed around it that those nodes also read (a skip
+    connection's: held at their clean values, as in the model with the layer's output replaced), and the
+    model's input where shape computations read it (the shape computations are part of the tail)."""
     g = model.graph
     key = (value, tuple(outputs))
     kept = _TAILS.setdefault(model, {})
     if key in kept:
         return kept[key]
     static = model.executor.static
-    first = g.input_names()[0]
-    for o in outputs:
-        if _reaches(g, static, first, o, blocked=value):
-            raise InputError(f"reciprocam: the layer {value!r} is not on every path from the input to the output "
-                             "(a skip connection passes it); give a layer every path passes through (the default "
-                             "is one)")
-    prod = g.producers()
-    needed, seen, stack = set(), set(), list(outputs)
+    prod = {o: i for i, n in enumerate(g.nodes) for o in n.outputs if o}
+    downstream, reached = set(), {value}
+    for i, n in enumerate(g.nodes):
+        if any(v in reached for v in n.inputs if v):
+            downstream.add(i)
+            reached.update(o for o in n.outputs if o)
+    needed, stack = set(), [prod[o] for o in outputs if o in prod and prod[o] in downstream]
+    if len(stack) != len(outputs):
+        raise InputError(f"reciprocam: the output does not depend on the layer {value!r}; give a layer before it")
+    frontier, seen = [], set()
     while stack:
-        v = stack.pop()
-        if not v or v in seen or v == value or v in g.initializers:
+        i = stack.pop()
+        if i in needed:
             continue
-        seen.add(v)
-        node = prod.get(v)
-        if node is not None:
-            needed.add(id(node))
-            stack.extend(node.inputs)
-    vi = g.value_info.get(value)
-    dtype = vi.dtype if vi is not None and vi.dtype is not None else np.dtype(np.float32)
-    inputs = [ValueInfo(value, None, dtype)] + ([g.inputs[0]] if first in seen else [])
-    tail = Graph([n for n in g.nodes if id(n) in needed], g.initializers, inputs,
+        needed.add(i)
+        for v in g.nodes[i].inputs:
+            if not v or v == value or v in g.initializers or v in seen:
+                continue
+            seen.add(v)
+            j = prod.get(v)
+            if j is not None and (j in downstream or j in static):
+                stack.append(j)  # computed in the tail: what follows the layer, and shape computations
+            elif j is not None or v not in g.input_names():
+                frontier.append(v)
+    first = g.input_names()[0]
+
+    def info(v):
+        d = g.value_info.get(v)
+        return ValueInfo(v, None, d.dtype if d is not None and d.dtype is not None else np.dtype(np.float32))
+    inputs = [info(value)] + [info(v) for v in frontier] + ([g.inputs[0]] if first in seen else [])
+    tail = Graph([n for i, n in enumerate(g.nodes) if i in needed], g.initializers, inputs,
                  [ValueInfo(o, None, g.value_info[o].dtype if o in g.value_info else None) for o in outputs],
                  g.opset, g.producer, {}, g.value_info, g.weight_files)
     if len(kept) >= MAX_TAILS:
         kept.pop(next(iter(kept)))
-    kept[key] = tail
-    return tail
+    kept[key] = (tail, frontier)
+    return tail, frontier
 
 
 def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
@@ -196,12 +209,12 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     dims = value_dims(model, feeds, logits)
     classes = class_indices(target, dims, N, logits)
     view = layer_view(model, model.shape_table(feeds), value)
-    got = model.run(x, outputs=[value, logits])
+    tail, frontier = tail_graph(model, value, [logits])
+    got = model.run(x, outputs=list(dict.fromkeys([value, logits] + frontier)))
     A, clean = got[value], np.asarray(got[logits])
     reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
     h, w = view.grid
     masks = position_masks(h, w, bool(gaussian))
-    tail = tail_graph(model, value, [logits])
     needs_input = first in tail.input_names()
     if batch_size is None:
         per = bytes_per_sample(model, x[:1], logits)  # a whole forward per copy: a bound on the tail's
@@ -209,9 +222,10 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
         batch_size = int(max(1, min(N * h * w, cap // max(per, 1))))
     runs = [0]
 
-    def run_tail(rows, images):
+    def run_tail(rows, images, n):
         runs[0] += 1
         feed = {value: np.ascontiguousarray(rows)}
+        feed.update((v, np.repeat(got[v][n:n + 1], len(rows), axis=0)) for v in frontier)  # clean, per copy
         if needs_input:
             feed[first] = np.ascontiguousarray(images)
         return np.asarray(model.engine.run(tail, feed, [logits])[logits])
@@ -225,9 +239,9 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
             rows = copies[s:s + batch_size]
             if needs_input:
                 imgs = np.repeat(x[n:n + 1], len(rows), axis=0)
-                out.append(in_model_batches(model, run_tail, rows, imgs))
+                out.append(in_model_batches(model, lambda r, i, n=n: run_tail(r, i, n), rows, imgs))
             else:
-                out.append(in_model_batches(model, lambda r: run_tail(r, None), rows))
+                out.append(in_model_batches(model, lambda r, n=n: run_tail(r, None, n), rows))
             bar.update(n * h * w + s + len(rows))
         y = np.concatenate(out).reshape(h * w, -1).astype(np.float64)
         scores.append(probabilities(y) if softmax else y)

@@ -1,0 +1,185 @@
+"""RISE and ReciproCAM (fvgraph.methods.blackbox) against computations of their own: the masks rebuilt from the
+documented seed draws with scipy, the scores from plain onnxruntime sessions, ReciproCAM's copies run through
+the model itself with the layer's output replaced by each copy."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from scipy.ndimage import zoom
+
+import fvgraph as fv
+from fvgraph.methods.registry import table
+from tests.conftest import ort_session
+from tests.zoo import resnet_like
+
+
+def linear_model(size=12, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((classes, 3 * size * size)).astype(np.float32)
+    b = rng.standard_normal(classes).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)]
+    g = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          ["N", 3, size, size])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def masks_by_hand(masks, cells, p, size, seed):
+    """The paper's masks from the documented draws: grids, then row and column shifts; bilinear upsampling
+    with half-pixel centres and clamped edges (scipy's zoom in grid mode, nearest edges)."""
+    rng = np.random.default_rng(seed)
+    grids = rng.random((masks, cells, cells)) < p
+    cell = int(np.ceil(size / cells))
+    dy, dx = rng.integers(0, cell, masks), rng.integers(0, cell, masks)
+    up = (cells + 1) * cell
+    out = []
+    for i in range(masks):
+        big = zoom(grids[i].astype(np.float64), up / cells, order=1, grid_mode=True, mode="nearest")
+        out.append(big[dy[i]:dy[i] + size, dx[i]:dx[i] + size])
+    return np.stack(out)
+
+
+def test_rise_is_the_weighted_mask_formula():
+    proto = linear_model()
+    model = fv.load(proto.SerializeToString())
+    sess = ort_session(proto)
+    x = np.random.default_rng(1).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    for score in ("logit", "prob"):
+        e = model.explain(x, "rise", masks=50, cells=4, p=0.4, seed=3, score=score)
+        M = masks_by_hand(50, 4, 0.4, 12, 3)
+        logits = sess.run(None, {"input": x})[0][0]
+        k = int(np.argmax(logits))
+        assert int(np.ravel(e.target)[0]) == k
+        want = np.zeros((12, 12))
+        for m in M:  # one copy at a time
+            out = sess.run(None, {"input": (x * m[None, None]).astype(np.float32)})[0][0].astype(np.float64)
+            s = out[k] if score == "logit" else np.exp(out[k] - out.max()) / np.exp(out - out.max()).sum()
+            want += s * m
+        want /= 50 * 0.4
+        assert e.relevance.shape == (1, 12, 12)
+        assert np.allclose(e.relevance[0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_rise_is_seeded_and_independent_of_the_batch_size():
+    model = fv.load(linear_model().SerializeToString())
+    x = np.random.default_rng(2).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    a = model.explain(x, "rise", masks=40, seed=5).relevance
+    b = model.explain(x, "rise", masks=40, seed=5, batch_size=7).relevance
+    c = model.explain(x, "rise", masks=40, seed=6).relevance
+    assert np.allclose(a, b, rtol=1e-5, atol=1e-7) and not np.allclose(a, c)
+    assert np.array_equal(a, model.explain(x, "rise", masks=40, seed=5).relevance)
+
+
+def test_rise_passes_and_progress():
+    model = fv.load(linear_model().SerializeToString())
+    x = np.random.default_rng(3).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    m = table()["rise"]
+    assert m.passes_for(m.check({"masks": 30}), x.shape) == 30
+    assert m.passes_for(m.check({}), x.shape) == 2000
+    rows = []
+    run = model.engine.run
+    model.engine.run = lambda g, feeds, outs: rows.append(len(next(iter(feeds.values())))) or run(g, feeds, outs)
+    heard = []
+    e = model.explain(x, "rise", masks=30, batch_size=8, progress=lambda d, t, partial: heard.append((d, t, partial())))
+    model.engine.run = run
+    assert sum(rows) <= 30 + 3  # the masked copies, plus the clean forwards that fix and report the class
+    assert [h[0] for h in heard] == [8, 16, 24, 30] and all(h[1] == 30 for h in heard)
+    assert np.allclose(heard[-1][2], e.relevance, rtol=1e-6)
+    with pytest.raises(fv.FvGraphError, match="p of rise must be"):
+        model.explain(x, "rise", masks=3, p=0.0)
+
+
+def _replaced(proto, value):
+    """The model with `value`'s consumers reading a new input 'replaced' instead: the layer's output replaced."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    for n in m.graph.node:
+        for k, v in enumerate(n.input):
+            if v == value:
+                n.input[k] = "replaced"
+    m.graph.input.append(helper.make_tensor_value_info("replaced", TensorProto.FLOAT, None))
+    return m
+
+
+def _softmax(v):
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+def reciprocam_by_hand(proto, x, value, A, gaussian=False, score="prob"):
+    """Every position's copy, one at a time, through the model with the layer's output replaced."""
+    sess = ort_session(_replaced(proto, value))
+    K, h, w = A.shape
+    kern = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
+    Y = []
+    for i in range(h):
+        for j in range(w):
+            m = np.zeros((h + 2, w + 2))
+            if gaussian:
+                m[i:i + 3, j:j + 3] = kern
+            else:
+                m[i + 1, j + 1] = 1
+            copy = (A * m[1:-1, 1:-1])[None].astype(np.float32)
+            out = sess.run(None, {"input": x, "replaced": copy})[0][0].astype(np.float64)
+            Y.append(_softmax(out) if score == "prob" else out)
+    Y = np.array(Y)  # (h*w, classes)
+    Y = (Y - Y.min(axis=0)) / (Y.max(axis=0) - Y.min(axis=0))
+    return Y.T.reshape(-1, h, w)
+
+
+@pytest.mark.parametrize("inner,gaussian,score", [(False, False, "prob"), (False, True, "logit"),
+                                                  (True, False, "prob")])
+def test_reciprocam_equals_the_model_with_the_layer_replaced(inner, gaussian, score):
+    proto = resnet_like(size=16)
+    model = fv.load(proto.SerializeToString())
+    x = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    relus = [l for l in model.layers if l.op_type == "Relu"]
+    layer = relus[-2].output if inner else None  # inside the last block: the shortcut passes around it
+    e = model.explain(x, "reciprocam", layer=layer, gaussian=gaussian, score=score, upsample=False)
+    value = e.extras["layer"]
+    if not inner:
+        from fvgraph.methods.attribution import logits_value
+        from fvgraph.methods.cam import default_gradcam_layer
+        assert value == default_gradcam_layer(model, model.feeds(x), logits_value(model))
+    A = ort_session(_with_output(proto, value)).run([value], {"input": x})[0][0]
+    want = reciprocam_by_hand(proto, x, value, A, gaussian, score)
+    logits = ort_session(proto).run(None, {"input": x})[0][0]
+    k = int(np.argmax(logits))
+    assert int(np.ravel(e.target)[0]) == k
+    assert np.allclose(e.extras["classes"][0], want, atol=1e-5)
+    assert np.allclose(e.relevance[0], want[k], atol=1e-5)
+    assert e.extras["tail_runs"] == 1
+    up = model.explain(x, "reciprocam", layer=layer, gaussian=gaussian, score=score, target=2)
+    assert up.relevance.shape == (1, 16, 16) and int(np.ravel(up.target)[0]) == 2
+
+
+def _with_output(proto, value):
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    m.graph.output.append(helper.make_tensor_value_info(value, TensorProto.FLOAT, None))
+    return m
+
+
+def test_reciprocam_runs_the_tail_once_for_all_positions():
+    proto = resnet_like(size=16)
+    model = fv.load(proto.SerializeToString())
+    x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    model.explain(x, "reciprocam")  # warm: the default layer is chosen once per model
+    calls = []
+    run = model.engine.run
+    model.engine.run = lambda g, feeds, outs: calls.append((g, {k: np.shape(v) for k, v in feeds.items()})) \
+        or run(g, feeds, outs)
+    e = model.explain(x, "reciprocam")
+    model.engine.run = run
+    value = e.extras["layer"]
+    tails = [c for c in calls if value in c[1]]
+    h, w = e.extras["classes"].shape[2:]
+    assert len(tails) == 1 and tails[0][1][value][0] == h * w
+    assert len(calls) == 2  # the clean forward (layer and scores) and the tail
+    assert table()["reciprocam"].passes_for(table()["reciprocam"].check({}), x.shape) == 1
+    with pytest.raises(fv.FvGraphError, match="class target"):
+        model.explain(x, "reciprocam", target=fv.Unit(value, 0))
