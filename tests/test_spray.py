@@ -188,3 +188,33 @@ def test_two_workers_give_the_same_clusters(shortcut):
     assert one.names == two.names
     np.testing.assert_allclose(one.maps, two.maps, atol=1e-6)
     assert [set(c.members) for c in one.clusters] == [set(c.members) for c in two.clusters]
+
+
+def test_a_state_file_resumes(shortcut, tmp_path, monkeypatch):
+    import shutil
+
+    from fvgraph.methods import spray
+    path, flat, _, patched = shortcut
+    folder = tmp_path / "imgs"
+    shutil.copytree(flat, folder)
+    model = fv.load(path, preprocess="raw")
+    state = tmp_path / "state.npz"
+    first = clusters(model, [folder], target=0, size=8, quiet=True, failed={}, state_file=state)
+    assert len(np.load(state)["names"]) == 20  # every readable image, the class-1 ones too
+    calls = []
+    real = spray._maps_job
+    monkeypatch.setattr(spray, "_maps_job", lambda m, job: calls.append(job[0]) or real(m, job))
+    again = clusters(model, [folder], target=0, size=8, quiet=True, failed={}, state_file=state)
+    assert calls == [[(str(folder / "broken.png"), "broken.png", 0)]]  # only the unreadable one again
+    assert again.names == first.names and [set(c.members) for c in again.clusters] == \
+        [set(c.members) for c in first.clusters]
+    np.testing.assert_allclose(again.maps, first.maps)
+    # an edited image is explained again; other options start over
+    Image.fromarray(_picture(np.random.default_rng(9), red=True)).save(folder / "img01.png")
+    calls.clear()
+    clusters(model, [folder], target=0, size=8, quiet=True, failed={}, state_file=state)
+    assert sorted(p for job in calls for p, _, _ in job) == sorted([str(folder / "broken.png"),
+                                                                     str(folder / "img01.png")])
+    calls.clear()
+    clusters(model, [folder], target=0, size=4, quiet=True, failed={}, state_file=state)
+    assert sum(len(job) for job in calls) == 21

@@ -269,13 +269,17 @@ def _maps_job(model, job):
 def clusters(model, images, target=None, method="lrp-epsilon", size=32, n_clusters=None, seed=0, workers=1,
              ray_address=None, quiet=None, select="auto", reduce="sum", neighbors=None, max_clusters=10,
              embedding="tsne", batch=16, params=None, layer=None, model_path=None, load_options=None,
-             failed=None) -> Clusters:
+             failed=None, state_file=None) -> Clusters:
     """SpRAy over `images` (image files and folders, expanded by fvgraph.batch.image_files): which images
     (target, select) as the module's docstring says; method: any method text of the registry
     ('lrp-epsilon:epsilon=0.01'), params/layer as run_spec takes them; n_clusters: None for the eigengap.
     Unreadable images are skipped: `failed` (a dict) receives {image: reason}, else one warning lists them
     (they are in the result's `failed` too). workers/ray_address: fvgraph.batch.map_jobs (the model is
-    loaded from model_path, default model.source, with load_options)."""
+    loaded from model_path, default model.source, with load_options). state_file: an .npz where each
+    explained image's small map is kept (atomically, after a batch whenever the last save took under a tenth
+    of the time since) with the model's sha256, the options and the image's content hash: an interrupted run
+    resumes there; a state of another model or other options is started over, an image since changed is
+    explained again (a model without a file is never resumed)."""
     from ..batch import image_files, map_jobs
     from .examples import _report_failed
     from .reconstruction import Progress
@@ -304,19 +308,26 @@ def clusters(model, images, target=None, method="lrp-epsilon", size=32, n_cluste
     else:
         items = [(str(f), n, None if target is None else int(target)) for f, n in files]
     paths = {n: p for p, n, _ in items}
-    jobs = [(items[i:i + batch], str(method), int(size), reduce, layer, params or {})
-            for i in range(0, len(items), batch)]
-    bar = Progress(len(items), "clusters", quiet)
     source = model_path or model.source
+    state = _State(state_file, model, source, {"method": str(method), "size": int(size), "reduce": reduce,
+                                              "layer": layer, "params": params or {}, "target": target,
+                                              "select": used}, [p for p, _, _ in items])
+    got = state.restore()
+    todo = [it for it in items if it[1] not in got]
+    jobs = [(todo[i:i + batch], str(method), int(size), reduce, layer, params or {})
+            for i in range(0, len(todo), batch)]
+    bar = Progress(len(items), "clusters", quiet)
     results = map_jobs(source, jobs, _maps_job, workers, ray_address, load_options) \
         if (workers > 1 or ray_address) else (_maps_job(model, j) for j in jobs)
-    got, bad, count = {}, {}, 0
+    bad, count = {}, len(got)
     for rows, why in results:
         for name, m, cls, pred in rows:
             got[name] = (m, cls, pred)
         bad.update(why)
         count += len(rows) + len(why)
+        state.save(got, paths)
         bar.update(count)
+    state.save(got, paths, force=True)
     _report_failed(bad, failed)
     order = [n for _, n, _ in items if n in got]  # the inputs' order, whatever order workers finished in
     if used == "predicted" and target is not None:
@@ -339,6 +350,57 @@ def clusters(model, images, target=None, method="lrp-epsilon", size=32, n_cluste
     return Clusters(groups, kept, [paths[n] for n in kept], labels_, maps, eig, emb,
                     [got[n][1] for n in kept], [got[n][2] for n in kept], target, str(method), used, k, reduce,
                     dict(bad), len(order) - len(kept))
+
+
+class _State:
+    """clusters' resumable state: {header, per image: content sha256, map, classes} in one .npz."""
+
+    def __init__(self, path, model, source, options, files):
+        from ..files import fingerprint
+        from .examples import _hashes, _model_sha
+        self.path = Path(path) if path else None
+        self.hashes = _hashes(files) if self.path else {}
+        sha = _model_sha(model, source) if self.path else None
+        self.header = json.dumps({"schema": "fvgraph.clusters/1", "model_sha256": sha,
+                                  "preprocess": fingerprint(model.preprocessing()), "options": fingerprint(options)},
+                                 sort_keys=True, default=str)
+        self.usable = sha is not None
+        self.next_save = 0.0
+
+    def restore(self) -> dict:
+        """{name: (map, class, predicted)} of the images done before on the same content."""
+        if not (self.path and self.usable and self.path.exists()):
+            return {}
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                if str(z["header"]) != self.header:
+                    return {}
+                names, files, shas = list(z["names"]), list(z["files"]), list(z["sha256"])
+                maps, classes = z["maps"], z["classes"]
+        except (OSError, ValueError, KeyError):
+            return {}
+        return {str(n): (maps[i].astype(np.float32), int(classes[i, 0]), int(classes[i, 1]))
+                for i, (n, f, h) in enumerate(zip(names, files, shas)) if self.hashes.get(str(f)) == str(h)}
+
+    def save(self, got, paths, force=False):
+        import time
+
+        from ..files import write_atomic
+        if not (self.path and self.usable and got) or (not force and time.monotonic() < self.next_save):
+            return
+        t0 = time.monotonic()
+        names = [n for n in got if self.hashes.get(paths.get(n)) is not None]
+        arrays = {"header": np.array(self.header), "names": np.array(names, dtype=str),
+                  "files": np.array([paths[n] for n in names], dtype=str),
+                  "sha256": np.array([self.hashes[paths[n]] for n in names], dtype=str),
+                  "maps": np.stack([got[n][0] for n in names]) if names else np.zeros((0, 1, 1), np.float32),
+                  "classes": np.array([[got[n][1], got[n][2]] for n in names], np.int64).reshape(-1, 2)}
+
+        def write(t):
+            with open(t, "wb") as f:
+                np.savez(f, **arrays)
+        write_atomic(self.path, write)
+        self.next_save = time.monotonic() + 10 * (time.monotonic() - t0)
 
 
 # ------------------------------------------------------------------------------------------ pictures
