@@ -9,7 +9,7 @@ starts fast and a notebook pays only for what it touches.
 """
 from .errors import (DeviceError, ExecutionError, FvGraphError, FvGraphWarning, InputError, ModelLoadError,
                      RuleError, UnsupportedModelError)
-from .explanation import Explanation, OutputTarget, Unit
+from .explanation import Concept, Explanation, OutputTarget, Unit
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ def __getattr__(name):
     return value
 
 
-__all__ = ["load", "export_explainer", "Model", "Graph", "Node", "Layer", "Explanation", "Unit", "OutputTarget",
-           "Reconstruction", "Rules", "Objective", "Transforms", "supported_op_types", "FvGraphError",
+__all__ = ["load", "export_explainer", "Model", "Graph", "Node", "Layer", "Explanation", "Unit", "Concept",
+           "OutputTarget", "Reconstruction", "Rules", "Objective", "Transforms", "supported_op_types", "FvGraphError",
            "ModelLoadError", "UnsupportedModelError", "InputError", "ExecutionError", "DeviceError", "RuleError",
            "FvGraphWarning", "__version__"]

@@ -17,6 +17,29 @@ class Unit:
     x: int | None = None
 
 
+@dataclass(frozen=True)
+class Concept:
+    """Channels of one layer taken together as a concept (concept relevance propagation, Achtibat et al.
+    2023): a conditional map is the input relevance that flows through these channels of `layer` only.
+    layer: a name, value name or index; channels: one int or several (kept as a tuple, so it hashes)."""
+    layer: Any
+    channels: Any = ()
+
+    def __post_init__(self):
+        chans = self.channels
+        if isinstance(chans, (int, np.integer)) and not isinstance(chans, bool):
+            chans = (chans,)
+        try:
+            arr = np.asarray(chans)
+            chans = tuple(int(c) for c in arr.reshape(-1)) if arr.dtype.kind in "iu" else None
+        except (TypeError, ValueError):
+            chans = None
+        if not chans:
+            from .errors import InputError
+            raise InputError(f"Concept channels must be one or more channel indices, got {self.channels!r}")
+        object.__setattr__(self, "channels", chans)
+
+
 @dataclass(frozen=True, eq=False)
 class OutputTarget:
     """A score read from any output, for detectors and segmenters: one element per sample (`index`, without

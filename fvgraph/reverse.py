@@ -16,6 +16,11 @@ The seed is an input of the lowered graph:
 - "array": `seed`, an array of the value's shape (a unit's mask, or the caller's own seed);
 - "affine": `seed_scale` and `seed_offset`: seed = value * scale + offset (representation inversion).
 With an "output" preset (LRP) the one-hot or array seed is multiplied by the value itself.
+
+Concept masks (`masks`: values of the model, CRP's conditions): each is a graph input `concept_mask`
+(`concept_mask:<value>` for the second and later) of shape (batch, channels), and the signal at that value,
+once every consumer's share is summed into it, is multiplied by it (channel axis 1), so only the masked
+channels' relevance goes on down. Without masks the graph is the same as before, node for node.
 """
 from __future__ import annotations
 
@@ -130,15 +135,18 @@ def seed_value(b: GraphBuilder, target: Target, output_seed: bool, suffix: str =
     return seed, used, inputs
 
 
-def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None, param_inputs=True) -> Lowered:
+def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None, param_inputs=True,
+          masks=()) -> Lowered:
     """The explainer graph for `rules` (a fvgraph.rules.Rules) from `target` (a Target, or a tuple of them
     seeding several values). wrt: the values whose signal is the result (default: the model's first input),
-    keep: values whose signals are returned too."""
+    keep: values whose signals are returned too, masks: values whose signal is masked per channel by a
+    (batch, channels) graph input (concept relevance; see the module's docstring)."""
     g = model.graph
     b = GraphBuilder(g, table, param_inputs)
     wrt = list(wrt) if wrt is not None else [g.input_names()[0]]
     seeds, used, seed_inputs, values = start(b, rules, target)
-    signals, applied = propagate(model, b, rules, seeds, wrt, keep)
+    mask_inputs = concept_masks(b, masks)
+    signals, applied = propagate(model, b, rules, seeds, wrt, keep, mask_inputs)
     outputs, layers = [], {}
     for k, v in enumerate(wrt):
         rel = signals.get(v) or b.zeros(v)
@@ -148,8 +156,33 @@ def lower(model, rules, target, table, wrt=None, keep=(), multiply_input=None, p
     for v in keep:
         layers[v] = b.named(signals.get(v) or b.zeros(v), f"{RELEVANCE}:{v}")
     outs = outputs + values + ([used] if used else []) + list(layers.values())
-    return Lowered(b.finish(list(dict.fromkeys(outs))), values[0], used, layers, {}, applied, seed_inputs, b.table,
-                   dict(b.params))
+    return Lowered(b.finish(list(dict.fromkeys(outs))), values[0], used, layers, {}, applied,
+                   seed_inputs + tuple(mask_inputs[v][0] for v in masks), b.table, dict(b.params))
+
+
+CONCEPT_MASK = "concept_mask"
+
+
+def mask_input_name(k: int, value: str) -> str:
+    """The graph input of the k-th concept mask (fed by fvgraph.methods.attribution.attribute)."""
+    return CONCEPT_MASK if k == 0 else f"{CONCEPT_MASK}:{value}"
+
+
+def concept_masks(b: GraphBuilder, masks) -> dict:
+    """{value: (mask input, the mask broadcast to the value's rank)} for each masked value: the input is
+    (batch, channels) of the value's axis 1."""
+    out = {}
+    for k, v in enumerate(dict.fromkeys(masks)):
+        dims = b.dims(v)
+        if len(dims) < 2 or not isinstance(dims[1], (int, np.integer)):
+            raise FvGraphError(f"layer {v!r} of shape {tuple(dims)} has no channel axis (axis 1) of known size")
+        dtype = b.dtype(v) if np.dtype(b.dtype(v)).kind == "f" else np.dtype(np.float32)
+        c = int(dims[1])
+        m = b.input(mask_input_name(k, v), (dims[0], c), dtype)
+        wide = m if len(dims) == 2 else b.op("Reshape", [m, b.ints([0, c] + [1] * (len(dims) - 2))],
+                                             dims=(dims[0], c) + (1,) * (len(dims) - 2), dtype=dtype)
+        out[v] = (m, wide)
+    return out
 
 
 def start(b: GraphBuilder, rules, target):
@@ -163,9 +196,10 @@ def start(b: GraphBuilder, rules, target):
     return seeds, used, inputs, list(dict.fromkeys(t.value for t in targets))
 
 
-def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=()) -> tuple[dict, dict]:
+def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=(), masks=None) -> tuple[dict, dict]:
     """Emit the reverse pass from `seeds` ({value: seed}) back to the `wrt` values: ({value: signal} for every
-    value reached, {node name: rule applied}); `keep`: values whose own signal is wanted."""
+    value reached, {node name: rule applied}); `keep`: values whose own signal is wanted; `masks`: {value:
+    (mask input, broadcast mask)} multiplied into the value's signal once it is complete."""
     g, ex = model.graph, model.executor
     order = between(g, ex.static, set(wrt), list(seeds))
     reached = set(wrt) | {o for i in order for o in g.nodes[i].outputs if o}
@@ -175,13 +209,35 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=()) -> tuple
     merged = {bn: conv for bn, conv in _canonical_pairs(model, order).items()
               if rules.canonize or (chosen[bn] == chosen[conv] == "gradient" and g.nodes[conv].outputs[0] not in keep)}
     padded = _padded_convs(model, b, order)
+    masked = {}
+    if masks:
+        missing = [v for v in masks if v not in reached and v not in seeds]
+        if missing:
+            raise FvGraphError(f"layer {missing[0]!r} does not lie between the input and the target: no relevance "
+                               "flows through it")
+        # a Conv whose BatchNormalization folds in has no signal of its own: its channels are the BN's (a
+        # per-channel affine map), so its mask applies at the BN's output; a merged zero Pad keeps its own
+        masked = dict(masks)
+        for bn, conv in merged.items():
+            if g.nodes[conv].outputs[0] in masked:
+                masked[g.nodes[bn].outputs[0]] = masked.pop(g.nodes[conv].outputs[0])
+        padded = {c: p for c, p in padded.items() if g.nodes[p].outputs[0] not in masked}
     skip = set(merged.values()) | set(padded.values())
     signals = dict(seeds)
     applied = {}
+    done = set()
+
+    def apply_mask(v):
+        if v in masked and v in signals and v not in done:
+            signals[v] = b.mul(signals[v], masked[v][1], like=v)
+        done.add(v)
     for i in reversed(order):
         if i in skip:
             continue
         node = g.nodes[i]
+        for o in node.outputs:
+            if o in masked:
+                apply_mask(o)
         grads = [signals.get(o) for o in node.outputs]
         if all(s is None for s in grads):
             continue
@@ -217,6 +273,12 @@ def propagate(model, b: GraphBuilder, rules, seeds: dict, wrt, keep=()) -> tuple
                 dtype = b.table.dtypes.get(s)                     # through it stays float (see ops.quant)
             b.table.set(s, b.table.dims.get(v), dtype)
             signals[v] = b.add(signals[v], s, like=v) if v in signals else s
+    for v in masked:  # the model's inputs, and values no node of the walk computes
+        apply_mask(v)
+    for bn, conv in merged.items() if rules.canonize else ():  # canonized: the folded pair is one layer, and
+        out, folded = g.nodes[conv].outputs[0], g.nodes[bn].outputs[0]
+        if out not in signals and folded in signals:  # the Conv's output carries its relevance
+            signals[out] = signals[folded]
     return signals, applied
 
 

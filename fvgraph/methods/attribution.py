@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..explanation import Explanation, OutputTarget, Unit
-from ..reverse import RELEVANCE, Target, lower, rules_key
+from ..reverse import RELEVANCE, Target, lower, mask_input_name, rules_key
 from ..rules import Rules
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
@@ -311,13 +311,25 @@ def target_scores(model, x, target, through_softmax=False, probabilities=False):
     return per_sample(out * weights, ax).sum(axis=1), out
 
 
-def attribute(model, x, rules: Rules, target=None, through_softmax=False, return_layers=(), method_name=None):
+def attribute(model, x, rules: Rules, target=None, through_softmax=False, return_layers=(), method_name=None,
+              masks=None):
+    """The preset's reverse pass on x in one lowered graph. masks: {layer: (batch, channels) array}: the signal
+    at each layer multiplied by its row per sample and channel (concept relevance, fvgraph.methods.concepts)."""
     feeds = model.feeds(x)
     logits = logits_value(model, through_softmax)
     spec, seed, reported = seed_for(model, feeds, target, logits)
     keep = {model.resolve(l): l for l in return_layers}
-    lowered = model.lowered(("explain", rules_key(rules, with_values=False), spec, tuple(keep)), feeds,
-                            lambda table: lower(model, rules, spec, table, keep=tuple(keep)))
+    masked = {model.resolve(l): m for l, m in (masks or {}).items()}
+    key = ("explain", rules_key(rules, with_values=False), spec, tuple(keep)) + \
+        ((("masks",) + tuple(masked),) if masked else ())
+    lowered = model.lowered(key, feeds, lambda table: lower(model, rules, spec, table, keep=tuple(keep),
+                                                            masks=tuple(masked)))
+    if masked:
+        types = model.shape_table(feeds).dtypes
+        seed = dict(seed)
+        for k, (v, m) in enumerate(masked.items()):  # the value's float type (float32 for integer values)
+            dtype = np.dtype(types.get(v, np.float32))
+            seed[mask_input_name(k, v)] = np.ascontiguousarray(m, dtype=dtype if dtype.kind == "f" else np.float32)
     out = model.engine.run(lowered.graph, {**feeds, **seed, **lowered.param_feeds(rules)}, lowered.outputs)
     if lowered.target is not None:
         reported = out[lowered.target]

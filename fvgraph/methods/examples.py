@@ -4,7 +4,10 @@ patch replacement (Long et al. 2014).
 - `top_examples`: images stream through the model (in batches, on N processes or Ray, resumable); each image's
   activations at a layer reduce to a running top-k per channel of (score = the channel's largest activation,
   image, position), with the receptive field of that position as a box in the image's input pixels
-  (fvgraph.receptive). Ties go to the image seen first.
+  (fvgraph.receptive). Ties go to the image seen first. With by="relevance" (relevance maximization, RelMax:
+  Achtibat et al. 2023) the score is instead the channel's relevance to a target class (its relevance at the
+  layer summed over space, fvgraph.methods.concepts.layer_relevance) and the position is where that relevance
+  is largest: the images in which the channel matters most to the decision, not the ones that excite it most.
 - `example_pictures`: per channel, the top patches and beside each its deconvnet and guided backpropagation
   projection from that one activation (the figure's layout).
 - `replace_patches`: a bank of feature vectors (every position of a layer, over a folder; built once and
@@ -36,7 +39,11 @@ class Example:
 def _layer_maps(model, x, value):
     """The layer's activations as maps (N, C, h, w) (tokens and channels-last read through their map view;
     a (N, C) vector as (N, C, 1, 1))."""
-    a = model.run(x, outputs=[value])[value]
+    return _as_maps(model.run(x, outputs=[value])[value], x, value)
+
+
+def _as_maps(a, x, value):
+    """An array of the layer's layout (its activations or its relevance) as maps (N, C, h, w)."""
     if a.ndim == 2:
         return a[:, :, None, None]
     view = map_view((None,) + a.shape[1:], x.shape[2:])
@@ -53,6 +60,22 @@ def channel_maxima(model, x, value, channels):
     where = flat.argmax(axis=2)
     scores = np.take_along_axis(flat, where[..., None], axis=2)[..., 0]
     return scores.astype(np.float64), np.stack(np.unravel_index(where, maps.shape[2:]), axis=-1)
+
+
+def channel_relevance(model, x, value, channels, ranking):
+    """(scores (N, len(channels)), positions (N, len(channels), 2)): each channel's relevance to the target per
+    image (summed over space) and where it is largest; ranking: {"method", "target", "options"}."""
+    from .concepts import layer_relevance
+    rel, _ = layer_relevance(model, x, ranking["method"], value, ranking["target"], **ranking["options"])
+    maps = _as_maps(np.asarray(rel), x, value)
+    flat = maps[:, channels].reshape(len(x), len(channels), -1).astype(np.float64)
+    where = flat.argmax(axis=2)
+    return flat.sum(axis=2), np.stack(np.unravel_index(where, maps.shape[2:]), axis=-1)
+
+
+def _scores(model, x, value, channels, ranking=None):
+    return channel_maxima(model, x, value, channels) if ranking is None else \
+        channel_relevance(model, x, value, channels, ranking)
 
 
 def _readable_batch(model, paths):
@@ -72,11 +95,12 @@ def _readable_batch(model, paths):
 
 def _maxima_job(model, job):
     """A worker's share: (readable paths, their channel maxima and positions, {unreadable path: reason})."""
-    paths, value, channels = job
+    paths, value, channels = job[:3]
+    ranking = job[3] if len(job) > 3 else None
     x, ok, failed = _readable_batch(model, paths)
     if x is None:
         return ok, np.zeros((0, len(channels))), np.zeros((0, len(channels), 2), np.int64), failed
-    scores, positions = channel_maxima(model, x, value, channels)
+    scores, positions = _scores(model, x, value, channels, ranking)
     return ok, scores, positions, failed
 
 
@@ -149,9 +173,12 @@ def resolve_channels(model, value, channels, probe):
 
 
 def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, ray_address=None, state_file=None,
-                 model_path=None, load_options=None, quiet=None, failed=None):
+                 model_path=None, load_options=None, quiet=None, failed=None, by="activation", target=None,
+                 method="lrp-epsilon", method_options=None):
     """{channel: [Example, ...]} (best first) over `images` (paths, folders, or an (N, C, H, W) array, whose
-    images are named by index). state_file: where the running top-k is kept (atomically, after a batch
+    images are named by index). by: "activation" (the channel's largest activation) or "relevance" (RelMax:
+    its relevance to class `target`, None = each image's predicted class, by the reverse-pass `method` with
+    `method_options`; the score is the relevance summed over space, the position where it is largest). state_file: where the running top-k is kept (atomically, after a batch
     whenever the last save took under a tenth of the time since), with the model's sha256, the options and each counted image's content hash, so that an
     interrupted run resumes; a state of another model, other options, or an image since changed or gone is
     started over, never mixed in (a model without a file is never resumed). Unreadable images are skipped:
@@ -164,6 +191,7 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
     value = model.resolve(layer)
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
+    ranking = _ranking(model, by, target, method, method_options)
     bad = {}
     if isinstance(images, np.ndarray):
         x = model.feeds(images)[model.graph.input_names()[0]]
@@ -171,7 +199,7 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
         chans = resolve_channels(model, value, channels, probe)
         top = TopK(chans, k)
         for i in range(0, len(x), batch):
-            scores, positions = channel_maxima(model, x[i:i + batch], value, chans)
+            scores, positions = _scores(model, x[i:i + batch], value, chans, ranking)
             for j in range(len(scores)):
                 top.add(i + j, str(i + j), scores[j], positions[j])
     else:
@@ -191,6 +219,8 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
         hashes = _hashes(files)
         header = {"model_sha256": _model_sha(model, model_path), "layer": value, "channels": chans, "k": k,
                   "preprocess": model.preprocessing()}
+        if ranking is not None:  # a state ranked by activation is never mixed into one by relevance
+            header["ranking"] = json.loads(json.dumps(ranking, default=str))
         top, done = TopK(chans, k), {}
         if state_file and Path(state_file).exists() and header["model_sha256"] is not None:
             try:
@@ -202,7 +232,8 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
                 top, done = TopK.restore(chans, k, saved["top"]), dict(saved["done"])
         order = {f: i for i, f in enumerate(files)}
         todo = [f for f in files if f not in done]  # unreadable ones again: a fixed file is counted
-        jobs = [(todo[i:i + batch], value, chans) for i in range(0, len(todo), batch)]
+        jobs = [(todo[i:i + batch], value, chans) + ((ranking,) if ranking is not None else ())
+                for i in range(0, len(todo), batch)]
         bar = Progress(len(todo), "examples", quiet)
         count, next_save = 0, 0.0
         bad = {}
@@ -232,6 +263,20 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
         out[c] = [Example(path, score, pos, [0, 0, int(hw[0]), int(hw[1])] if field == WHOLE
                           else field.box(pos[0], pos[1], hw)) for score, _, path, pos in rows]
     return out
+
+
+def _ranking(model, by, target, method, options):
+    """None (by activation) or {"method", "target", "options"} for RelMax, checked once here (one line)."""
+    if by == "activation":
+        return None
+    if by != "relevance":
+        raise InputError(f"by must be 'activation' or 'relevance', got {by!r}")
+    if target is not None and not (isinstance(target, (int, np.integer)) and not isinstance(target, bool)):
+        raise InputError(f"relevance ranking needs one class index as target (or None: the predicted class), "
+                         f"got {target!r}")
+    from .concepts import rule_method
+    m, _ = rule_method(model, method, dict(options or {}))
+    return {"method": m.name, "target": None if target is None else int(target), "options": dict(options or {})}
 
 
 def _write_json(path, data):

@@ -30,8 +30,8 @@ _UNSET = object()
 @dataclass(frozen=True)
 class Option:
     """One option of a method. type: "int", "float", "str", "bool", "floats" (a number or one per channel),
-    "pair" (N or HxW), "fill" (a number, one per channel, "mean" or "random"), "layer" (a layer name) or
-    "array" (the API only: an array, or one of `choices`). default: a value, or a function of the other
+    "pair" (N or HxW), "fill" (a number, one per channel, "mean" or "random"), "layer" (a layer name),
+    "array" (the API only: an array, or one of `choices`) or "concept" (the API only: fv.Concept or a list). default: a value, or a function of the other
     options (say beta = alpha - 1); None where the method decides (say the CAM layer)."""
     name: str
     type: str
@@ -58,7 +58,8 @@ class Option:
         kind = {"int": "an integer", "float": "a number", "floats": "a number or one per channel",
                 "pair": "N or HxW", "fill": "a number, one per channel, mean or random", "bool": "true or false",
                 "layer": "a layer name", "str": "text",
-                "array": "an array or " + " or ".join(map(str, self.choices))}[self.type]
+                "array": "an array or " + " or ".join(map(str, self.choices)),
+                "concept": "fv.Concept(layer, channels) or a list of them, from the API"}[self.type]
         if self.low is not None and self.high is not None:
             return f"{kind} in [{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
         if self.low is not None:
@@ -86,6 +87,8 @@ class Option:
                     return t
                 vals = [float(v) for v in t.split(",")]
                 return vals[0] if len(vals) == 1 else vals
+            if self.type == "concept":
+                raise ValueError("the API only")
         except (ValueError, KeyError):
             raise OptionError(f"{self.name} of {method} must be {self.range_text()}, got {text!r}") from None
         return t
@@ -132,6 +135,11 @@ class Option:
             return int(vals[0]) if len(vals) == 1 else tuple(int(v) for v in vals)
         elif self.type in ("str", "layer"):
             if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise bad
+        elif self.type == "concept":
+            from ..explanation import Concept
+            if not (isinstance(value, Concept) or isinstance(value, (list, tuple)) and value
+                    and all(isinstance(c, Concept) for c in value)):
                 raise bad
         return value
 
@@ -341,14 +349,22 @@ def _integrate_options(rules) -> tuple:
                    choices=INTEGRATION_METHODS))
 
 
+CONCEPT_OPTION = Option("concept", "concept", None, "the map through these channels of a layer only (concept "
+                        "relevance, CRP): fv.Concept(layer, channels), or a list of them as one batch")
+
+
 def rules_method(rules) -> Method:
     """The Method of a rule preset."""
-    options = _rule_options(rules) + _integrate_options(rules) + smoothing_options(rules.smooth)
+    options = _rule_options(rules) + _integrate_options(rules) + smoothing_options(rules.smooth) + \
+        (() if rules.integrate else (CONCEPT_OPTION,))
     kind = {"gradient": "abs", "smoothgrad": "abs", "deconvnet": "rgb", "guided": "rgb"}.get(rules.name, "signed")
     one_graph = not rules.integrate and not (rules.smooth or {}).get("samples")
 
     def passes(o, shape):
-        return o["steps"] if rules.integrate else 1
+        if rules.integrate:
+            return o["steps"]
+        concept = o.get("concept")
+        return len(concept) if isinstance(concept, (list, tuple)) else 1  # k concepts: a k-times batch
     return Method(rules.name, kind, "rules", rules.description or f"rules {rules.name}", _compute_rules, options,
                   lower=_lower_rules if one_graph else None, smoothable=True, passes=passes, rules=rules)
 
@@ -371,6 +387,13 @@ def _compute_rules(model, method, x, target, options, call):
         if call.return_layers:
             raise InputError("return_layers is not available for integrated gradients")
         return integrated_gradients(model, x, rules, target, rules.integrate, call.through_softmax, rules.name)
+    if options.get("concept") is not None:
+        from .concepts import conditional_rules
+        if options.get("samples"):
+            raise InputError(f"{method.name}: concept= with samples= (noise averaging) is not supported; give "
+                             "one of them")
+        return conditional_rules(model, x, rules, target, options["concept"], call.through_softmax,
+                                 call.return_layers, rules.name)
     return attribute(model, x, rules, target, through_softmax=call.through_softmax,
                      return_layers=call.return_layers, method_name=rules.name)
 
@@ -381,6 +404,9 @@ def _lower_rules(model, method, table_, spec, options):
     if options.get("samples"):
         raise InputError(f"{method.name} with samples= averages many passes over noisy inputs; a standalone "
                          "explainer is one pass: export it without samples and average its maps yourself")
+    if options.get("concept") is not None:
+        raise InputError(f"{method.name} with concept= is computed from the API (model.explain); export the "
+                         "explainer without it")
     return lower(model, _rules_with(model, method.rules, options), spec, table_, param_inputs=False)
 
 
