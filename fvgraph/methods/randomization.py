@@ -114,6 +114,15 @@ def redraw(array: np.ndarray, rng) -> np.ndarray:
     return (a.mean() + a.std() * rng.standard_normal(a.shape)).astype(array.dtype)
 
 
+def layer_draws(graph, top_down, seed: int) -> dict:
+    """name -> re-drawn array for every parameter of the layers (top first), seeded by (seed, position)."""
+    draws = {}
+    for k, l in enumerate(top_down):
+        rng = np.random.default_rng([int(seed), k])
+        draws.update((p, redraw(graph.initializers[p], rng)) for p in l.params)
+    return draws
+
+
 def randomized_graph(graph, layers, draws: dict):
     """A copy of the graph with the layers' parameters replaced by `draws` (name -> array): new initializer
     and weight-file dicts, the nodes and every other array shared; the re-drawn weights no longer point into
@@ -175,6 +184,11 @@ def spearman(a, b) -> float:
     return _pearson(rankdata(a), rankdata(b))
 
 
+def _constant(a) -> bool:
+    a = np.asarray(a)
+    return a.size == 0 or bool(a.min() == a.max())
+
+
 def unit_range(a) -> np.ndarray:
     """Min-max scaled to [0, 1] (a constant map: zeros)."""
     a = np.asarray(a, np.float64)
@@ -191,6 +205,8 @@ def ssim(a, b) -> float:
     x, y = unit_range(a), unit_range(b)
     if np.array_equal(x, y):
         return 1.0
+    if _constant(a) or _constant(b):
+        return 0.0
 
     def g(v):
         return gaussian_filter(v, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
@@ -236,6 +252,8 @@ def hog_similarity(a, b) -> float:
     x, y = unit_range(a), unit_range(b)
     if np.array_equal(x, y):
         return 1.0
+    if _constant(a) or _constant(b):
+        return 0.0
     return _pearson(hog(x), hog(y))
 
 
@@ -287,10 +305,7 @@ def randomization(model, x, method="gradient", target=None, order="cascade", see
     top_down = found[::-1]
     target = _fixed(model, x, target)
     original = _explain(model, x, method, target, options)
-    draws = {}
-    for k, l in enumerate(top_down):
-        rng = np.random.default_rng([int(seed), k])
-        draws.update((p, redraw(model.graph.initializers[p], rng)) for p in l.params)
+    draws = layer_draws(model.graph, top_down, seed)
     sims, maps = {m: [] for m in METRICS}, []
     for k in range(len(top_down)):
         chosen = top_down[:k + 1] if order == "cascade" else [top_down[k]]
