@@ -54,6 +54,14 @@ def test_planted_groups_are_found_exactly_with_the_eigengap():
     assert len(set(labels)) == 2
 
 
+def test_eigengap_is_relative_and_at_least_two():
+    # the absolute gaps grow along the spectrum (0.069 after the 4th); relative to where they land the jump
+    # after the 2nd (0.001 -> 0.046) is the one that counts
+    assert eigengap([0, 0.001, 0.046, 0.052, 0.121, 0.135], 5) == 2
+    assert eigengap([0, 0, 1e-16, 0.5, 0.6, 0.7], 5) == 3
+    assert eigengap([0, 0.3, 0.31, 0.32], 3) == 2  # no groups: still the best split in two
+
+
 def test_prepare_map_normalizes_and_downsizes():
     rel = np.zeros((3, 64, 64))
     rel[:, :8, :8] = 2.0

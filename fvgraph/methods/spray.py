@@ -4,9 +4,10 @@ analysis that found the Pascal VOC horse/watermark shortcut).
 Every selected image is explained (any method of fvgraph.methods.registry); its map is reduced over channels
 (signed sum, or the sum of magnitudes), downsized to size x size by area averaging and normalized to a sum
 of absolute values of 1, so that clusters compare *where* the model looked, not how strongly. The maps are
-clustered by spectral clustering (scikit-learn) on a symmetric k-nearest-neighbour connectivity graph; the
-number of clusters, unless given, is where the largest gap lies among the smallest eigenvalues of that
-graph's normalized Laplacian (the eigengap: k groups joined by few edges give k eigenvalues near 0). A
+clustered by spectral clustering (scikit-learn) on a symmetric k-nearest-neighbour graph (locally scaled
+weights); the number of clusters, unless given, is where the largest relative gap lies among the smallest
+eigenvalues of that graph's normalized Laplacian (the eigengap: k groups joined by few edges give k
+eigenvalues near 0; `eigengap` says why relative, and why at least 2). A
 shortcut (a watermark, a border, a tag) shows as a cluster of its own whose mean map sits on it.
 
 Which images are explained (`select`):
@@ -117,10 +118,18 @@ def default_neighbors(n: int) -> int:
 
 
 def knn_affinity(X: np.ndarray, neighbors: int):
-    """The symmetric k-nearest-neighbour connectivity (sparse, 0/1): i and j joined when either is among
-    the other's k nearest (Euclidean)."""
+    """The symmetric k-nearest-neighbour affinity (sparse): i and j joined when either is among the other's
+    k nearest (Euclidean), weighted exp(-d^2 / (s_i s_j)) with s_i the distance to i's k-th neighbour
+    (local scaling, Zelnik-Manor & Perona 2004: a dense group and a spread-out one are joined alike)."""
+    from scipy import sparse
     from sklearn.neighbors import kneighbors_graph
-    A = kneighbors_graph(X, n_neighbors=neighbors, mode="connectivity", include_self=False)
+    D = kneighbors_graph(X, n_neighbors=neighbors, mode="distance", include_self=False).tocoo()
+    far = np.zeros(X.shape[0])
+    np.maximum.at(far, D.row, D.data)
+    floor = max(float(np.median(far)) * 1e-6, 1e-300)
+    far = np.maximum(far, floor)
+    w = np.exp(-(D.data ** 2) / (far[D.row] * far[D.col]))
+    A = sparse.csr_matrix((np.maximum(w, 1e-300), (D.row, D.col)), shape=D.shape)
     return A.maximum(A.T).tocsr()
 
 
@@ -140,12 +149,15 @@ def laplacian_eigenvalues(A, count: int) -> np.ndarray:
 
 
 def eigengap(eigenvalues: np.ndarray, max_clusters: int) -> int:
-    """The number of clusters: 1 + the index of the largest gap among the first max_clusters + 1
-    eigenvalues."""
-    v = np.asarray(eigenvalues)[:max_clusters + 1]
-    if len(v) < 2:
-        return 1
-    return int(np.argmax(np.diff(v))) + 1
+    """The number of clusters k (2 <= k <= max_clusters) after which the eigenvalues jump most, relative to
+    where they land: the largest (l_k - l_{k-1}) / l_k. Relative, because the absolute gaps grow along the
+    spectrum of a data set without clean groups and would favour many clusters; at least 2, because l_0 = 0
+    makes the trivial split the largest always (a search for failures asks how the images divide)."""
+    v = np.asarray(eigenvalues, np.float64)[:max_clusters + 1]
+    if len(v) < 3:
+        return max(1, len(v) - 1)
+    scores = [(v[k] - v[k - 1]) / max(v[k], 1e-12) for k in range(2, len(v))]
+    return int(np.argmax(scores)) + 2
 
 
 def cluster_maps(maps, n_clusters=None, neighbors=None, max_clusters=10, seed=0):
