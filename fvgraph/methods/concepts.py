@@ -19,6 +19,11 @@ LRP family: relevance is what flows); for the gradient-type presets it is the si
 (the first-order share of the score, as input x gradient reads it at the input), so a gradient's channels
 are ranked by their contribution, not by their raw sensitivity. Channels are axis 1 of the layer's value
 ((N, C, ...) maps and (N, C) vectors).
+
+The maps of all channels of a layer sum to the unconditional map for every rule linear in the signal (LRP,
+the gradient, input x gradient) where the layer is a cut of the graph (every path from the input to the
+target passes it); relevance on a skip connection around the layer is in every map, as in zennit-crp.
+Guided backpropagation and deconvnet rectify the signal at each ReLU, so their maps do not add up.
 """
 from __future__ import annotations
 

@@ -178,11 +178,12 @@ def top_examples(model, images, layer, channels=None, k=9, batch=16, workers=1, 
     """{channel: [Example, ...]} (best first) over `images` (paths, folders, or an (N, C, H, W) array, whose
     images are named by index). by: "activation" (the channel's largest activation) or "relevance" (RelMax:
     its relevance to class `target`, None = each image's predicted class, by the reverse-pass `method` with
-    `method_options`; the score is the relevance summed over space, the position where it is largest). state_file: where the running top-k is kept (atomically, after a batch
-    whenever the last save took under a tenth of the time since), with the model's sha256, the options and each counted image's content hash, so that an
-    interrupted run resumes; a state of another model, other options, or an image since changed or gone is
-    started over, never mixed in (a model without a file is never resumed). Unreadable images are skipped:
-    `failed` (a dict) receives {image: reason}, else one warning lists them."""
+    `method_options`; the score is the relevance summed over space, the position where it is largest).
+    state_file: where the running top-k is kept (atomically, after a batch whenever the last save took under a
+    tenth of the time since), with the model's sha256, the options (the ranking too) and each counted image's
+    content hash, so that an interrupted run resumes; a state of another model, other options, or an image since
+    changed or gone is started over, never mixed in (a model without a file is never resumed). Unreadable images
+    are skipped: `failed` (a dict) receives {image: reason}, else one warning lists them."""
     import time
 
     from ..batch import image_files, map_jobs

@@ -31,8 +31,9 @@ _UNSET = object()
 class Option:
     """One option of a method. type: "int", "float", "str", "bool", "floats" (a number or one per channel),
     "pair" (N or HxW), "fill" (a number, one per channel, "mean" or "random"), "layer" (a layer name),
-    "array" (the API only: an array, or one of `choices`) or "concept" (the API only: fv.Concept or a list). default: a value, or a function of the other
-    options (say beta = alpha - 1); None where the method decides (say the CAM layer)."""
+    "array" (the API only: an array, or one of `choices`) or "concept" (the API only: fv.Concept or a list).
+    default: a value, or a function of the other options (say beta = alpha - 1); None where the method decides
+    (say the CAM layer)."""
     name: str
     type: str
     default: Any
@@ -50,6 +51,8 @@ class Option:
         d = self.default
         if callable(d):
             return getattr(d, "text", "derived")
+        if self.type == "concept":
+            return "none"
         return "auto" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
 
     def range_text(self) -> str:
