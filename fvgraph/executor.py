@@ -42,12 +42,25 @@ def shape_only_nodes(graph: Graph) -> set[int]:
     return static
 
 
+class _Unsupported:
+    """The kernel of a node fvgraph cannot run (a model that onnxruntime runs and fvgraph's executor does not):
+    whatever uses it (a run on the executor, a reverse pass through it) gets the load's UnsupportedModelError."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __getattr__(self, name):
+        raise UnsupportedModelError(self.message)
+
+
 class Executor:
-    def __init__(self, graph: Graph, backend: Backend, shared: dict | None = None):
+    def __init__(self, graph: Graph, backend: Backend, shared: dict | None = None, strict: bool = True):
         """shared: device copies of constants another executor already holds (a lowered graph shares the
-        model's weights)."""
+        model's weights). strict: unsupported ops are an error now; else `unsupported` says which (or is
+        None) and their nodes fail only when something runs or differentiates them."""
         self.graph, self.backend = graph, backend
-        self.kernels = self._build_kernels()
+        self.unsupported = None
+        self.kernels = self._build_kernels(strict)
         shared = shared or {}
         self.constants = {k: shared[k] if k in shared else backend.to_device(v) for k, v in graph.initializers.items()}
         self._aligned = False
@@ -58,7 +71,7 @@ class Executor:
         self.producer_index = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         self.node_index = {id(n): i for i, n in enumerate(graph.nodes)}
 
-    def _build_kernels(self):
+    def _build_kernels(self, strict=True):
         missing: dict[str, list[str]] = {}
         problems: list[str] = []
         kernels = []
@@ -91,8 +104,15 @@ class Executor:
                 msg.append(f"unsupported op type(s) {', '.join(sorted(missing))}:\n" + "\n".join(lines))
             if problems:
                 msg.append("unsupported attribute(s):\n" + "\n".join("  " + p for p in problems))
-            raise UnsupportedModelError("this model uses what fvgraph does not support: " + "\n".join(msg)
-                                        + "\n(run `fvgraph info MODEL` for the full layer table)")
+            message = ("this model uses what fvgraph does not support: " + "\n".join(msg)
+                       + "\n(run `fvgraph info MODEL` for the full layer table)")
+            if strict:
+                raise UnsupportedModelError(message)
+            self.unsupported = message
+            self.unsupported_summary = "; ".join(
+                [f"{op} ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''})" for op, names in sorted(missing.items())]
+                + [p.splitlines()[0] for p in problems])
+            kernels = [k if k is not None else _Unsupported(message) for k in kernels]
         return kernels
 
     def plan(self, wanted: tuple[str, ...], fuse: bool = False):

@@ -60,7 +60,17 @@ class Model:
         if self.native is not None:
             _free_the_batch(self.native)
         self.backend = Backend(device if engine in ("numpy", "cupy") else "cpu")
-        self.executor = Executor(graph, self.backend)
+        # on onnxruntime, a model with ops fvgraph's executor lacks still loads: onnxruntime runs it and the
+        # forward-only methods (occlusion, ...) work; running it on the executor or through the reverse pass
+        # raises the UnsupportedModelError that names them (fvgraph's own engine refuses it here)
+        self.executor = Executor(graph, self.backend, strict=engine in ("numpy", "cupy"))
+        if self.executor.unsupported:
+            import warnings
+            from .errors import FvGraphWarning
+            warnings.warn(FvGraphWarning(f"fvgraph cannot differentiate this model "
+                                         f"({self.executor.unsupported_summary}): "
+                                         "onnxruntime runs it, and methods that need forward passes only "
+                                         "(occlusion) work; the others say why"), stacklevel=3)
         self.engine = make_engine(engine, self.executor, device, threads)
         self._device = device
         self._layers: list[Layer] | None = None

@@ -149,3 +149,55 @@ def test_incremental_equals_full_on_the_embedded_model():
     a = model.occlusion(x, box=48, stride=44, fill="mean", incremental=False)
     b = model.occlusion(x, box=48, stride=44, fill="mean", incremental=True)
     assert np.linalg.norm(a.relevance - b.relevance) <= 1e-5 * np.linalg.norm(a.relevance)
+
+
+def test_occlusion_runs_on_any_model_onnxruntime_runs(tmp_path):
+    """A model with an op fvgraph's executor lacks (Shrink) loads with one warning; occlusion's full passes run
+    on onnxruntime and equal one plain onnxruntime forward per box; the reverse pass and the numpy engine
+    name the op and its node; the command line says so in one line."""
+    import subprocess
+    import sys
+
+    import onnx
+    import onnxruntime as ort
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Shrink", ["c"], ["s"], lambd=0.1, name="the_shrink"),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "wg"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "shrink", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                          [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+                           numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "wg")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "shrink.onnx"
+    onnx.save(proto, str(path))
+    with pytest.warns(fv.FvGraphWarning, match="cannot differentiate this model .Shrink."):
+        model = fv.load(str(path))
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"x": x})[0]
+    k = logits.argmax(axis=1)
+    want = np.zeros((2, 16, 16))
+    for n in range(2):
+        total, count = np.zeros((16, 16)), np.zeros((16, 16))
+        for y in positions(16, 6, 5):
+            for xx in positions(16, 6, 5):
+                xo = x[n:n + 1].copy()
+                xo[0, :, y:y + 6, xx:xx + 6] = 0
+                total[y:y + 6, xx:xx + 6] += logits[n, k[n]] - sess.run(None, {"x": xo})[0][0, k[n]]
+                count[y:y + 6, xx:xx + 6] += 1
+        want[n] = total / np.maximum(count, 1)
+    got = model.occlusion(x, box=6, stride=5)
+    assert np.abs(got.relevance - want).max() < 1e-5 * max(1.0, np.abs(want).max())
+    for refused in (lambda: model.explain(x, "gradient"), lambda: model.occlusion(x, box=6, incremental=True),
+                    lambda: fv.load(str(path), engine="numpy")):
+        with pytest.raises(fv.FvGraphError, match="Shrink: 1 node.s.: the_shrink"):
+            refused()
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    r = subprocess.run([sys.executable, "-m", "fvgraph", "explain", str(path), str(tmp_path / "p.png"), "-m",
+                        "occlusion,gradient", "-p", "box=6", "-o", str(tmp_path / "out")], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "the_shrink" in r.stderr
+    assert (tmp_path / "out" / "p_occlusion.npy").exists()  # what could run was written before the refusal

@@ -138,7 +138,11 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     for (y, xx) in boxes:
         counts[y:y + box[0], xx:xx + box[1]] += 1
     runner, key = None, None
-    if incremental and model.executor.backend.device == "cpu" and ax == 0:  # the incremental runner works on host arrays
+    if incremental is True and model.executor.unsupported:
+        raise InputError("incremental occlusion runs on fvgraph's executor, which cannot run this model: use "
+                         f"incremental='no' (full passes on onnxruntime)\n{model.executor.unsupported}")
+    if incremental and not model.executor.unsupported and model.executor.backend.device == "cpu" and ax == 0:
+        # the incremental runner works on host arrays
         from .incremental import IncrementalRunner
         runner = IncrementalRunner(model, value)
         if incremental == "auto":  # decided once per model, target value, box and input size: repeated calls
