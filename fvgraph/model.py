@@ -368,6 +368,19 @@ class Model:
         classes = class_indices(target, dims, n, value)
         return np.where(classes < 0, time_major_predicted(self.run(x, outputs=[value])[value], ax), classes)
 
+    def concepts(self, x, method="lrp-epsilon", layer=None, target=None, top=5, **options):
+        """The concept atlas of one decision: the layer's channels ranked by their relevance to it, each with its
+        conditional heatmap (see fvgraph.methods.concepts.atlas; concept= on explain gives one concept's map)."""
+        from .methods.concepts import atlas
+        if layer is None:
+            raise InputError("concepts needs layer=: the layer whose channels are the concepts")
+        return atlas(self, x, method, layer, target, top, **options)
+
+    def randomization(self, x, method="gradient", target=None, order="cascade", seed=0, **options):
+        """The model-parameter randomization test (Adebayo et al. 2018; see fvgraph.methods.randomization)."""
+        from .methods.randomization import randomization
+        return randomization(self, x, method, target, order, seed, **options)
+
     def evaluate(self, x, relevance, metric="deletion", target=None, steps=16, fill="blur", through_softmax=False,
                  patch=None):
         """Faithfulness of a map: deletion or insertion curve and AUC (see fvgraph.methods.faithfulness)."""
