@@ -10,6 +10,8 @@ uses the JSON API below, which scripts can use too:
     GET  /api/model      {"name", "inputs", "layers", "classes", "methods", "params", "images"}
     GET  /api/images/N   an image file of the --images folder (only files listed there: never a path)
     POST /api/predict    {"image": base64 PNG/JPEG | "image_id" | "name"} -> {"image_id", "top": [...], "shown"}
+    POST /api/concepts   {"image" | "image_id" | "name", "method", "layer", "target", "top"} -> {"concepts":
+                          [{"channel", "relevance", "share", "png"}]}: the CRP atlas of the decision at a layer
     POST /api/explain    {"image" | "image_id" | "name", "method", "params", "target", "layer", "channel",
                           "alpha", "colors", "array", "stream"} -> {"png", "target", "label", "ms", ["npy"]}
                          occlusion and reconstruction with "stream": newline-delimited JSON, progress and the
@@ -319,6 +321,36 @@ class Service:
         return {"layer": layer, "channel": channel, "examples": cached}
 
 
+    def concepts(self, body: dict) -> dict:
+        """The concept atlas of the image's decision at a layer (CRP): the top channels by relevance, each with
+        its share and its conditional heatmap over the image; a channel's examples come from /api/examples."""
+        from .methods.concepts import atlas
+        method = body.get("method", "lrp-epsilon")
+        m = self.table.get(method) if isinstance(method, str) else None
+        if m is None or m.option("concept") is None:
+            rules = [k for k, v in self.table.items() if v.option("concept")]
+            raise InputError(f"concepts take a reverse-pass method: one of {', '.join(rules)}")
+        layer, target = body.get("layer"), body.get("target")
+        if not layer or not isinstance(layer, str):
+            raise InputError("concepts need a layer: choose one (its channels are the concepts)")
+        if target is not None and (not isinstance(target, int) or isinstance(target, bool)):
+            raise InputError(f"target must be a class index or null, got {target!r}")
+        top = _int(body.get("top", 6), "top", 1, 32)
+        alpha = _number(body.get("alpha", 0.5), "alpha", 0, 1)
+        image_id, x, shown = self.image(body)
+        key = json.dumps(["concepts", image_id, method, layer, target, top])
+        found = self.results.get(key)
+        if found is None:
+            with self.lock:
+                found = atlas(self.model, x, method, layer, target, top)
+            self.results.put(key, found)
+        from .render import picture
+        return {"layer": layer, "method": method, "total": float(found.total),
+                "concepts": [{"channel": int(c), "relevance": float(r), "share": float(sh),
+                              "png": png64(picture(found.maps[k], "heat", image=shown, alpha=alpha))}
+                             for k, (c, r, sh) in enumerate(zip(found.channels, found.relevance, found.share))]}
+
+
 def _crop(rgb, box):
     y0, x0, y1, x1 = box
     return np.ascontiguousarray(rgb[y0:y1, x0:x1])
@@ -535,6 +567,10 @@ def app(service: Service, allowed_hosts=()):
         body = await body_of(request)
         return JSONResponse(await anyio.to_thread.run_sync(service.examples, body))
 
+    async def concepts(request):
+        body = await body_of(request)
+        return JSONResponse(await anyio.to_thread.run_sync(service.concepts, body))
+
     async def explain(request):
         body = await body_of(request)
         job = Job(service, body, stream=bool(body.get("stream")))
@@ -558,6 +594,7 @@ def app(service: Service, allowed_hosts=()):
               Route("/api/predict", guarded(predict), methods=["POST"]),
               Route("/api/explain", guarded(explain), methods=["POST"]),
               Route("/api/examples", guarded(examples), methods=["POST"]),
+              Route("/api/concepts", guarded(concepts), methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     return SameOrigin(Starlette(routes=routes, exception_handlers={HTTPException: not_found}), allowed_hosts)
 

@@ -332,3 +332,25 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
+
+
+def test_the_concept_atlas_of_the_image_at_a_layer(server):
+    """POST /api/concepts: the CRP atlas of the decision at a layer, as fvgraph.methods.concepts.atlas gives it."""
+    client, _, images, _ = server
+    from fvgraph.image import load_image
+    from fvgraph.methods.concepts import atlas
+    model = fv.load(DEMO_MODEL)
+    layer = [l for l in model.layers if l.op_type == "Clip"][-3].name
+    r = client.post("/api/concepts", json={"name": "chelsea.png", "layer": layer, "top": 4})
+    assert r.status_code == 200, r.text
+    got = r.json()["concepts"]
+    x = load_image(images / "chelsea.png", model.preprocessing())
+    want = atlas(model, x, "lrp-epsilon", layer, None, 4)
+    assert [c["channel"] for c in got] == [int(c) for c in want.channels]
+    assert np.allclose([c["share"] for c in got], want.share, rtol=1e-4)
+    assert png_of(got[0]["png"]).shape == (224, 224, 3)
+    for body, word in (({"name": "chelsea.png"}, "need a layer"),
+                       ({"name": "chelsea.png", "layer": layer, "method": "gradcam"}, "reverse-pass method"),
+                       ({"name": "chelsea.png", "layer": layer, "top": 0}, "top")):
+        r = client.post("/api/concepts", json=body)
+        assert r.status_code == 400 and word in r.json()["error"], r.text

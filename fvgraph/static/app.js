@@ -222,7 +222,36 @@ function draw(panel, png, requested) {
   });
 }
 
-function refreshAll() { state.panels.forEach(refresh); showExamples(); }
+function refreshAll() { state.panels.forEach(refresh); showExamples(); showConcepts(); }
+
+// ------------------------------------------------------------------ the concept atlas (CRP) at the chosen layer
+let conceptsFor = "";
+async function showConcepts() {
+  const box = $("#concepts");
+  if (!state.imageId || !state.layer || state.channel !== null) { box.innerHTML = ""; conceptsFor = ""; return; }
+  const key = `${state.imageId}|${state.layer}|${state.target}|${state.alpha}`;
+  if (key === conceptsFor) return;
+  conceptsFor = key;
+  box.innerHTML = "<p class=\"note\">finding the concepts this decision used...</p>";
+  try {
+    const r = await api("/api/concepts", { image_id: state.imageId, method: "lrp-epsilon", layer: state.layer,
+                                           target: state.target, top: 6, alpha: state.alpha });
+    if (conceptsFor !== key) return;
+    box.innerHTML = `<p class="note">the channels of ${state.layer} this decision used most (LRP-epsilon; ` +
+                    "click one: its unit, and its examples with --images)</p>";
+    for (const c of r.concepts) {
+      const fig = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = "data:image/png;base64," + c.png;
+      img.title = `channel ${c.channel}: ${(100 * c.share).toFixed(1)}% of the layer's relevance`;
+      img.addEventListener("click", () => { state.channel = c.channel; $("#channel").value = c.channel; refreshAll(); });
+      const cap = document.createElement("figcaption");
+      cap.textContent = `#${c.channel} ${(100 * c.share).toFixed(0)}%`;
+      fig.append(img, cap);
+      box.appendChild(fig);
+    }
+  } catch (e) { box.innerHTML = ""; status(e.message); }
+}
 
 // ------------------------------------------------------------------ a unit's dataset examples (--images)
 let examplesFor = "";
