@@ -239,11 +239,15 @@ def test_onnxruntime_runs_the_lowered_vjp_like_the_executor(case):
         assert rel_l2(got, ref) < 1e-5, (op, name, rel_l2(got, ref))
 
 
+# unrolled at load into ops with cases here; their gradients are checked in tests/test_recurrent.py
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
 def test_every_differentiable_op_has_a_case():
     covered = {c[0] for c in CASES}
     missing = [op for op, cls in REGISTRY.items() if op not in covered and getattr(cls, "differentiable", True)
                and op not in ("Floor", "Ceil", "Sign", "Not", "Hardmax", "Round") and op not in STRAIGHT_THROUGH
-               and _is_float_op(op)]
+               and _is_float_op(op) and op not in RECURRENT]
     assert not missing, f"ops without a VJP test: {missing}"
 
 
