@@ -235,3 +235,51 @@ def atlas(model, x, method, layer, target=None, top=5, *, lower_layer=None, chil
             kids[int(c)] = [(int(b), float(row[b]), float(row[b] / total) if total > 0 else 0.0) for b in best]
     return Atlas(value, m.name, e.target, order.astype(np.int64), per[order], share[order], float(per.sum()), per,
                  cond.relevance, e.output, lower, kids)
+
+
+def concept_examples(model, images, atlas_: Atlas, target=None, k=4, **options) -> dict:
+    """Each atlas channel's top dataset examples by its relevance to the decision's class (RelMax) among
+    `images` (paths or folders): {channel: [Example, ...]}, streamed like fvgraph examples."""
+    from .examples import top_examples
+    cls = target if target is not None else (int(np.ravel(atlas_.target)[0]) if atlas_.target is not None else None)
+    return top_examples(model, images, atlas_.layer, [int(c) for c in atlas_.channels], k, by="relevance",
+                        target=cls, method=atlas_.method, **options)
+
+
+def write_atlas(atlas_: Atlas, shown, out, examples=None, spec=None, overwrite=False, alpha=0.5) -> list:
+    """The atlas as OUT/concepts.png (a row per concept: its conditional heatmap over the photo, its share,
+    and with `examples` its top images and their relevance-cropped patches) and OUT/concepts.json (the same,
+    with the examples' files and boxes). Every file is checked before the first is written; writes are
+    atomic."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ..errors import refuse_overwrite
+    from ..files import write_atomic, write_text
+    from ..render import grid, picture
+    out = Path(out)
+    files = [out / "concepts.png", out / "concepts.json"]
+    for f in files:
+        refuse_overwrite(f, overwrite, other_out=True)
+    rows, labels, record = [], [], atlas_.to_json()
+    for j, item in enumerate(record["concepts"]):
+        row = [picture(atlas_.maps[j], "heat", image=shown, alpha=alpha)]
+        for e in (examples or {}).get(item["channel"], []):
+            if spec is not None:
+                from ..image import read_rgb, resize_crop
+                photo = resize_crop(read_rgb(e.image), spec)
+                y0, x0, y1, x1 = e.box
+                row += [photo, np.ascontiguousarray(photo[y0:y1, x0:x1])]
+        item["examples"] = [{"image": str(e.image), "score": float(e.score), "box": [int(v) for v in e.box]}
+                            for e in (examples or {}).get(item["channel"], [])]
+        rows.append(row)
+        labels.append(f"#{item['channel']} {100 * item['share']:.0f}%")
+    width = max(len(r) for r in rows)
+    titles = ["conditional map"] + (["example", "patch"] * ((width - 1) // 2))
+    pic = grid(rows, titles, labels)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(files[0], lambda t: Image.fromarray(pic).save(t, format="PNG"))
+    write_text(files[1], json.dumps(record, indent=1))
+    return files
