@@ -1,0 +1,299 @@
+"""Detections as users see them (fvgraph.methods.detections): decoding and class-wise NMS against a plain
+loop over onnxruntime's raw output, NMS closed cases, the photo geometry against fvgraph.image.resize_crop,
+targets, maps and files, D-RISE on a detector whose detections depend only on the pixels of their cell."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fvgraph as fv
+from fvgraph.image import resize_crop, spec_from_metadata
+from fvgraph.methods.detections import (box_iou, detections, drise, explain_detections, from_photo, nms, to_photo,
+                                        write_detections)
+from tests.zoo import yolo_like
+
+R = np.random.default_rng(0)
+SMALL = dict(size=64, widths=(8, 8, 16, 16, 32))
+
+
+def ort_outputs(proto, x):
+    s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x})))
+
+
+# --------------------------------------------------------------------------- an independent reference
+def iou_loop(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def reference(rows, conf, iou, max_det):
+    """rows: (box x0, y0, x1, y1, class scores) per anchor; ultralytics' single-label selection, one by one."""
+    cands = []
+    for a, (box, scores) in enumerate(rows):
+        c = max(range(len(scores)), key=lambda k: scores[k])
+        if scores[c] > conf:
+            cands.append((float(scores[c]), a, c, [float(v) for v in box]))
+    cands.sort(key=lambda t: -t[0])  # stable: ties in anchor order
+    kept = []
+    for s, a, c, box in cands:
+        if all(not (k[2] == c and iou_loop(k[3], box) > iou) for k in kept):
+            kept.append((s, a, c, box))
+        if len(kept) == max_det:
+            break
+    return kept, len(cands)
+
+
+def yolo_rows(out):
+    """(N, 4 + C, A) -> per anchor (x0, y0, x1, y1), scores."""
+    rows = []
+    for a in range(out.shape[1]):
+        cx, cy, w, h = (float(v) for v in out[:4, a])
+        rows.append(((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), out[4:, a]))
+    return rows
+
+
+def same(dets, kept):
+    assert len(dets) == len(kept)
+    for d, (s, a, c, box) in zip(dets, kept):
+        assert (d.anchor, d.cls) == (a, c)
+        assert d.score == pytest.approx(s, abs=1e-6)
+        assert np.allclose(d.box, box, atol=1e-4)
+
+
+def test_yolov8_decoding_and_nms_equal_a_plain_loop_on_onnxruntimes_output():
+    proto = yolo_like(**SMALL)
+    model = fv.load(proto)
+    x = R.random((2, 3, 64, 64)).astype(np.float32)
+    out = ort_outputs(proto, x)[proto.graph.output[0].name]
+    got = detections(model, x, conf=0.25, iou=0.5, max_det=300)
+    suppressed = 0
+    for n in range(2):
+        kept, cands = reference(yolo_rows(out[n]), 0.25, 0.5, 300)
+        same(got[n], kept)
+        suppressed += cands - len(kept)
+        for d in got[n]:
+            assert d.target.index == (4 + d.cls, d.anchor) and d.label == f"class{d.cls}" and d.image == n
+    assert suppressed > 0  # NMS had work to do
+    few = detections(model, x, conf=0.25, iou=0.5, max_det=3)
+    assert [len(d) for d in few] == [3, 3] and all(a.anchor == b.anchor for a, b in zip(few[0], got[0]))
+    only = detections(model, x, conf=0.25, iou=0.5, max_det=300, classes=[got[0][0].cls])
+    assert only[0] and all(d.cls == got[0][0].cls for d in only[0])
+
+
+def test_the_transposed_layout_is_recognized_and_decodes_the_same():
+    proto = yolo_like(**SMALL, classes=5)  # (N, 9, 84): at 80 classes both axes would be 84
+    t = onnx.ModelProto()
+    t.CopyFrom(proto)
+    name = t.graph.output[0].name
+    t.graph.node.append(helper.make_node("Transpose", [name], ["dets_t"], perm=[0, 2, 1]))
+    del t.graph.output[:]
+    t.graph.output.append(helper.make_tensor_value_info("dets_t", TensorProto.FLOAT, None))
+    x = R.random((1, 3, 64, 64)).astype(np.float32)
+    a = detections(fv.load(proto), x, max_det=300)[0]
+    b = detections(fv.load(t), x, max_det=300)[0]
+    assert b[0].layout.kind == "yolov8-t" and a[0].layout.kind == "yolov8"
+    assert [(d.anchor, d.cls) for d in a] == [(d.anchor, d.cls) for d in b]
+    assert np.allclose([d.box for d in a], [d.box for d in b], atol=1e-4)
+    assert b[0].target.index == (b[0].anchor, 4 + b[0].cls) and b[0].target.output == "dets_t"
+
+
+# --------------------------------------------------------------------------- NMS closed cases
+def test_nms_closed_cases():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], float)
+    assert box_iou(boxes[0], boxes[1:2])[0] == pytest.approx(81 / 119)
+    assert nms(boxes[:2], [0.9, 0.8], [0, 0], iou=0.5).tolist() == [0]  # overlapping, same class: one
+    assert nms(boxes[:2], [0.8, 0.9], [0, 0], iou=0.5).tolist() == [1]  # the better one stays
+    assert nms(boxes[:2], [0.9, 0.8], [0, 1], iou=0.5).tolist() == [0, 1]  # different classes: two
+    assert nms(boxes[:2], [0.9, 0.8], [0, 0], iou=0.7).tolist() == [0, 1]  # IoU 0.68 is not over 0.7
+    assert nms(boxes, [0.7, 0.8, 0.9], [0, 0, 0], iou=0.5).tolist() == [2, 1]
+    assert nms(boxes, [0.7, 0.8, 0.9], [0, 1, 2], iou=0.5, max_det=2).tolist() == [2, 1]
+    assert nms(np.zeros((0, 4)), [], [], iou=0.5).tolist() == []
+
+
+# --------------------------------------------------------------------------- a detector of cells
+CELL, GRID, K = 8, 4, 3  # 32 x 32 input, 16 anchors (one per 8 x 8 cell), 3 classes
+SHAPES = {"boxes": ["N", 16, 4], "scores": ["N", 16, K], "output0": ["N", 4 + K, 16]}
+
+
+def cell_detector(layout="ssd", names=True):
+    """Each anchor is one 8 x 8 cell: class k's logit is 10 x (the cell's mean of channel k) - 5, its box the
+    cell moved by at most half a pixel by a tanh of the cell's pixels. Every output depends only on its cell's
+    pixels. layout "ssd": boxes (N, 16, 4) x0, y0, x1, y1 and scores (N, 16, 3); "yolov8": (N, 4 + 3, 16)."""
+    rng = np.random.default_rng(3)
+    mean = np.zeros((K, 3, CELL, CELL), np.float32)
+    for k in range(K):
+        mean[k, k] = 10 / CELL ** 2
+    shift = (rng.standard_normal((4, 3, CELL, CELL)) * 0.05).astype(np.float32)
+    inits = [numpy_helper.from_array(mean, "wm"), numpy_helper.from_array(np.full(K, -5, np.float32), "bm"),
+             numpy_helper.from_array(shift, "ws"), numpy_helper.from_array(np.array([0, K, -1], np.int64), "s3"),
+             numpy_helper.from_array(np.array([0, 4, -1], np.int64), "s4")]
+    ys, xs = np.meshgrid(np.arange(GRID) * CELL, np.arange(GRID) * CELL, indexing="ij")
+    cells = np.stack([xs.ravel(), ys.ravel(), xs.ravel() + CELL, ys.ravel() + CELL], 1).astype(np.float32)
+    inits.append(numpy_helper.from_array(cells[None], "cells"))
+    inits.append(numpy_helper.from_array(np.float32(0.5), "half"))
+    conv = dict(kernel_shape=[CELL, CELL], strides=[CELL, CELL])
+    nodes = [helper.make_node("Conv", ["input", "wm", "bm"], ["logit_map"], **conv),
+             helper.make_node("Reshape", ["logit_map", "s3"], ["logits_ca"]),
+             helper.make_node("Transpose", ["logits_ca"], ["logits"], perm=[0, 2, 1]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"]),
+             helper.make_node("Conv", ["input", "ws"], ["shift_map"], **conv),
+             helper.make_node("Tanh", ["shift_map"], ["shift_t"]),
+             helper.make_node("Mul", ["shift_t", "half"], ["shift_h"]),
+             helper.make_node("Reshape", ["shift_h", "s4"], ["shift_ca"]),
+             helper.make_node("Transpose", ["shift_ca"], ["shift"], perm=[0, 2, 1]),
+             helper.make_node("Add", ["cells", "shift"], ["boxes"])]
+    outputs = ["boxes", "scores"]
+    if layout == "yolov8":
+        to_c = np.array([[.5, 0, -1, 0], [0, .5, 0, -1], [.5, 0, 1, 0], [0, .5, 0, 1]], np.float32)
+        inits.append(numpy_helper.from_array(to_c, "to_c"))
+        nodes += [helper.make_node("MatMul", ["boxes", "to_c"], ["cxcywh"]),
+                  helper.make_node("Concat", ["cxcywh", "scores"], ["rows"], axis=2),
+                  helper.make_node("Transpose", ["rows"], ["output0"], perm=[0, 2, 1])]
+        outputs = ["output0"]
+    g = helper.make_graph(nodes, "cells", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           ["N", 3, 32, 32])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, SHAPES[o]) for o in outputs], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    if names:
+        m.metadata_props.add(key="names", value=str({0: "red", 1: "green", 2: "blue"}))
+    m.metadata_props.add(key="fvgraph.preprocess", value=json.dumps({"size": 32, "resize": "letterbox",
+                                                                     "scale": 1 / 255, "mean": [0, 0, 0],
+                                                                     "std": [1, 1, 1]}))
+    onnx.checker.check_model(m)
+    return m
+
+
+def painted():
+    """A dark picture with a red cell (anchor 5), a green one (anchor 10), and a blue one beside the red."""
+    x = (R.random((1, 3, 32, 32)) * 0.05).astype(np.float32)
+    for k, (r, c) in enumerate([(1, 1), (2, 2), (1, 2)]):
+        x[0, k, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = 0.9
+    return x
+
+
+def test_two_output_layout_decodes_like_a_plain_loop():
+    proto = cell_detector("ssd")
+    model = fv.load(proto)
+    x = np.concatenate([painted(), R.random((1, 3, 32, 32)).astype(np.float32)])
+    raw = ort_outputs(proto, x)
+    got = detections(model, x, conf=0.25, iou=0.5, max_det=10)
+    for n in range(2):
+        kept, _ = reference(list(zip(raw["boxes"][n], raw["scores"][n])), 0.25, 0.5, 10)
+        same(got[n], kept)
+    d = got[0]
+    assert [(e.anchor, e.label) for e in d] == [(5, "red"), (6, "blue"), (10, "green")] or \
+        sorted((e.anchor, e.label) for e in d) == [(5, "red"), (6, "blue"), (10, "green")]
+    assert d[0].layout.kind == "ssd" and d[0].target.output == "scores" and d[0].target.index == (d[0].anchor,
+                                                                                                  d[0].cls)
+    assert d[0].box_target("x1").index == (d[0].anchor, 2) and d[0].box_target(3).output == "boxes"
+    yolo = detections(fv.load(cell_detector("yolov8")), x[:1], conf=0.25, iou=0.5)[0]
+    assert [(e.anchor, e.cls) for e in yolo] == [(e.anchor, e.cls) for e in d]
+    assert np.allclose([e.box for e in yolo], [e.box for e in d], atol=1e-4)
+    with pytest.raises(fv.InputError, match="layout"):
+        detections(model, x, layout="diagonal")
+    with pytest.raises(fv.InputError, match="conf"):
+        detections(model, x, conf=2)
+
+
+def test_targets_are_the_detections_output_elements_and_maps_sit_in_the_boxes():
+    proto = yolo_like(**SMALL)
+    model = fv.load(proto)
+    x = R.random((1, 3, 64, 64)).astype(np.float32)
+    d = detections(model, x, max_det=2)[0][0]
+    hand = fv.OutputTarget(index=(4 + d.cls, d.anchor))
+    assert np.array_equal(model.explain(x, "gradient", target=d.target).relevance,
+                          model.explain(x, "gradient", target=hand).relevance)
+    assert np.array_equal(model.explain(x, "gradient", target=d.box_target("w")).relevance,
+                          model.explain(x, "gradient", target=fv.OutputTarget(index=(2, d.anchor))).relevance)
+
+    cells = fv.load(cell_detector("ssd"))
+    x = painted()
+    res = explain_detections(cells, x, ["gradient", "gradcam"], conf=0.25, coords=("x0",))[0]
+    assert len(res) == 3
+    for r in res:
+        x0, y0, x1, y1 = r.detection.box
+        inside = np.zeros((32, 32), bool)
+        inside[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))] = True
+        for name in ("gradient", "gradient:x0"):
+            mass = np.abs(r.maps[name])
+            assert mass[inside].sum() / mass.sum() > 2 * inside.mean(), name  # all of it, in fact
+            assert mass[inside].sum() / mass.sum() > 0.99, name
+        cam = r.maps["gradcam"]  # at the scores' branch (logit_map), not the boxes' (the first output's)
+        assert cam.shape == (32, 32) and cam[inside].sum() / cam.sum() > 2 * inside.mean()
+        assert r.explanations["gradcam"].extras["layer"] == "logit_map"
+        assert r.explanations["gradcam"].target is r.detection.target
+
+
+# --------------------------------------------------------------------------- the photo's pixels
+@pytest.mark.parametrize("how", ["shorter", "stretch", "letterbox"])
+def test_to_photo_inverts_the_resize_and_crop(how):
+    spec = spec_from_metadata({}, None, size=[40, 56], resize=how, interpolation="nearest")
+    h, w = 48, 90
+    pts = R.random((20, 2)) * [w, h]
+    assert np.allclose(to_photo(from_photo(pts, (h, w), spec), (h, w), spec, clip=False), pts, atol=1e-9)
+    inp = R.random((20, 4)) * [56, 40, 56, 40]
+    assert np.allclose(from_photo(to_photo(inp, (h, w), spec, clip=False), (h, w), spec), inp, atol=1e-9)
+    # against the pixels resize_crop moves: a white block lands where from_photo says
+    photo = np.zeros((h, w, 3), np.uint8)
+    block = (30, 12, 60, 36)  # x0, y0, x1, y1
+    photo[block[1]:block[3], block[0]:block[2]] = 255
+    shown = resize_crop(photo, spec)[..., 0] == 255
+    ys, xs = np.nonzero(shown)
+    seen = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert np.allclose(from_photo(block, (h, w), spec), seen, atol=1.0), (how, seen)
+    if how == "letterbox":
+        grey = resize_crop(np.zeros((h, w, 3), np.uint8), spec)[..., 0] == 0
+        ys, xs = np.nonzero(grey)  # the resized photo's own area in the canvas
+        assert np.allclose(from_photo([0, 0, w, h], (h, w), spec), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        assert np.allclose(to_photo([-5, -5, 100, 100], (h, w), spec), [0, 0, w, h])  # clipped to the photo
+
+
+def test_write_detections_files_and_refusal(tmp_path):
+    model = fv.load(cell_detector("ssd"))
+    x = painted()
+    res = explain_detections(model, x, ["gradient"], conf=0.25)
+    photo = np.zeros((64, 64, 3), np.uint8)  # what x would be made from: 32 x 32 at twice the size
+    path = write_detections(model, x, res, tmp_path / "out", photos=[photo])
+    listing = json.loads(path.read_text())
+    assert listing["space"] == "photo" and len(listing["detections"]) == 3
+    for item, r in zip(listing["detections"], res[0]):
+        assert np.allclose(item["box"], np.clip(np.asarray(r.detection.box) * 2, 0, 64), atol=1e-2)
+        assert item["label"] == r.detection.label and item["class"] == r.detection.cls
+        files = item["maps"]["gradient"]
+        assert (tmp_path / "out" / files["png"]).exists()
+        assert np.array_equal(np.load(tmp_path / "out" / files["npy"]), r.maps["gradient"])
+    with pytest.raises(fv.InputError, match="exists"):
+        write_detections(model, x, res, tmp_path / "out", photos=[photo])
+    write_detections(model, x, res, tmp_path / "out", photos=[photo], overwrite=True)
+    plain = write_detections(model, x, res, tmp_path / "in")
+    assert json.loads(plain.read_text())["space"] == "input"
+
+
+# --------------------------------------------------------------------------- D-RISE
+def test_drise_is_seeded_and_peaks_inside_the_box():
+    model = fv.load(cell_detector("ssd"))
+    x = painted()
+    det = detections(model, x, conf=0.25)[0]
+    red = next(d for d in det if d.label == "red")
+    a = drise(model, x, red, masks=300, cells=4, seed=1)
+    b = drise(model, x, red, masks=300, cells=4, seed=1, batch_size=7)
+    assert np.array_equal(a.relevance, b.relevance)
+    assert not np.array_equal(a.relevance, drise(model, x, red, masks=300, cells=4, seed=2).relevance)
+    m = a.relevance[0]
+    y, xx = np.unravel_index(np.argmax(m), m.shape)
+    x0, y0, x1, y1 = red.box
+    assert x0 <= xx + 0.5 <= x1 and y0 <= y + 0.5 <= y1
+    inside = np.zeros_like(m, bool)
+    inside[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))] = True
+    assert m[inside].mean() > m[~inside].mean()
+    assert a.extras["weights"].shape == (300,) and 0 <= a.extras["weights"].min() <= a.extras["weights"].max() <= 1
