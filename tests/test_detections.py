@@ -271,12 +271,19 @@ def test_write_detections_files_and_refusal(tmp_path):
         assert item["label"] == r.detection.label and item["class"] == r.detection.cls
         files = item["maps"]["gradient"]
         assert (tmp_path / "out" / files["png"]).exists()
-        assert np.array_equal(np.load(tmp_path / "out" / files["npy"]), r.maps["gradient"])
+        m = np.load(tmp_path / "out" / files["npy"])  # in the photo's pixels, as the box
+        assert m.shape == (64, 64) and np.allclose(m.sum(), 4 * r.maps["gradient"].sum(), rtol=0.05)
+        x0, y0, x1, y1 = (int(round(v)) for v in item["box"])
+        assert np.abs(m[y0:y1, x0:x1]).sum() > 0.9 * np.abs(m).sum()  # bilinear: a pixel spills over the edge
     with pytest.raises(fv.InputError, match="exists"):
         write_detections(model, x, res, tmp_path / "out", photos=[photo])
     write_detections(model, x, res, tmp_path / "out", photos=[photo], overwrite=True)
     plain = write_detections(model, x, res, tmp_path / "in")
-    assert json.loads(plain.read_text())["space"] == "input"
+    listing = json.loads(plain.read_text())
+    assert listing["space"] == "input" and np.allclose(listing["detections"][0]["box"], res[0][0].detection.box,
+                                                       atol=1e-3)
+    name = listing["detections"][0]["maps"]["gradient"]["npy"]
+    assert np.array_equal(np.load(tmp_path / "in" / name), res[0][0].maps["gradient"])
 
 
 # --------------------------------------------------------------------------- D-RISE
@@ -297,3 +304,40 @@ def test_drise_is_seeded_and_peaks_inside_the_box():
     inside[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))] = True
     assert m[inside].mean() > m[~inside].mean()
     assert a.extras["weights"].shape == (300,) and 0 <= a.extras["weights"].min() <= a.extras["weights"].max() <= 1
+
+
+# --------------------------------------------------------------------------- the other layouts, on raw arrays
+class Named:
+    def class_names(self):
+        return ["a", "b", "c"]
+
+
+def test_yolov5_and_ssd_with_background_and_normalized_boxes():
+    from fvgraph.methods.detections import _settle, find_layout, select
+    model = Named()
+    rows = R.random((1, 60, 8))
+    rows[..., :2] *= 64
+    rows[..., 2:4] = rows[..., 2:4] * 20 + 2
+    lay = find_layout(model, {"output": rows.shape})
+    assert lay.kind == "yolov5" and lay.classes == 3  # 8 = 5 + 3 names
+    got = select(model, lay, {"output": rows}, (64, 64), 0.2, 0.5, 50)[0]
+    cx, cy, w, h = rows[0, :, :4].T
+    ref = list(zip(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), rows[0, :, 5:] * rows[0, :, 4:5]))
+    same(got, reference(ref, 0.2, 0.5, 50)[0])
+    assert got[0].target.index == (got[0].anchor, 5 + got[0].cls) and got[0].objectness == rows[0, got[0].anchor, 4]
+
+    corners = np.sort(R.random((1, 60, 2, 2)), axis=2)  # x0 < x1, y0 < y1, normalized
+    boxes = corners.transpose(0, 1, 3, 2).reshape(1, 60, 4)[..., [0, 2, 1, 3]]
+    logits = R.standard_normal((1, 60, 4)) * 2
+    soft = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # column 0: the background
+    raw = {"det_boxes": boxes, "det_scores": soft}
+    lay = _settle(find_layout(model, {k: v.shape for k, v in raw.items()}), raw, model)
+    assert (lay.kind, lay.normalized, lay.background, lay.sigmoid) == ("ssd", True, 0, False)
+    got = select(model, lay, raw, (48, 64), 0.3, 0.5, 50)[0]
+    same(got, reference(list(zip(boxes[0] * [64, 48, 64, 48], soft[0, :, 1:])), 0.3, 0.5, 50)[0])
+    assert got and got[0].target.index == (got[0].anchor, got[0].cls + 1) and got[0].label == "abc"[got[0].cls]
+    raw = {"det_boxes": boxes * 100, "det_scores": logits}  # logits: RetinaNet's sigmoid scores
+    lay = _settle(find_layout(model, {k: v.shape for k, v in raw.items()}), raw, model)
+    assert (lay.normalized, lay.background, lay.sigmoid) == (False, None, True)
+    got = select(model, lay, raw, (48, 64), 0.3, 0.5, 50)[0]
+    same(got, reference(list(zip(boxes[0] * 100, 1 / (1 + np.exp(-logits[0])))), 0.3, 0.5, 50)[0])

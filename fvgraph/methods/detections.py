@@ -459,7 +459,8 @@ def _options(model, xs, method, target, options):
 
 def write_detections(model, x, results, out, photos=None, overwrite=False, alpha=0.5, percentile=99.5) -> Path:
     """One PNG per detection and map (the map over the photo, the detection's box and label drawn), its .npy
-    (the map over the model's input), and out/detections.json listing each detection (box in the photo's pixels,
+    (the (h, w) map in the photo's pixels, as the boxes: 0 where a centre crop cut the photo off; the map over
+    the model's input is DetectionExplanation.maps), and out/detections.json listing each detection (box in the photo's pixels,
     and in the input's, class, label, score, its files). photos: one per image (a path, PIL image or (h, w, 3)
     array: the photo x was made from with the model's preprocessing), or None (drawn over x shown as the
     picture it was: boxes in the input's pixels). Every file is checked absent first (overwrite=True replaces
@@ -504,14 +505,15 @@ def write_detections(model, x, results, out, photos=None, overwrite=False, alpha
     for n, r, name, png, npy in plan:
         photo = pictures[n]
         m = r.maps[name]
-        kind = map_kind(name.split(":")[0])
-        shown = m if photos is None else map_to_photo(m, photo.shape[:2], spec)[0]
-        valid = np.ones(photo.shape[:2], bool) if photos is None else map_to_photo(m, photo.shape[:2], spec)[1]
-        pic = draw(photo, shown, valid, kind, r.detection,
-                   to_photo(r.detection.box, photo.shape[:2], spec) if photos is not None else r.detection.box,
-                   alpha, percentile)
-        save_png(png, pic, overwrite=True)
-        save_npy(npy, m, overwrite=True)
+        if photos is None:
+            shown, valid, box = m, np.ones(photo.shape[:2], bool), r.detection.box
+        else:
+            shown, valid = map_to_photo(m, photo.shape[:2], spec)
+            shown = np.where(valid, shown, 0.0).astype(np.float32)
+            box = to_photo(r.detection.box, photo.shape[:2], spec)
+        save_png(png, draw(photo, shown, valid, map_kind(name.split(":")[0]), r.detection, box, alpha, percentile),
+                 overwrite=True)
+        save_npy(npy, shown, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text(json_path, json.dumps({"space": "photo" if photos is not None else "input",
                                       "detections": listing}, indent=1))
