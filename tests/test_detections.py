@@ -273,8 +273,9 @@ def test_write_detections_files_and_refusal(tmp_path):
         assert (tmp_path / "out" / files["png"]).exists()
         m = np.load(tmp_path / "out" / files["npy"])  # in the photo's pixels, as the box
         assert m.shape == (64, 64) and np.allclose(m.sum(), 4 * r.maps["gradient"].sum(), rtol=0.05)
-        x0, y0, x1, y1 = (int(round(v)) for v in item["box"])
-        assert np.abs(m[y0:y1, x0:x1]).sum() > 0.9 * np.abs(m).sum()  # bilinear: a pixel spills over the edge
+        x0, y0, x1, y1 = (int(round(v)) for v in item["box"])  # the box is its cell moved by up to 1 px here,
+        near = np.abs(m[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2]).sum()  # and bilinear spills a pixel over
+        assert near > 0.99 * np.abs(m).sum() and np.abs(m[y0:y1, x0:x1]).sum() > 0.75 * np.abs(m).sum()
     with pytest.raises(fv.InputError, match="exists"):
         write_detections(model, x, res, tmp_path / "out", photos=[photo])
     write_detections(model, x, res, tmp_path / "out", photos=[photo], overwrite=True)
