@@ -27,7 +27,7 @@ class Model:
 
     def __init__(self, graph: Graph, device: str = "cpu", source: str = "", engine: str = "auto",
                  threads: int | None = None, preprocess=None, labels=None):
-        from .engines import ENGINES, make_engine, ort_has_cuda
+        from .engines import ENGINES, ort_has_cuda
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
         if device not in ("cpu", "cuda"):
@@ -38,32 +38,13 @@ class Model:
             engine = "cupy"
         if engine == "cupy":
             device = "cuda"
-        from .precision import explainable_twin
-        from .decompose import REWRITES
-        twin = explainable_twin(graph)
-        # the model as written (float16, fused or QOperator ops) is what `run` runs, on any engine that can
-        # (fvgraph's executor has no kernels for the fused and QOperator ops: it runs their decomposition)
-        runs_native = engine in ("auto", "onnxruntime") or not any(n.op_type in REWRITES for n in graph.nodes)
-        self.native = graph if twin is not None and runs_native else None
-        self.graph = twin if twin is not None else graph
-        from .contract import channels_first, detect_layout, load_labels, parse_preprocess
+        from .contract import detect_layout, load_labels, parse_preprocess
+        from .prepare import prepare
         self._preprocess, self._labels = parse_preprocess(preprocess), load_labels(labels)
-        layout = self._preprocess.get("layout") or self.preprocessing().get("layout") or detect_layout(self.graph)
-        self.nhwc_input = None  # the model's own NHWC input, when fvgraph shows it channels first
-        if layout == "NHWC":
-            if len(self.graph.inputs) != 1 or not self.graph.inputs[0].shape or len(self.graph.inputs[0].shape) != 4:
-                raise InputError("layout=NHWC is for models with one rank-4 image input")
-            self.graph, self.nhwc_input = channels_first(self.graph)
-        graph = self.graph
+        self.graph = graph  # the metadata the layout is read from
         self.source = source
-        self._fixed_input = _free_the_batch(graph)
-        if self.native is not None:
-            _free_the_batch(self.native)
-        self.backend = Backend(device if engine in ("numpy", "cupy") else "cpu")
-        # on onnxruntime, a model with ops fvgraph's executor lacks still loads: onnxruntime runs it and the
-        # forward-only methods (occlusion, ...) work; running it on the executor or through the reverse pass
-        # raises the UnsupportedModelError that names them (fvgraph's own engine refuses it here)
-        self.executor = Executor(graph, self.backend, strict=engine in ("numpy", "cupy"))
+        self._use(prepare(graph, engine, lambda g: self._preprocess.get("layout") or self.preprocessing().get("layout")
+                          or detect_layout(g)), engine, device, threads)
         if self.executor.unsupported:
             import warnings
             from .errors import FvGraphWarning
@@ -71,13 +52,28 @@ class Model:
                                          f"({self.executor.unsupported_summary}): "
                                          "onnxruntime runs it, and methods that need forward passes only "
                                          "(occlusion) work; the others say why"), stacklevel=3)
+        self.disk_cache = True  # lowered graphs kept across processes (fvgraph.diskcache); fv.load(cache=False)
+        self.choices: dict = {}  # decisions made once per model (occlusion: windows or full passes)
+
+    def _use(self, prepared, engine, device, threads):
+        """Run the prepared graphs (fvgraph.prepare): fvgraph's executor over the explained graph and the
+        engine."""
+        from .engines import make_engine
+        self.prepared = prepared
+        self.graph, self.native, self.nhwc_input = prepared.graph, prepared.native, prepared.nhwc_input
+        self._fixed_input = prepared.fixed_input
+        self._engine_args = (engine, device, threads)
+        graph = self.graph
+        self.backend = Backend(device if engine in ("numpy", "cupy") else "cpu")
+        # on onnxruntime, a model with ops fvgraph's executor lacks still loads: onnxruntime runs it and the
+        # forward-only methods (occlusion, ...) work; running it on the executor or through the reverse pass
+        # raises the UnsupportedModelError that names them (fvgraph's own engine refuses it here)
+        self.executor = Executor(graph, self.backend, strict=engine in ("numpy", "cupy"))
         self.engine = make_engine(engine, self.executor, device, threads)
         self._device = device
         self._layers: list[Layer] | None = None
         self._tables: dict = {}
         self._lowered = LRU(MAX_LOWERED)
-        self.disk_cache = True  # lowered graphs kept across processes (fvgraph.diskcache); fv.load(cache=False)
-        self.choices: dict = {}  # decisions made once per model (occlusion: windows or full passes)
 
     # ----------------------------------------------------------------- description
     @property
@@ -260,11 +256,7 @@ class Model:
                     raise
                 # the batch looked free to shape inference but is not (a class token expanded to a constant
                 # batch of 1): the model keeps the batch its exporter fixed
-                from dataclasses import replace
-                self.graph.inputs[0], self._fixed_input = self._fixed_input, None
-                if self.native is not None:
-                    self.native.inputs[0] = replace(self.native.inputs[0], shape=self.graph.inputs[0].shape)
-                self._tables.clear()
+                self._use(self.prepared.with_fixed_batch(), *self._engine_args)
                 return self.shape_table(feeds, measured)
             table = None if measured else infer(self.graph, dims, constants)
             if table is None or not complete(table, self.graph, self.executor.static):
@@ -514,30 +506,6 @@ def load(source: Any, engine: str = "auto", device: str = "cpu", threads: int | 
         raise
     except Exception as e:  # what a corrupt but parseable file can still break
         raise ModelLoadError(f"malformed model ({type(e).__name__}: {e})") from None
-
-
-def _free_the_batch(graph: Graph):
-    """Exporters often fix the batch at 1 (torch.onnx's default). Where shape inference shows every computed
-    value following a symbolic batch (nothing reshapes it to a constant), the input's batch is made symbolic:
-    integrated gradients, SmoothGrad, occlusion and the faithfulness curves then run their copies as batches.
-    Returns the input as declared when it was freed (the model restores it if a run at batch 2 fails)."""
-    from .executor import shape_only_nodes
-    from .shapes import BATCH, infer
-    if len(graph.inputs) != 1 or not graph.inputs[0].shape or not isinstance(graph.inputs[0].shape[0], int):
-        return
-    v = graph.inputs[0]
-    if not all(isinstance(d, int) for d in v.shape[1:]):
-        return
-    try:
-        table = infer(graph, {v.name: (BATCH,) + tuple(v.shape[1:])})
-    except Exception:
-        return
-    static = shape_only_nodes(graph)
-    dims = [table.dims.get(o) for i, n in enumerate(graph.nodes) if i not in static for o in n.outputs if o]
-    if dims and all(d is not None and len(d) >= 1 and isinstance(d[0], str) for d in dims):
-        graph.inputs[0] = type(v)(v.name, (BATCH,) + tuple(v.shape[1:]), v.dtype)
-        return v
-    return None
 
 
 def parameter_count(graph: Graph) -> int:
