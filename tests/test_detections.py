@@ -321,6 +321,8 @@ def test_yolov5_and_ssd_with_background_and_normalized_boxes():
     rows[..., 2:4] = rows[..., 2:4] * 20 + 2
     lay = find_layout(model, {"output": rows.shape})
     assert lay.kind == "yolov5" and lay.classes == 3  # 8 = 5 + 3 names
+    seg = find_layout(model, {"output0": (1, 4 + 3 + 32, 100), "output1": (1, 32, 16, 16)})
+    assert (seg.kind, seg.classes) == ("yolov8", 3)  # YOLOv8-seg: the mask coefficients are no classes
     got = select(model, lay, {"output": rows}, (64, 64), 0.2, 0.5, 50)[0]
     cx, cy, w, h = rows[0, :, :4].T
     ref = list(zip(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), rows[0, :, 5:] * rows[0, :, 4:5]))

@@ -5,7 +5,8 @@ method, or black-box with D-RISE; maps and boxes go back to the photo's pixels.
 Layouts (`layout=`; "auto" picks one from the outputs' shapes, the class names and the output names):
 - "yolov8": one output (N, 4 + C, A): rows cx, cy, w, h (input pixels), then C class scores (after a sigmoid),
   as ultralytics exports YOLOv8/v9/v10/11 detectors. "auto": a rank-3 first output whose axis 1 is 4 + the
-  number of class names, or (no names) whose axis 1 is shorter than axis 2.
+  number of class names, or (no names) whose axis 1 is shorter than axis 2. Rows after the named classes
+  (YOLOv8-seg's 32 mask coefficients) are not classes.
 - "yolov8-t": the same transposed, (N, A, 4 + C). "auto": axis 2 is 4 + the number of names, or (no names)
   axis 2 is shorter than axis 1.
 - "yolov5": (N, A, 5 + C): cx, cy, w, h, objectness, C class probabilities (YOLOv5/v7 exports); the score is
@@ -127,6 +128,8 @@ def find_layout(model, shapes: dict, layout="auto", box_format=None) -> Layout:
         else:
             kind = "yolov8" if d1 < d2 else "yolov8-t"
     c = (d1 - 4) if kind == "yolov8" else (d2 - 4) if kind == "yolov8-t" else d2 - 5
+    if k is not None and c > k and layout == "auto":
+        c = k  # rows after the classes: a segmenter's mask coefficients (YOLOv8-seg's 4 + 80 + 32)
     if c < 1:
         raise InputError(f"output {first!r} of shape {_shown(shapes)[first]} has no class rows for layout {kind!r}")
     return Layout(kind, first, first, int(c), box_format or "cxcywh")
@@ -179,9 +182,9 @@ def decode(layout: Layout, raw: dict, input_hw) -> tuple:
         b = b.reshape(b.shape[0], b.shape[1], 4)
         scores = a
     elif layout.kind == "yolov5":
-        b, obj, scores = a[..., :4], a[..., 4], a[..., 5:]
+        b, obj, scores = a[..., :4], a[..., 4], a[..., 5:5 + layout.classes]
     else:
-        b, scores = a[..., :4], a[..., 4:]
+        b, scores = a[..., :4], a[..., 4:4 + layout.classes]
     if layout.sigmoid:
         scores = 1 / (1 + np.exp(-scores))
     boxes = to_xyxy(b, layout.box_format)
