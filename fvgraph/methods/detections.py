@@ -463,8 +463,8 @@ def _options(model, xs, method, target, options):
 def write_detections(model, x, results, out, photos=None, overwrite=False, alpha=0.5, percentile=99.5) -> Path:
     """One PNG per detection and map (the map over the photo, the detection's box and label drawn), its .npy
     (the (h, w) map in the photo's pixels, as the boxes: 0 where a centre crop cut the photo off; the map over
-    the model's input is DetectionExplanation.maps), and out/detections.json listing each detection (box in the photo's pixels,
-    and in the input's, class, label, score, its files). photos: one per image (a path, PIL image or (h, w, 3)
+    the model's input is DetectionExplanation.maps), and out/detections.json listing each detection (box in the
+    photo's pixels, and in the input's, class, label, score, its files). photos: one per image (a path, PIL image or (h, w, 3)
     array: the photo x was made from with the model's preprocessing), or None (drawn over x shown as the
     picture it was: boxes in the input's pixels). Every file is checked absent first (overwrite=True replaces
     them) and written atomically. Returns the JSON's path."""
