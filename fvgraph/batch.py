@@ -68,11 +68,10 @@ def planned_files(name, stems) -> list[str]:
 
 
 def read_input(model, path):
-    """(model input (1, C, H, W), the picture as shown (H, W, 3)); an InputError names an unreadable file."""
-    from .image import read_rgb, resize_crop, to_input
-    spec = model.preprocessing()
-    shown = resize_crop(read_rgb(path), spec)
-    return to_input(shown, spec), shown
+    """(model input (1, C, H, W), the picture as shown (H, W, 3)), from one decode; an InputError names an
+    unreadable file."""
+    from .image import load_with_picture
+    return load_with_picture(path, model.preprocessing())
 
 
 def explain_to_files(model, x, shown, name, methods, out, target=None, params=None, overwrite=False, stems=None,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import load_image, read_rgb, resize_crop
+from .image import load_with_picture
 from .methods.registry import map_kind, parse_spec, run_spec
 from .render import grid, picture
 
@@ -25,8 +25,7 @@ def methods_figure(model, images, methods, percentile=99.5, kind=None, alpha=0.5
     spec = model.preprocessing()
     rows, labels, arrays = [], [], {}
     for path in images:
-        x = load_image(path, spec)
-        shown = resize_crop(read_rgb(path), spec)
+        x, shown = load_with_picture(path, spec)
         from .methods.attribution import prediction
         k, label, _ = prediction(model, model.run(x)[0])
         labels.append(label)
@@ -52,8 +51,7 @@ def networks_figure(models: dict, images, method="guided", percentile=99.5, kind
         row = None
         for net, model in models.items():
             spec = model.preprocessing()
-            x = load_image(path, spec)
-            shown = resize_crop(read_rgb(path), spec)
+            x, shown = load_with_picture(path, spec)
             if row is None:
                 row = [shown]
             logits = model.run(x)[0]

@@ -469,6 +469,15 @@ def load_image(path, spec: dict | None = None, limits=None) -> np.ndarray:
     return to_input(resize_crop(_decode(path, spec, limits), spec, limits), spec)
 
 
+def load_with_picture(path, spec: dict | None = None, limits=None) -> tuple[np.ndarray, np.ndarray]:
+    """(load_image's input (1, C, H, W), the picture as shown (H, W, 3) uint8), from one decode of the file:
+    the input at the image's true scale, as load_image gives it."""
+    spec = spec or DEFAULT
+    framed = resize_crop(_decode(path, spec, limits), spec, limits)
+    shown = framed if framed.dtype == np.uint8 else (np.clip(framed, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return to_input(framed, spec), shown
+
+
 def to_display(x: np.ndarray, spec: dict) -> np.ndarray:
     """Undo the normalization of one (3, H, W) input: an (H, W, 3) uint8 picture."""
     x = np.asarray(x, np.float32).transpose(1, 2, 0)

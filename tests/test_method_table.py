@@ -200,3 +200,15 @@ def test_the_methods_command_lists_the_table(capsys):
     assert main(["methods", "gradcam++"]) == 0
     one = capsys.readouterr().out
     assert one.startswith("gradcam++: ") and "takes --layer" in one and "exports" not in one.splitlines()[0]
+
+
+def test_a_16_bit_photo_gives_the_api_map_from_the_command_line(setup, tmp_path):
+    """The command line decodes each file once, at its true scale, as fvgraph.image.load_image does (it used to
+    round deeper images to 8 bits first, so its maps were not the API's)."""
+    _, path, _, model, _ = setup
+    deep = (np.random.default_rng(5).random((36, 44)) * 65535).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert main(["explain", str(path), str(tmp_path / "deep.png"), "-m", "gradient", "-o", str(tmp_path / "o"),
+                 "-q"]) == 0
+    x = load_image(tmp_path / "deep.png", model.preprocessing())
+    assert np.array_equal(np.load(tmp_path / "o" / "deep_gradient.npy"), model.explain(x, "gradient").relevance[0])
