@@ -319,6 +319,8 @@ class Model:
         smooth= (True, or a dict of those)."""
         from .explanation import OutputTarget, Unit
         from .methods.registry import Call, lookup
+        if isinstance(target, str):
+            target = self.class_of(target)
         if target is not None and not isinstance(target, (Unit, OutputTarget, int, np.integer, list, tuple,
                                                           np.ndarray)):
             raise InputError(f"target must be None, an int, one int per sample, fv.Unit(...), fv.OutputTarget(...) "
@@ -427,6 +429,29 @@ class Model:
         """What `fv.load(labels=)` gave, else what the export's metadata names (see fvgraph.contract)."""
         from .contract import labels_from_metadata
         return self._labels or labels_from_metadata(self.metadata)
+
+    def class_of(self, label) -> int:
+        """A class index from its label (as the model's labels write it; case and spaces aside), or from an
+        index written as text; one line naming the nearest labels otherwise."""
+        text = str(label).strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        names = self.class_names()
+        if not names:
+            raise InputError(f"class {text!r}: the model has no class names (give an index, or --labels FILE)")
+        key = " ".join(text.lower().split())
+        exact = [i for i, n in enumerate(names) if " ".join(str(n).lower().split()) == key]
+        if len(exact) == 1:
+            return exact[0]
+        within = [i for i, n in enumerate(names) if key in str(n).lower()]
+        if len(within) == 1 and not exact:
+            return within[0]
+        import difflib
+        near = exact or within or [names.index(n) for n in difflib.get_close_matches(text, names, 5, 0.5)]
+        hint = ", ".join(f"{names[i]!r} ({i})" for i in near[:5]) if near else "none close"
+        raise InputError(f"class {text!r} is not one of the model's {len(names)} labels"
+                         f"{' (it matches several)' if len(near) > 1 and (exact or within) else ''}: nearest "
+                         f"{hint}")
 
     def __repr__(self):
         ins = ", ".join(f"{v.name}{v.describe()}" for v in self.inputs)
