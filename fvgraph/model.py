@@ -370,6 +370,12 @@ class Model:
             raise InputError("concepts needs layer=: the layer whose channels are the concepts")
         return atlas(self, x, method, layer, target, top, **options)
 
+    def detections(self, x, conf=0.25, iou=0.7, max_det=10, **options):
+        """A detector's decoded, class-wise NMS'd detections per image, each with the target that explains it
+        (see fvgraph.methods.detections)."""
+        from .methods.detections import detections
+        return detections(self, x, conf, iou, max_det, **options)
+
     def randomization(self, x, method="gradient", target=None, order="cascade", seed=0, **options):
         """The model-parameter randomization test (Adebayo et al. 2018; see fvgraph.methods.randomization)."""
         from .methods.randomization import randomization
