@@ -171,3 +171,40 @@ def _view(t: TensorProto, ref: FileRef, buf) -> np.ndarray:
     if ref.offset + ref.length > len(buf):
         raise ValueError(f"tensor {t.name!r}: its data runs past the end of {os.path.basename(ref.path)}")
     return np.frombuffer(buf, dtype=dtype, count=count, offset=ref.offset).reshape(dims)
+
+
+def save_model(proto, out):
+    """An ONNX model written whole or not at all (fvgraph.files.write_atomic)."""
+    from .files import write_atomic
+    return write_atomic(out, lambda tmp: onnx.save(proto, tmp))
+
+
+def write_metadata(model, out, preprocess=None, labels=None, overwrite=False, **load_options):
+    """A copy of the model file with fvgraph's preprocessing (merged over what it holds) and class labels in
+    its metadata, so later loads need neither; the model is loaded with them first (load_options as
+    fvgraph.load takes them), so a copy fvgraph cannot use is never written. Returns (preprocessing, labels)."""
+    import json
+    from pathlib import Path
+
+    from .contract import load_labels, parse_preprocess
+    from .errors import InputError, refuse_overwrite
+    from .model import load
+    spec, names = parse_preprocess(preprocess), load_labels(labels)
+    if not spec and not names:
+        raise InputError("give --preprocess and/or --labels to write into the model")
+    out = Path(out)
+    if out.resolve() == Path(model).resolve():
+        raise InputError(f"{out} is the model itself; write the copy elsewhere")
+    refuse_overwrite(out, overwrite)
+    load(model, preprocess=preprocess, labels=labels, **load_options)
+    proto = onnx.load(model)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if spec:
+        meta["fvgraph.preprocess"] = json.dumps({**json.loads(meta.get("fvgraph.preprocess", "{}")), **spec})
+    if names:
+        meta["fvgraph.classes"] = json.dumps(names)
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    save_model(proto, out)
+    return spec, names

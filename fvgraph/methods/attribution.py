@@ -336,3 +336,31 @@ def attribute(model, x, rules: Rules, target=None, through_softmax=False, return
     layers = {ref: out[lowered.layers[name]] for name, ref in keep.items()}
     return Explanation(out[RELEVANCE], reported, out[lowered.output], method_name or rules.name, lowered.applied,
                        layers)
+
+
+def default_target(model, say=None):
+    """The target when none is asked for: None (the predicted class) on a classifier or a detector's
+    (N, 4 + classes, anchors), which ask for an OutputTarget themselves; the sum of the whole first output on a
+    model whose output is a dense map (a text detector's probability map, a segmenter's (N, classes, H, W)),
+    told to `say` in one line. The model runs once at the size its preprocessing implies, so an input size that
+    does not fit the model is named here, with what to do."""
+    if len(model.inputs) != 1:
+        return None
+    from ..errors import FvGraphError
+    from ..image import input_shape
+    shape = input_shape(model)
+    try:
+        dims = value_dims(model, {model.graph.input_names()[0]: np.zeros(shape, np.float32)}, logits_value(model))
+    except FvGraphError as e:
+        declared = model.inputs[0].shape or ()
+        if len(declared) == 4 and not all(isinstance(d, int) for d in declared[2:]):
+            raise InputError(f"the model does not run at {shape[2]}x{shape[3]}, the size its preprocessing implies "
+                             f"(its input size is not declared): give it, e.g. --preprocess size=48x320 ({e})") \
+                from None
+        raise
+    if len(dims) != 4 or dims[2:] == (1, 1):
+        return None
+    if say is not None:
+        say(f"note: the output has shape {tuple(['N'] + list(dims[1:]))}, not (N, classes): explaining the sum "
+            "of the whole output (--target-index or --target-mask choose a part)")
+    return OutputTarget(mask=np.float32(1.0))

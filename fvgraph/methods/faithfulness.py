@@ -157,3 +157,39 @@ def evaluate_methods(model, images, methods, metrics=METRICS, target=None, steps
     mean = {meth: {metric: float(np.mean([r["auc"] for r in results if r["method"] == meth and r["metric"] == metric]))
                    for metric in metrics} for meth in methods}
     return {"results": results, "mean_auc": mean}
+
+
+def mean_curves(found: dict, methods, metrics, steps: int) -> dict:
+    """evaluate_methods' curves averaged over the images, as fvgraph.render.curves draws them: one panel per
+    metric, titled with which way is better, one (fractions, mean score) line per method."""
+    fractions = np.linspace(0, 1, steps + 1)
+    return {f"{metric} ({'lower' if metric == 'deletion' else 'higher'} is better)":
+            {meth: (fractions, np.mean([r["curve"] for r in found["results"]
+                                        if r["metric"] == metric and r["method"] == meth], axis=0))
+             for meth in methods} for metric in metrics}
+
+
+def write_evaluation(out, found: dict, model_path, images, methods, metrics, steps: int, overwrite=False):
+    """evaluation.json (every curve and AUC, and what was run) and evaluation.png (the mean curves) in the
+    folder `out`, each written whole; neither replaces a file without overwrite (both checked first)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import refuse_overwrite
+    from ..files import write_text
+    from ..render import curves, save_png
+    out = Path(out)
+    for f in evaluation_files(out):
+        refuse_overwrite(f, overwrite, other_out=True)
+    write_text(out / "evaluation.json", json.dumps(
+        {"model": str(model_path), "images": [str(p) for p in images], "methods": list(methods),
+         "metrics": list(metrics), "steps": steps, "better": {"deletion": "lower", "insertion": "higher"}, **found},
+        indent=1))
+    save_png(out / "evaluation.png", curves(mean_curves(found, methods, metrics, steps)), overwrite=True)
+    return evaluation_files(out)
+
+
+def evaluation_files(out):
+    """The files write_evaluation writes into `out`: checked before the work, so a refusal costs nothing."""
+    from pathlib import Path
+    return Path(out) / "evaluation.json", Path(out) / "evaluation.png"

@@ -165,6 +165,60 @@ def parse(text: str) -> Objective:
     return total
 
 
+def index_list(text):
+    """'0-3,7' -> [0, 1, 2, 3, 7] (classes or channels); None for none."""
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def reconstruction_targets(model, classes=None, layer=None, channels=None, neuron=None, direction=None,
+                           objective=None, output_target=None, copies=None) -> tuple[list, list[str]]:
+    """What `fvgraph reconstruct` maximizes, one way: an objective text (see parse), an OutputTarget, a
+    direction (an array or .npy file) in a layer's channel space, channels of a layer (each whole, or at one
+    neuron "Y,X"), or classes; with each picture's label. copies: pictures per direction or unit."""
+    if objective:
+        return [parse(objective)], ["objective"]
+    if output_target is not None:
+        return [output_target], ["output_target"]
+    if direction is not None:
+        if not layer:
+            raise InputError("--direction needs --layer (the layer whose channel space it points in)")
+        if not isinstance(direction, np.ndarray):
+            try:
+                direction = np.load(direction)
+            except (OSError, ValueError) as e:
+                raise InputError(f"{direction}: not a readable .npy file ({e})") from None
+        count = copies or 1
+        return [Objective.direction(layer, direction)] * count, [f"{layer}_direction"] * count
+    if layer is not None:
+        chans = channels or [None]
+        if neuron:
+            try:
+                y, x = (int(v) for v in neuron.split(",")) if isinstance(neuron, str) else neuron
+            except ValueError:
+                raise InputError(f"--neuron takes Y,X (a position of the layer), got {neuron!r}") from None
+            targets = [Objective.neuron(layer, c, y, x) for c in chans]
+        else:
+            targets = [Unit(layer, c) for c in chans]
+        labels = [f"{layer}_c{c}" if c is not None else layer for c in chans]
+        if copies and copies > 1:  # one unit, several pictures (with diversity: different ones)
+            targets, labels = targets * copies, [f"{l}_{k}" for k in range(copies) for l in labels]
+        return targets, labels
+    if not classes:
+        raise InputError("say what to maximize: --target CLASS[,CLASS...], --layer L [--channel C[-D]], or "
+                         "--objective EXPR")
+    names = model.class_names()
+    return list(classes), [f"{c}_{names[c]}" if names and 0 <= c < len(names) else str(c) for c in classes]
+
+
 def diversity(acts, owner):
     """Lucid's diversity over copies with different owners: (value, d value / d acts), acts (k, C, ...)."""
     k, c = acts.shape[:2]

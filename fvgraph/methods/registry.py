@@ -568,6 +568,29 @@ def parse_spec(text: str) -> tuple[str, dict]:
     return name.strip(), params
 
 
+def split_specs(text: str) -> list[str]:
+    """'gradient,lrp-epsilon:epsilon=0.001,beta=1,guided' -> the methods, each parameter list staying with its
+    method (a comma-separated list of specs as the command line writes it)."""
+    out = []
+    for part in str(text).split(","):
+        if "=" in part and out and ":" in out[-1]:
+            out[-1] += "," + part
+        else:
+            out.append(part.strip())
+    return [m for m in out if m]
+
+
+def shared_texts(items) -> dict:
+    """['epsilon=0.01', 'alpha=2'] -> {'epsilon': '0.01', 'alpha': '2'}: options for a whole run (-p), texts
+    until each method's options type them."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise OptionError(f"--param takes key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
 def check_shared(specs, shared: dict):
     """Options given for a whole run (-p key=value) must be taken by at least one of its methods."""
     methods = [lookup(parse_spec(s)[0]) for s in specs]
