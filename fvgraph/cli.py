@@ -135,8 +135,11 @@ def cmd_explain(args) -> int:
     check_shared(methods, params)
     where, texts = {"layer": args.layer, "channel": args.channel}, _target_texts(args)
     if any(Path(p).is_dir() for p in args.images) or args.workers > 1 or args.ray:
+        if args.detections:
+            raise InputError("--detections takes image files (not folders, --workers or --ray)")
         from .batch import explain_folder
-        asked = texts["index"] is not None or texts["mask"] is not None
+        asked = texts["index"] is not None or texts["mask"] is not None or not str(args.target or 0).lstrip(
+            "-").isdigit()  # an output target or a label needs the model to be read here
         target = class_or_output(_load(args.model, args) if asked else None, args.target, **texts)
         failed = {}
         done, skipped = explain_folder(args.model, args.images, methods, args.out, target, params, args.workers,
@@ -146,6 +149,8 @@ def cmd_explain(args) -> int:
         return _folder_exit(failed, done + skipped)
     from .methods.attribution import default_target
     model = _load(args.model, args)
+    if args.detections:
+        return _explain_detections(args, model, methods, params)
     target = class_or_output(model, args.target, **texts)
     if target is None and args.layer is None:
         target = default_target(model, None if args.quiet else print)
@@ -157,6 +162,23 @@ def cmd_explain(args) -> int:
     if several:
         write_grid(args.out, rows, methods, preds, args.overwrite)
     _done(args, f"wrote {len(args.images) * len(methods)} explanation(s) to {args.out}/")
+    return 0
+
+
+def _explain_detections(args, model, methods, params) -> int:
+    """--detections: each kept detection explained by each method, drawn with its box (fvgraph.methods.detections)."""
+    from .image import load_image
+    from .methods.detections import explain_detections, write_detections
+    from .methods.registry import lookup, parse_spec
+    if args.target is not None or args.layer or _target_texts(args)["index"] or _target_texts(args)["mask"]:
+        raise InputError("--detections explains each detection: it replaces --target, --layer and the output targets")
+    names = [parse_spec(m)[0] for m in methods]
+    options = {n: lookup(n).parse({**{k: v for k, v in params.items() if lookup(n).option(k)}, **parse_spec(m)[1]})
+               for n, m in zip(names, methods)}
+    x = np.concatenate([load_image(p, model.preprocessing()) for p in args.images])
+    found = explain_detections(model, x, names, conf=args.conf, iou=args.iou, max_det=args.max, options=options)
+    listing = write_detections(model, x, found, args.out, photos=list(args.images), overwrite=args.overwrite)
+    _done(args, f"{sum(len(r) for r in found)} detection(s) in {len(args.images)} image(s); wrote {listing}")
     return 0
 
 
@@ -219,9 +241,13 @@ def cmd_invert(args) -> int:
 
 def cmd_examples(args) -> int:
     """Dataset examples of a layer's channels over images or folders (fvgraph.outputs.run_examples)."""
-    ex, failed = run_examples(_load(args.model, args), args.model, args.images, args.layer, _channels(args.channel),
+    model = _load(args.model, args)
+    if args.by == "activation" and args.target is not None:
+        raise InputError("--target ranks examples by their relevance to a class: give --by relevance too")
+    ex, failed = run_examples(model, args.model, args.images, args.layer, _channels(args.channel),
                               args.k, args.out, args.batch, args.workers, args.ray, not args.no_pictures,
-                              _load_options(args), args.overwrite, args.quiet or None)
+                              _load_options(args), args.overwrite, args.quiet or None, by=args.by,
+                              target=class_or_output(model, args.target), method=args.method)
     _done(args, f"wrote {Path(args.out) / 'examples.json'}: the top {args.k} of {len(ex)} channel(s)"
           + ("" if args.no_pictures else " and a picture per channel"))
     return _folder_exit(failed, 1)
@@ -313,19 +339,66 @@ def cmd_check(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """Faithfulness of each method's maps on each image: a table, evaluation.json and evaluation.png."""
-    from .methods.faithfulness import evaluate_methods, evaluation_files, write_evaluation
-    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
-    refuse_any(evaluation_files(args.out), args.overwrite)
+    """Each method's maps on each image scored by each metric (fvgraph.methods.evaluation): a table, the JSON
+    and the plots."""
+    from .methods import evaluation
+    metrics = args.metric.split(",")
+    refuse_any(evaluation.files(args.out, metrics), args.overwrite)
     model, methods = _load(args.model, args), _methods(args.method)
-    found = evaluate_methods(model, args.images, methods, metrics, _any_target(args, model), args.steps)
-    files = write_evaluation(args.out, found, args.model, args.images, methods, metrics, args.steps, args.overwrite)
+    found = evaluation.evaluate(model, args.images, methods, metrics, _any_target(args, model), args.steps,
+                                args.boxes, seed=args.seed)
+    written = evaluation.write(args.out, found, args.model, args.images, methods, metrics, args.steps,
+                               args.overwrite)
     if not args.quiet:
-        print(f"{'method':<24}" + "".join(f"{m + ' AUC':>16}" for m in metrics) + f"   ({len(args.images)} image(s))")
-        for meth in methods:
-            print(f"{meth[:24]:<24}" + "".join(f"{found['mean_auc'][meth][m]:>16.4f}" for m in metrics))
-        print(f"wrote {files[0]} and {files[1]}")
+        print(evaluation.table(found, methods))
+        print(f"wrote {', '.join(str(f) for f in written)}")
     return 0
+
+
+def cmd_concepts(args) -> int:
+    """The concept atlas of one decision (CRP): concepts.png and concepts.json (fvgraph.methods.concepts)."""
+    from .image import load_with_picture
+    from .methods.concepts import concept_examples, write_atlas
+    model = _load(args.model, args)
+    refuse_any([Path(args.out) / "concepts.png", Path(args.out) / "concepts.json"], args.overwrite)
+    x, shown = load_with_picture(args.image, model.preprocessing())
+    found = model.concepts(x, args.method, args.layer, class_or_output(model, args.target), args.k,
+                           lower_layer=args.lower_layer)
+    failed = {}
+    examples = concept_examples(model, args.images, found, k=args.examples, quiet=args.quiet or None,
+                                failed=failed) if args.images else None
+    write_atlas(found, shown, args.out, examples, model.preprocessing(), args.overwrite)
+    _done(args, "\n".join(f"channel {c}: {100 * sh:.1f}% of the layer's relevance"
+                          for c, sh in zip(found.channels, found.share)) + f"\nwrote {args.out}/concepts.png and .json")
+    return _folder_exit(failed, 1)
+
+
+def cmd_clusters(args) -> int:
+    """SpRAy over a folder: clusters of the explanations of one class (fvgraph.methods.spray)."""
+    from .methods.spray import clusters, write_clusters
+    model, failed = _load(args.model, args), {}
+    target = class_or_output(model, args.target)
+    found = clusters(model, args.images, target, args.method, args.size, args.clusters, args.seed, args.workers,
+                     args.ray, args.quiet or None, params=_parse_params(args.param), model_path=args.model,
+                     load_options=_load_options(args), failed=failed)
+    write_clusters(found, args.out, args.overwrite)
+    _done(args, f"{len(found.clusters)} clusters of {sum(c.size for c in found.clusters)} maps: "
+          + ", ".join(str(c.size) for c in found.clusters) + f"; wrote {args.out}/clusters.json and pictures")
+    return _folder_exit(failed, 1)
+
+
+def cmd_discover(args) -> int:
+    """Concept discovery over a folder: NMF of a layer's activations (fvgraph.methods.discover)."""
+    from .methods.discover import discover, visualize, write_discovery
+    model, failed = _load(args.model, args), {}
+    found = discover(model, args.images, args.layer, args.k, args.seed, method=args.method,
+                     quiet=args.quiet or None, workers=args.workers, ray_address=args.ray, model_path=args.model,
+                     load_options=_load_options(args), failed=failed)
+    if args.visualize:
+        visualize(model, found, steps=args.visualize)
+    write_discovery(found, args.out, args.overwrite)
+    _done(args, f"{args.k} concepts of {args.layer}; wrote {args.out}/discovery.json and pictures")
+    return _folder_exit(failed, 1)
 
 
 def cmd_methods(args) -> int:
@@ -493,7 +566,7 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    p = argparse.ArgumentParser(prog="fvgraph", description="Feature visualization for exported CNNs (ONNX).",
+    p = argparse.ArgumentParser(prog="fvgraph", allow_abbrev=False, description="Feature visualization for exported CNNs (ONNX).",
                                 parents=[common])
     p.add_argument("--version", action="version", version=f"fvgraph {__version__}")
     sub = _Subcommands(p.add_subparsers(dest="command", metavar="COMMAND"), common)
@@ -514,6 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     _arg(s, "--layer", help="for the CAMs: the layer the map is drawn at; with --channel, or for any other "
                             "method: explain a unit of this layer instead of a class")
     _arg(s, "--channel", type=int, help="channel of --layer (a unit, for every method)")
+    _arg(s, "--detections", action="store_true", help="a detector: explain each detection (decoded, class-wise "
+                                                       "NMS) and draw its box; detections.json lists them")
+    _arg(s, "--conf", type=float, default=0.25, help="with --detections: the score a detection needs (0.25)")
+    _arg(s, "--iou", type=float, default=0.7, help="with --detections: NMS's overlap threshold (0.7)")
+    _arg(s, "--max", type=int, default=10, help="with --detections: detections per image at most (10)")
     _method_options(s, "options for every method that takes them, e.g. epsilon=0.01 samples=8 (`fvgraph methods` "
                        "lists each method's)")
     _arg(s, "--workers", type=int, default=1, help="processes for folders of images (default 1)")
@@ -556,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     _arg(s, "--batch", type=int, default=16, help="images per forward pass (default 16)")
     _arg(s, "--workers", type=int, default=1, help="local processes (default 1)")
     _arg(s, "--ray", metavar="ADDRESS", help="run on a Ray cluster ('local' for a local one)")
+    _arg(s, "--by", choices=["activation", "relevance"], default="activation", help="rank by the channel's "
+         "activation (default), or by its relevance to --target (relevance maximization)")
+    _arg(s, "--target", "-t", help="with --by relevance: the class (index or label; default: each image's "
+                                   "predicted class)")
+    _arg(s, "--method", "-m", default="lrp-epsilon", help="with --by relevance: the reverse-pass method")
     _writes(_arg(s, "--no-pictures", action="store_true", help="examples.json only"), "fvgraph-examples")
 
     s = _model(sub.add_parser("replace", cmd_replace, help="patch replacement (Long et al. 2014): an image rebuilt "
@@ -609,9 +692,48 @@ def build_parser() -> argparse.ArgumentParser:
                               "each method's maps"), **onnx)
     _arg(s, "--method", "-m", default="random,gradient,guided,lrp-epsilon,gradcam,occlusion",
          help="methods, comma-separated (parameters as method:key=value); random is the baseline to beat")
-    _arg(s, "--metric", default="deletion,insertion", help="deletion, insertion or both")
+    _arg(s, "--metric", default="deletion,insertion", help="comma-separated: deletion, insertion, road-morf, "
+         "road-lerf, faithfulness-correlation (mufidelity), pointing-game, energy-pointing (with --boxes), "
+         "max-sensitivity, sparseness, complexity, randomization (the parameter randomization test)")
     _arg(s, "--steps", type=int, default=16, help="points on each curve after the first (default 16)")
+    _arg(s, "--boxes", metavar="FILE", help="the object's boxes or masks for the pointing metrics: a .json of "
+         "boxes (x0, y0, x1, y1) keyed by image file name, a mask image or .npy")
+    _arg(s, "--seed", type=int, default=0, help="the seed of the randomized weights (default 0)")
     _writes(_targets(s))
+
+    s = _arg(_arg(sub.add_parser("concepts", cmd_concepts, help="the concepts one decision used (CRP): a layer's "
+                                 "channels ranked by relevance, each with its conditional heatmap"), "model"),
+             "image", help="the image whose decision is explained")
+    _arg(s, "--layer", required=True, help="the layer whose channels are the concepts")
+    _arg(s, "--method", "-m", default="lrp-epsilon", help="a reverse-pass method (default lrp-epsilon)")
+    _arg(s, "-k", type=int, default=5, help="concepts shown (default 5)")
+    _arg(s, "--lower-layer", help="also each concept's most relevant channels at this lower layer")
+    _arg(s, "--images", nargs="+", help="images or folders: each concept's top examples by relevance among them")
+    _arg(s, "--examples", type=int, default=4, help="examples per concept with --images (default 4)")
+    _targets(_writes(s, "fvgraph-concepts"))
+
+    s = _model(sub.add_parser("clusters", cmd_clusters, help="where the model fails across a folder (SpRAy): "
+                              "clusters of the explanations of one class"), "image files or folders", **onnx)
+    _arg(s, "--method", "-m", default="lrp-epsilon", help="the method whose maps are clustered")
+    _method_options(s, "options of the method, e.g. epsilon=0.01")
+    _arg(s, "--clusters", type=int, help="how many clusters (default: from the eigengap)")
+    _arg(s, "--size", type=int, default=32, help="maps are downsized to SIZE x SIZE (default 32)")
+    _arg(s, "--seed", type=int, default=0)
+    _arg(s, "--workers", type=int, default=1, help="local processes (default 1)")
+    _arg(s, "--ray", metavar="ADDRESS", help="run on a Ray cluster ('local' for a local one)")
+    _targets(_writes(s, "fvgraph-clusters"), "class index or label whose images are clustered (default: all)")
+
+    s = _model(sub.add_parser("discover", cmd_discover, help="concept discovery across a folder: a layer's "
+                              "activations factorized (NMF) into k concept directions"), "image files or folders",
+               **onnx)
+    _arg(s, "--layer", required=True, help="the layer whose activations are factorized")
+    _arg(s, "-k", type=int, default=8, help="concepts (default 8)")
+    _arg(s, "--method", "-m", default="lrp-epsilon", help="the method of each concept's relevance share")
+    _arg(s, "--visualize", type=int, metavar="STEPS", help="also a feature visualization of each concept")
+    _arg(s, "--seed", type=int, default=0)
+    _arg(s, "--workers", type=int, default=1, help="local processes (default 1)")
+    _arg(s, "--ray", metavar="ADDRESS", help="run on a Ray cluster ('local' for a local one)")
+    _writes(s, "fvgraph-discover")
 
     _arg(sub.add_parser("methods", cmd_methods, help="the methods: their maps, options, defaults and ranges"), "name",
          nargs="?", help="one method (default: all)")

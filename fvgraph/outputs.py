@@ -119,7 +119,8 @@ def write_figure(out, img, arrays, overwrite=False):
 
 
 def run_examples(model, model_path, images, layer, channels, k, out, batch=16, workers=1, ray=None, pictures=True,
-                 load_options=None, overwrite=False, quiet=None, failed=None):
+                 load_options=None, overwrite=False, quiet=None, failed=None, by="activation", target=None,
+                 method="lrp-epsilon"):
     """Dataset examples of a layer's channels written into the folder `out`: examples.json and, unless
     pictures=False, channel_NNNN.png per channel. The folder's run state (fvgraph.files.RunState) makes a rerun
     resume its own run, and refuses a run of another model or other options, or a file it did not write,
@@ -130,14 +131,15 @@ def run_examples(model, model_path, images, layer, channels, k, out, batch=16, w
     out, lo, failed = Path(out), dict(load_options or {}), {} if failed is None else failed
     value = model.resolve(layer)
     chans = resolve_channels(model, value, channels, np.zeros(input_shape(model), np.float32))
+    ranking = {} if by == "activation" else {"by": by, "target": target, "method": method}  # states as before
     state = RunState(out, "examples", model_path, {"layer": value, "channels": chans, "k": k, "pictures": pictures,
-                                                   "preprocess": lo.get("preprocess"), "labels": lo.get("labels")},
-                     overwrite)
+                                                   "preprocess": lo.get("preprocess"), "labels": lo.get("labels"),
+                                                   **ranking}, overwrite)
     state.claim(["examples.json", "examples.state.json"] + [f"channel_{c:04d}.png" for c in chans if pictures])
     if overwrite:
         (out / "examples.state.json").unlink(missing_ok=True)
     ex = top_examples(model, images, layer, chans, k, batch, workers, ray, out / "examples.state.json", model_path,
-                      lo, quiet, failed)
+                      lo, quiet, failed, by=by, target=target, method=method)
     write_examples(out, examples_json(value, ex), example_pictures(model, ex, layer) if pictures else {})
     state.failed = dict(failed)
     state.finish()

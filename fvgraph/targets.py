@@ -5,14 +5,18 @@ from __future__ import annotations
 from .errors import InputError
 
 
-def class_index(text):
-    """--target's text as a class index (None: the predicted class)."""
+def class_index(text, model=None):
+    """--target's text as a class index (None: the predicted class): an index, or a label of the model's
+    (fvgraph.model.Model.class_of)."""
     if text is None:
         return None
     try:
         return int(text)
     except ValueError:
-        raise InputError(f"--target takes a class index, got {text!r} (use --layer/--channel for units)") from None
+        if model is None:
+            raise InputError(f"--target takes a class index or label, got {text!r} (use --layer/--channel for "
+                             "units)") from None
+        return model.class_of(text)
 
 
 def output_target(model, index=None, mask=None, output=None, channel=None):
@@ -43,7 +47,7 @@ def class_or_output(model, target=None, **output):
         if target is not None:
             raise InputError("--target-index/--target-mask replace --target; give one of them")
         return out
-    return class_index(target)
+    return class_index(target, model)
 
 
 def any_target(model, target=None, layer=None, unit_channel=None, **output):
