@@ -12,6 +12,8 @@ uses the JSON API below, which scripts can use too:
     POST /api/predict    {"image": base64 PNG/JPEG | "image_id" | "name"} -> {"image_id", "top": [...], "shown"}
     POST /api/concepts   {"image" | "image_id" | "name", "method", "layer", "target", "top"} -> {"concepts":
                           [{"channel", "relevance", "share", "png"}]}: the CRP atlas of the decision at a layer
+    POST /api/clusters   {"method", "target"} -> {"clusters": [{"size", "members", "png"}], "embedding"}: SpRAy
+                          over the --images folder
     POST /api/explain    {"image" | "image_id" | "name", "method", "params", "target", "layer", "channel",
                           "alpha", "colors", "array", "stream"} -> {"png", "target", "label", "ms", ["npy"]}
                          occlusion and reconstruction with "stream": newline-delimited JSON, progress and the
@@ -351,6 +353,36 @@ class Service:
                              for k, (c, r, sh) in enumerate(zip(found.channels, found.relevance, found.share))]}
 
 
+    def clusters(self, body: dict) -> dict:
+        """SpRAy over the served images (--images): the explanations of one class clustered; per cluster its
+        size, members and the picture of its mean map and typical members, and the embedding of all maps."""
+        from .methods.spray import cluster_picture, clusters, embedding_picture
+        if self.images_dir is None:
+            raise InputError("clusters need a folder of images: fvgraph serve MODEL --images DIR")
+        method = body.get("method", "lrp-epsilon")
+        if not isinstance(method, str) or method not in self.table:
+            raise InputError(f"unknown method {method!r}: use one of {', '.join(self.methods)}")
+        target = body.get("target")
+        if target is not None and (not isinstance(target, int) or isinstance(target, bool)):
+            raise InputError(f"target must be a class index or null, got {target!r}")
+        files = [self.images_dir / n for n in self.list_images()]
+        passes = len(files) * self.table[method].passes_for(self.table[method].check({}), (1, 3, 224, 224))
+        if passes > self.max_passes:
+            raise InputError(f"clustering {len(files)} images with {method} takes {passes} passes; this server "
+                             f"allows {self.max_passes} per request (fvgraph serve --max-passes, or fvgraph "
+                             "clusters from the command line)")
+        key = json.dumps(["clusters", method, target, self.list_images()])
+        found = self.results.get(key)
+        if found is None:
+            with self.lock:
+                found = clusters(self.model, files, target, method, quiet=True, failed={})
+            self.results.put(key, found)
+        return {"method": method, "target": target, "images": len(found.names),
+                "embedding": png64(embedding_picture(found)),
+                "clusters": [{"size": c.size, "members": list(c.members), "png": png64(cluster_picture(found, c))}
+                             for c in found.clusters]}
+
+
 def _crop(rgb, box):
     y0, x0, y1, x1 = box
     return np.ascontiguousarray(rgb[y0:y1, x0:x1])
@@ -567,6 +599,10 @@ def app(service: Service, allowed_hosts=()):
         body = await body_of(request)
         return JSONResponse(await anyio.to_thread.run_sync(service.examples, body))
 
+    async def clusters(request):
+        body = await body_of(request)
+        return JSONResponse(await anyio.to_thread.run_sync(service.clusters, body))
+
     async def concepts(request):
         body = await body_of(request)
         return JSONResponse(await anyio.to_thread.run_sync(service.concepts, body))
@@ -595,6 +631,7 @@ def app(service: Service, allowed_hosts=()):
               Route("/api/explain", guarded(explain), methods=["POST"]),
               Route("/api/examples", guarded(examples), methods=["POST"]),
               Route("/api/concepts", guarded(concepts), methods=["POST"]),
+              Route("/api/clusters", guarded(clusters), methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     return SameOrigin(Starlette(routes=routes, exception_handlers={HTTPException: not_found}), allowed_hosts)
 

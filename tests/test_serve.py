@@ -354,3 +354,19 @@ def test_the_concept_atlas_of_the_image_at_a_layer(server):
                        ({"name": "chelsea.png", "layer": layer, "top": 0}, "top")):
         r = client.post("/api/concepts", json=body)
         assert r.status_code == 400 and word in r.json()["error"], r.text
+
+
+def test_the_dataset_view_clusters_the_folder_as_spray_does(server):
+    """POST /api/clusters: SpRAy over the --images folder, the clusters fvgraph.methods.spray.clusters finds."""
+    client, _, images, _ = server
+    from fvgraph.methods.spray import clusters
+    r = client.post("/api/clusters", json={"method": "gradient", "target": None})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    model = fv.load(DEMO_MODEL)
+    files = sorted(p for p in images.iterdir() if p.suffix == ".png" and not p.is_symlink())
+    want = clusters(model, files, None, "gradient", quiet=True, failed={})
+    assert sorted(sorted(c["members"]) for c in got["clusters"]) == sorted(sorted(c.members) for c in want.clusters)
+    assert png_of(got["embedding"]).ndim == 3
+    r = client.post("/api/clusters", json={"method": "gradient", "target": "cat"})
+    assert r.status_code == 400 and "target" in r.json()["error"]

@@ -224,6 +224,29 @@ function draw(panel, png, requested) {
 
 function refreshAll() { state.panels.forEach(refresh); showExamples(); showConcepts(); }
 
+// ------------------------------------------------------------------ the dataset view: SpRAy clusters (--images)
+async function showClusters() {
+  const box = $("#clusters");
+  const target = state.target !== null ? state.target : state.predicted;
+  box.innerHTML = `<p class="note">explaining and clustering the folder's images of class ${target}...</p>`;
+  try {
+    const r = await api("/api/clusters", { method: "lrp-epsilon", target });
+    box.innerHTML = `<p class="note">${r.images} image(s) of class ${target}, ${r.clusters.length} clusters ` +
+                    "(a small cluster with its own mean map is worth a look: a shortcut?)</p>";
+    for (const c of r.clusters) {
+      const img = document.createElement("img");
+      img.src = "data:image/png;base64," + c.png;
+      img.title = `${c.size} image(s): ${c.members.slice(0, 12).join(", ")}`;
+      img.className = "cluster";
+      box.appendChild(img);
+    }
+    const emb = document.createElement("img");
+    emb.src = "data:image/png;base64," + r.embedding;
+    emb.className = "cluster";
+    box.appendChild(emb);
+  } catch (e) { box.innerHTML = ""; status(e.message); }
+}
+
 // ------------------------------------------------------------------ the concept atlas (CRP) at the chosen layer
 let conceptsFor = "";
 async function showConcepts() {
@@ -328,6 +351,10 @@ function save(name, b64, type) {
 async function start() {
   const model = await api("/api/model");
   state.model = model;
+  if (model.examples) {
+    $("#clusters-button").hidden = false;
+    $("#clusters-button").addEventListener("click", showClusters);
+  }
   $("#model-name").textContent = model.name;
   document.title = `fvgraph · ${model.name}`;
   const list = $("#class-list");
