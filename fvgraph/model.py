@@ -318,7 +318,14 @@ class Model:
         Reverse-pass methods take samples=, sigma=, kind=, seed= (noise averaging: SmoothGrad and kin), or
         smooth= (True, or a dict of those)."""
         from .explanation import OutputTarget, Unit
-        from .methods.registry import Call, lookup
+        from .methods.registry import Call, lookup, table
+        if isinstance(target, str) and target == "all":
+            m = lookup(method)
+            if m.all_classes is None:
+                able = [k for k, v in table().items() if v.all_classes]
+                raise InputError(f"target='all' (every class's map in one call) is for {', '.join(able)}; "
+                                 f"{m.name} explains one target per pass")
+            return m.all_classes(self, m, x, m.check(options), Call(through_softmax, (), progress))
         if isinstance(target, str):
             target = self.class_of(target)
         if target is not None and not isinstance(target, (Unit, OutputTarget, int, np.integer, list, tuple,

@@ -27,3 +27,19 @@ def test_a_label_that_is_not_one_names_the_nearest(model):
         model.class_of("cat")
     with pytest.raises(fv.InputError, match="nearest none close"):
         model.class_of("zzzzqq")
+
+
+def test_every_class_at_once_equals_each_class_alone():
+    """target='all': CAM and ReciproCAM give every class's map in one call, each equal to that class alone; the
+    methods that explain one target per pass say so."""
+    from tests.zoo import resnet_like
+    net = fv.load(resnet_like())
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for method in ("cam", "reciprocam"):
+        every = net.explain(x, method, target="all")
+        assert every.relevance.shape == (2, 10, 32, 32)
+        for k in (0, 4, 9):
+            alone = net.explain(x, method, target=[k, k]).relevance
+            assert np.abs(every.relevance[:, k] - alone).max() <= 1e-5 * max(1.0, np.abs(alone).max())
+    with pytest.raises(fv.InputError, match="is for cam, reciprocam; gradient explains one target per pass"):
+        net.explain(x, "gradient", target="all")

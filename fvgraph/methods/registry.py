@@ -191,6 +191,7 @@ class Method:
     smoothable: bool = False
     passes: Callable | None = None
     rules: Any = None  # the preset, for rule methods
+    all_classes: Callable | None = None  # (model, method, x, options, call) -> every class's map in one call
 
     @property
     def exports(self) -> bool:
@@ -439,6 +440,23 @@ def _scorecam_passes(o, shape):
     return 64  # one masked forward per channel of the layer, in batches: a bound, not a count
 
 
+def _cam_all_classes(model, method, x, options, call):
+    """CAM for every class at once: the pooled maps weighted by each class's classifier weights, (N, K, H, W)."""
+    from ..explanation import Explanation
+    from .attribution import logits_value
+    from .cam import cam_structure, resize_maps
+    logits = logits_value(model, call.through_softmax)
+    fmap, w = cam_structure(model, logits)
+    got = model.run(x, outputs=[fmap, logits])
+    A = np.asarray(got[fmap], np.float64)
+    maps = np.einsum("kc,nchw->nkhw", w.astype(np.float64), A).astype(np.float32)
+    n, k = maps.shape[:2]
+    if options["upsample"]:
+        size = model.feeds(x)[model.graph.input_names()[0]].shape[2:]
+        maps = resize_maps(maps.reshape((n * k,) + maps.shape[2:]), size).reshape((n, k) + tuple(size))
+    return Explanation(maps, np.arange(k), got[logits], "cam", extras={"layer": fmap})
+
+
 CAMS = {
     "cam": "CAM (Zhou et al. 2016): the pooled maps weighted by the class's classifier weights",
     "gradcam": "Grad-CAM (Selvaraju et al. 2017): a layer's maps weighted by their mean gradient",
@@ -452,7 +470,8 @@ CAMS = {
 for _name, _help in CAMS.items():
     register(Method(_name, "heat", "cam", _help, _compute_cam, _cam_options(_name), layer=True,
                     lower=_lower_cam if _name in ("cam", "gradcam") else None, smoothable=True,
-                    passes=_scorecam_passes if _name == "scorecam" else None))
+                    passes=_scorecam_passes if _name == "scorecam" else None,
+                    all_classes=_cam_all_classes if _name == "cam" else None))
 
 
 # --------------------------------------------------------------------------- input modification
@@ -669,6 +688,19 @@ def _compute_reciprocam(model, method, x, target, options, call):
                       quiet=True if call.progress is None else None, progress=call.progress)
 
 
+def _reciprocam_all_classes(model, method, x, options, call):
+    """ReciproCAM's one batch scores every class: all their maps, (N, K, H, W)."""
+    from ..explanation import Explanation
+    from .cam import resize_maps
+    e = _compute_reciprocam(model, method, x, None, options, call)
+    maps = e.extras["classes"]
+    n, k = maps.shape[:2]
+    if options["upsample"]:
+        size = model.feeds(x)[model.graph.input_names()[0]].shape[2:]
+        maps = resize_maps(maps.reshape((n * k,) + maps.shape[2:]), size).reshape((n, k) + tuple(size))
+    return Explanation(np.asarray(maps, np.float32), np.arange(k), e.output, "reciprocam", extras=e.extras)
+
+
 register(Method("reciprocam", "heat", "cam",
                 "ReciproCAM (Byun and Lee 2022): the class scores of a layer's maps kept at one position at a time, "
                 "all positions as one batch through the layers after it (no gradient)",
@@ -682,4 +714,4 @@ register(Method("reciprocam", "heat", "cam",
                  Option("upsample", "bool", True, "resize the map to the input's size"),
                  Option("batch_size", "int", None, "positions per tail batch (default: all that fit the memory "
                         "cap)", low=1)),
-                layer=True, passes=lambda o, shape: 1))
+                layer=True, passes=lambda o, shape: 1, all_classes=_reciprocam_all_classes))
