@@ -426,7 +426,8 @@ def cmd_export_explainer(args) -> int:
     options = lookup(args.method).parse(_parse_params(args.param))
     if args.layer is not None:
         options["layer"] = args.layer
-    proto = model.export_explainer(args.method, shape=_shape(args.shape) if args.shape else None, **options)
+    proto = model.export_explainer(args.method, shape=_shape(args.shape) if args.shape else None,
+                                   all_classes=args.all_classes, **options)
     save_model(proto, out)
     _done(args, f"wrote {out}: inputs {', '.join(i.name for i in proto.graph.input)} -> outputs "
           f"{', '.join(o.name for o in proto.graph.output)} ({len(proto.graph.node)} nodes)")

@@ -14,11 +14,12 @@ from .reverse import RELEVANCE, Target, rules_key
 from .shapes import BATCH
 
 
-def export_explainer(model, method="gradient", *, shape=None, through_softmax: bool = False,
+def export_explainer(model, method="gradient", *, shape=None, through_softmax: bool = False, all_classes=False,
                      **options) -> onnx.ModelProto:
     """The explainer of `method` (a method of the table that lowers into one graph: a rule preset, a rules
     .toml path, fv.Rules, "cam" or "gradcam") with its options, for `model`. shape: the input shape (any
-    batch) where the model's own is not fixed."""
+    batch) where the model's own is not fixed. all_classes (CAM): a last output `saliency`, every class's map
+    (batch, classes, H, W), beside the model's own outputs: the model and its saliency maps in one graph."""
     from .methods.attribution import logits_value
     from .methods.registry import lookup, table
     from .onnx_export import to_onnx
@@ -42,10 +43,15 @@ def export_explainer(model, method="gradient", *, shape=None, through_softmax: b
         from .methods.cam import default_gradcam_layer
         opts["layer"] = default_gradcam_layer(model, probe, logits)
     spec = Target("class", logits)
-    key = ("export", m.name, rules_key(m.rules) if m.rules is not None else None, repr(sorted(opts.items())), spec)
-    lowered = model.lowered(key, probe, lambda table_: m.lower(model, m, table_, spec, opts),  # the graph itself,
-                            persist=False)                                                     # not a session
-    outputs = [RELEVANCE] + model.graph.output_names()
+    if all_classes and m.name != "cam":
+        raise InputError(f"all_classes (every class's map as one more output) is for cam; {m.name} explains one "
+                         "class per pass")
+    extra = {"all_classes": True} if all_classes else {}
+    key = ("export", m.name, rules_key(m.rules) if m.rules is not None else None, repr(sorted(opts.items())), spec,
+           bool(all_classes))
+    lowered = model.lowered(key, probe, lambda table_: m.lower(model, m, table_, spec, opts, **extra),  # the graph,
+                            persist=False)                                                            # no session
+    outputs = [RELEVANCE] + model.graph.output_names() + (["saliency"] if all_classes else [])
     types = {o: (lowered.table.dims.get(o), lowered.table.dtypes.get(o, np.dtype(np.float32))) for o in outputs}
     proto, _ = to_onnx(lowered.graph, outputs, embed=True, types=types, name=f"{m.name} explainer",
                        input_shapes={first.name: dims, "target": (BATCH,)})

@@ -43,3 +43,26 @@ def test_every_class_at_once_equals_each_class_alone():
             assert np.abs(every.relevance[:, k] - alone).max() <= 1e-5 * max(1.0, np.abs(alone).max())
     with pytest.raises(fv.InputError, match="is for cam, reciprocam; gradient explains one target per pass"):
         net.explain(x, "gradient", target="all")
+
+
+def test_an_exported_cam_can_carry_every_class_map(tmp_path):
+    """export-explainer --all-classes: the model's outputs and a `saliency` output with every class's CAM, run by
+    plain onnxruntime, equal to target='all'."""
+    import onnx
+
+    from fvgraph.cli import main
+    from tests.conftest import ort_session
+    from tests.zoo import resnet_like
+    path = tmp_path / "net.onnx"
+    onnx.save(resnet_like(), str(path))
+    assert main(["export-explainer", str(path), "-m", "cam", "--all-classes", "-o", str(tmp_path / "x.onnx"),
+                 "-q"]) == 0
+    proto = onnx.load(str(tmp_path / "x.onnx"))
+    assert [o.name for o in proto.graph.output][-1] == "saliency"
+    net = fv.load(str(path))
+    x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    got = ort_session(proto).run(["saliency"], {net.graph.input_names()[0]: x, "target": np.full(3, -1)})[0]
+    want = net.explain(x, "cam", target="all").relevance
+    assert got.shape == (3, 10, 32, 32) and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    with pytest.raises(fv.InputError, match="is for cam"):
+        net.export_explainer("gradient", all_classes=True)

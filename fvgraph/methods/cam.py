@@ -175,10 +175,11 @@ def layer_view(model, table, value):
     return view
 
 
-def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: bool) -> Lowered:
+def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: bool, all_classes=False) -> Lowered:
     """The CAM or Grad-CAM graph: inputs the model's and the target's (a class index per sample, or a seed
     for Grad-CAM), outputs the map, the target value, the class used and the per-channel weights (CAM's class
-    weights, Grad-CAM's alpha)."""
+    weights, Grad-CAM's alpha); with all_classes (CAM), also `saliency`: every class's map (N, K, H, W), the
+    pooled maps times the whole classifier."""
     logits = spec.value
     g = model.graph
     b = GraphBuilder(g, table)
@@ -216,8 +217,28 @@ def lower_cam(model, method: str, table, spec: Target, layer, upsample_maps: boo
     extras = {"layer": fmap if method == "cam" else value, "weights": b.named(weights, "weights")}
     if method == "gradcam":  # what the other gradient-weighted CAMs are computed from
         extras.update(activations=b.named(fmap, "activations"), gradients=b.named(grad, "gradients"))
+    if all_classes:
+        if method != "cam":
+            raise InputError("every class's map in one graph is CAM's (the pooled maps times the classifier)")
+        extras["saliency"] = b.named(_all_class_maps(b, fmap, w, size if upsample_maps else None), "saliency")
     graph = b.finish([o for o in [rel, logits, used] + list(extras.values())[1:] if o])
     return Lowered(graph, logits, used, {}, extras, applied, inputs, b.table)
+
+
+def _all_class_maps(b: GraphBuilder, fmap: str, w: np.ndarray, size) -> str:
+    """(N, C, h, w) maps and (K, C) class weights -> (N, K, h, w) (or (N, K, H, W) at `size`): one MatMul."""
+    n, c, h, wd = b.dims(fmap)
+    k = w.shape[0]
+    dt = b.dtype(fmap)
+    flat = b.op("Reshape", [fmap, b.ints([0, c, h * wd])], dims=(n, c, h * wd), dtype=dt)
+    per = b.op("MatMul", [b.const(w.astype(dt), "class_weights"), flat], dims=(n, k, h * wd), dtype=dt)
+    maps = b.op("Reshape", [per, b.ints([0, k, h, wd])], dims=(n, k, h, wd), dtype=dt)
+    if size is None or (h, wd) == tuple(size):
+        return maps
+    lead = b.op("Slice", [b.op("Shape", [maps], dims=(4,), dtype=np.int64), b.ints([0]), b.ints([2])], dims=(2,),
+                dtype=np.int64)
+    sizes = b.op("Concat", [lead, b.ints(list(size))], axis=0, dims=(4,), dtype=np.int64)
+    return b.op("Resize", [maps, "", "", sizes], mode="linear", dims=(n, k) + tuple(size), dtype=dt)
 
 
 def _relu_sum(A, weights):

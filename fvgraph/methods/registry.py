@@ -431,9 +431,9 @@ def _compute_cam(model, method, x, target, options, call):
                        through_softmax=call.through_softmax, flag=not call.copy)
 
 
-def _lower_cam(model, method, table_, spec, options):
+def _lower_cam(model, method, table_, spec, options, all_classes=False):
     from .cam import lower_cam
-    return lower_cam(model, method.name, table_, spec, options["layer"], options["upsample"])
+    return lower_cam(model, method.name, table_, spec, options["layer"], options["upsample"], all_classes)
 
 
 def _scorecam_passes(o, shape):
