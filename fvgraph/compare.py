@@ -105,8 +105,12 @@ def record(model, model_path, images, methods, out, overwrite=False, target=None
             "preprocess": spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "target": _target_record(target, arrays)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as f:
-        np.savez_compressed(f, __meta__=np.array(json.dumps(meta)), **arrays)
+    from .files import write_atomic
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, __meta__=np.array(json.dumps(meta)), **arrays)
+    write_atomic(out, save)  # a reference is whole or absent, never half written
     return meta
 
 

@@ -74,6 +74,7 @@ def _megabytes(name: str, default: float) -> int:
 # costs more than the lowering and optimization it would save (1.4 s in all there); FVGRAPH_CACHE_MAX_MB moves it
 MAX_BYTES = _megabytes("FVGRAPH_CACHE_MAX_MB", 256)
 # The cache as a whole stays under this: after each new entry the least recently used ones go
+INDEX_ENTRIES = 4096  # remembered file hashes at most (trim_index)
 TOTAL_BYTES = _megabytes("FVGRAPH_CACHE_TOTAL_MB", 2048)
 
 
@@ -361,3 +362,19 @@ def evict(base: Path, limit: int, stale_s: float = 3600):
             break
         shutil.rmtree(e, ignore_errors=True)
         total -= size
+    trim_index(base / "index")
+
+
+def trim_index(index: Path, keep: int = INDEX_ENTRIES):
+    """The index of remembered hashes keeps its `keep` most recently written records (one small file per
+    hashed file version: without a bound it grows with every model and entry ever seen)."""
+    try:
+        memos = [(m.stat().st_mtime, m) for m in index.iterdir() if m.is_file()]
+    except OSError:
+        return
+    if len(memos) > keep:
+        for _, m in sorted(memos)[:len(memos) - keep]:
+            try:
+                m.unlink()
+            except OSError:
+                pass

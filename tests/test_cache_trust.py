@@ -360,3 +360,19 @@ def test_stale_leftovers_are_cleaned(cache, net):
     diskcache.evict(graphs, diskcache.TOTAL_BYTES)
     assert not old.exists() and new.exists()
     shutil.rmtree(new)
+
+
+def test_the_index_of_remembered_hashes_is_bounded(cache, net):
+    """The index keeps the most recently written records only; an evicted record is hashed again, never wrong."""
+    first, _ = _explain(net)
+    index = cache / "graphs" / "index"
+    index.mkdir(mode=0o700, exist_ok=True)
+    for k in range(40):  # records of file versions long gone
+        (index / f"{k:032x}").write_text("0" * 64)
+        os.utime(index / f"{k:032x}", (time.time() - 10000 + k,) * 2)
+    kept = sorted(index.iterdir(), key=lambda m: m.stat().st_mtime)[-10:]
+    diskcache.trim_index(index, keep=10)
+    assert sorted(index.iterdir()) == sorted(kept)
+    diskcache.evict(cache / "graphs", diskcache.TOTAL_BYTES)  # eviction trims it too, to its default bound
+    assert len(list(index.iterdir())) <= diskcache.INDEX_ENTRIES
+    assert np.array_equal(_explain(net)[0], first)
