@@ -139,7 +139,7 @@ def tail_graph(model, value: str, outputs: list):
             reached.update(o for o in n.outputs if o)
     needed, stack = set(), [prod[o] for o in outputs if o in prod and prod[o] in downstream]
     if len(stack) != len(outputs):
-        raise InputError(f"reciprocam: the output does not depend on the layer {value!r}; give a layer before it")
+        raise InputError(f"the output does not depend on the layer {value!r}; give a layer before it")
     frontier, seen = [], set()
     while stack:
         i = stack.pop()
@@ -170,6 +170,34 @@ def tail_graph(model, value: str, outputs: list):
     return tail, frontier
 
 
+def tail_runner(model, x, value: str, logits: str):
+    """(clean values, run): one clean forward of x for the layer's value, the logits and what the tail also
+    reads; run(rows, n) -> the logits of the tail (tail_graph) on `rows`, copies of sample n's layer value,
+    the values around the layer held at sample n's clean values (and x[n] where the tail reads the input), in
+    batches of the size the model's input fixes. run.count: how many times the tail ran. Shared by the
+    methods that edit a layer's value and read what follows (ReciproCAM, AblationCAM)."""
+    from .sampling import in_model_batches
+    tail, frontier = tail_graph(model, value, [logits])
+    first = model.graph.input_names()[0]
+    got = model.run(x, outputs=list(dict.fromkeys([value, logits] + frontier)))
+    needs_input = first in tail.input_names()
+
+    def once(rows, images, n):
+        run.count += 1
+        feed = {value: np.ascontiguousarray(rows)}
+        feed.update((v, np.repeat(got[v][n:n + 1], len(rows), axis=0)) for v in frontier)  # clean, per copy
+        if images is not None:
+            feed[first] = np.ascontiguousarray(images)
+        return np.asarray(model.engine.run(tail, feed, [logits])[logits])
+
+    def run(rows, n):
+        if needs_input:
+            return in_model_batches(model, lambda r, i: once(r, i, n), rows, np.repeat(x[n:n + 1], len(rows), 0))
+        return in_model_batches(model, lambda r: once(r, None, n), rows)
+    run.count = 0
+    return got, run
+
+
 def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
     """Copies of one sample's layer value a1 (its own layout) with the positions weighted by each mask."""
     P, h, w = masks.shape
@@ -190,7 +218,6 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     from .cam import default_gradcam_layer, layer_view, resize_maps
     from .memory import available_memory, bytes_per_sample
     from .occlusion import ends_in_softmax, probabilities
-    from .sampling import in_model_batches
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
     if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
@@ -209,26 +236,15 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     dims = value_dims(model, feeds, logits)
     classes = class_indices(target, dims, N, logits)
     view = layer_view(model, model.shape_table(feeds), value)
-    tail, frontier = tail_graph(model, value, [logits])
-    got = model.run(x, outputs=list(dict.fromkeys([value, logits] + frontier)))
+    got, run_tail = tail_runner(model, x, value, logits)
     A, clean = got[value], np.asarray(got[logits])
     reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
     h, w = view.grid
     masks = position_masks(h, w, bool(gaussian))
-    needs_input = first in tail.input_names()
     if batch_size is None:
         per = bytes_per_sample(model, x[:1], logits)  # a whole forward per copy: a bound on the tail's
         cap = memory if memory is not None else available_memory() // 4
         batch_size = int(max(1, min(N * h * w, cap // max(per, 1))))
-    runs = [0]
-
-    def run_tail(rows, images, n):
-        runs[0] += 1
-        feed = {value: np.ascontiguousarray(rows)}
-        feed.update((v, np.repeat(got[v][n:n + 1], len(rows), axis=0)) for v in frontier)  # clean, per copy
-        if needs_input:
-            feed[first] = np.ascontiguousarray(images)
-        return np.asarray(model.engine.run(tail, feed, [logits])[logits])
 
     bar = Progress(N * h * w, "reciprocam", quiet, progress)
     scores = []
@@ -237,11 +253,7 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
         out = []
         for s in range(0, len(copies), batch_size):
             rows = copies[s:s + batch_size]
-            if needs_input:
-                imgs = np.repeat(x[n:n + 1], len(rows), axis=0)
-                out.append(in_model_batches(model, lambda r, i, n=n: run_tail(r, i, n), rows, imgs))
-            else:
-                out.append(in_model_batches(model, lambda r, n=n: run_tail(r, None, n), rows))
+            out.append(run_tail(rows, n))
             bar.update(n * h * w + s + len(rows))
         y = np.concatenate(out).reshape(h * w, -1).astype(np.float64)
         scores.append(probabilities(y) if softmax else y)
@@ -253,5 +265,5 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     if upsample_maps:
         maps = resize_maps(maps, x.shape[2:])
     return Explanation(np.asarray(maps, np.float32), reported, clean, "reciprocam",
-                       extras={"layer": value, "classes": all_maps, "tail_runs": runs[0], "batch_size": batch_size,
+                       extras={"layer": value, "classes": all_maps, "tail_runs": run_tail.count, "batch_size": batch_size,
                                "gaussian": bool(gaussian), "score": score})
