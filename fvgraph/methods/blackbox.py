@@ -16,6 +16,15 @@
   (i, j), min-max normalized per class, then upsampled like the CAMs. Every class's map comes from the same
   batch (extras["classes"]). Token maps (N, T, C) keep their leading tokens (the class token) unmasked, as
   ViT-ReciproCAM does.
+- AblationCAM (Desai & Ramaswamy 2020, as pytorch-grad-cam computes it): at a layer (Grad-CAM's by default),
+  one copy of the layer's value per channel k with channel k set to 0, run in batches through the same tail;
+  w_k = (y_c - y_c^k) / y_c (y_c the clean class score; the plain drop y_c - y_c^k where y_c = 0), the map
+  relu(sum_k w_k A_k), upsampled like the CAMs.
+- Sobol attribution (Fel et al. 2021): a g x g grid of cells, `designs` N points of a scrambled, seeded Sobol'
+  sequence (scipy.stats.qmc) in 2 g^2 dimensions split into the designs A and B, and the A_B^i (A with cell i
+  from B); the input times each mask, upsampled nearest (each pixel takes its cell's value), is scored
+  (N (g^2 + 2) forwards); Jansen's estimator gives each cell's total index
+  mean_j (f(A_j) - f(A_B^i_j))^2 / (2 Var f), the map those indices upsampled bilinearly like the CAMs.
 """
 from __future__ import annotations
 
@@ -267,3 +276,168 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     return Explanation(np.asarray(maps, np.float32), reported, clean, "reciprocam",
                        extras={"layer": value, "classes": all_maps, "tail_runs": run_tail.count, "batch_size": batch_size,
                                "gaussian": bool(gaussian), "score": score})
+
+
+# --------------------------------------------------------------------------- AblationCAM
+def ablated(a1: np.ndarray, view, channels) -> np.ndarray:
+    """Copies of one sample's layer value a1 (its own layout), copy i with channel channels[i] set to 0 (in
+    every position; for tokens in every token, the class token's too: the channel is gone from the layer)."""
+    channels = np.asarray(channels)
+    out = np.repeat(a1[None], len(channels), axis=0)
+    rows = np.arange(len(channels))
+    if view.kind == "nchw":
+        out[rows, channels] = 0
+    else:
+        out[rows, ..., channels] = 0
+    return out
+
+
+def ablationcam(model, x, target=None, layer=None, upsample_maps=True, batch_size=None, memory=None,
+                through_softmax=False, quiet=None, progress=None, flag=True):
+    """AblationCAM maps (N, H, W) (or (N, h, w) without upsampling); extras: the layer, the channel weights
+    (N, K), the clean class scores, how many times the tail ran."""
+    from .attribution import class_indices, logits_value, value_dims
+    from .cam import default_gradcam_layer, flag_degenerate, layer_view, resize_maps
+    from .memory import available_memory, bytes_per_sample
+    from ..tokens import as_map_array
+    if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
+        raise InputError("ablationcam explains class scores (the drop of the class's score): give a class target")
+    feeds = model.feeds(x)
+    first = model.graph.input_names()[0]
+    x = feeds[first]
+    if x.ndim != 4:
+        raise InputError(f"ablationcam needs an image batch (N, C, H, W), got shape {x.shape}")
+    N = len(x)
+    logits = logits_value(model, through_softmax)
+    value = model.resolve(layer) if layer is not None else default_gradcam_layer(model, feeds, logits_value(model))
+    if value in model.graph.input_names():
+        raise InputError("ablationcam draws at a layer inside the model, not at its input")
+    classes = class_indices(target, value_dims(model, feeds, logits), N, logits)
+    view = layer_view(model, model.shape_table(feeds), value)
+    got, run_tail = tail_runner(model, x, value, logits)
+    A, clean = got[value], np.asarray(got[logits])
+    flat = clean.reshape(N, -1).astype(np.float64)
+    reported = np.where(classes < 0, flat.argmax(axis=1), classes)
+    K = A.shape[1] if view.kind == "nchw" else A.shape[-1]
+    if batch_size is None:
+        per = bytes_per_sample(model, x[:1], logits)  # a whole forward per copy: a bound on the tail's
+        cap = memory if memory is not None else available_memory() // 4
+        batch_size = int(max(1, min(K, cap // max(per, 1))))
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    maps_in = as_map_array(A, view).astype(np.float64)  # (N, K, h, w)
+    weights = np.zeros((N, K), np.float64)
+    y = flat[np.arange(N), reported]
+    denom = np.where(y != 0, y, 1.0)  # a zero class score: the plain drop, not a division by zero
+
+    def maps_of(w):
+        m = np.maximum(np.einsum("nk,nkhw->nhw", w, maps_in), 0).astype(np.float32)
+        return resize_maps(m, x.shape[2:]) if upsample_maps else m
+
+    bar = Progress(N * K, "ablationcam", quiet, progress)
+    for n in range(N):
+        for s in range(0, K, batch_size):
+            e = min(K, s + batch_size)
+            scores = run_tail(ablated(A[n], view, np.arange(s, e)).astype(A.dtype), n)
+            yk = np.asarray(scores, np.float64).reshape(e - s, -1)[:, reported[n]]
+            weights[n, s:e] = (y[n] - yk) / denom[n]
+            bar.update(n * K + e, partial=lambda: maps_of(weights))
+    out = Explanation(maps_of(weights), reported, clean, "ablationcam",
+                      extras={"layer": value, "weights": weights.astype(np.float32), "scores": y,
+                              "tail_runs": run_tail.count, "batch_size": batch_size})
+    return flag_degenerate(out, weights) if flag else out
+
+
+# --------------------------------------------------------------------------- Sobol attribution
+def sobol_designs(grid: int, designs: int, seed: int) -> np.ndarray:
+    """(designs, grid * grid + 2, grid * grid) masks in [0, 1]: for design j, row 0 is A_j, row 1 B_j and row
+    2 + i is A_j with cell i taken from B_j (A_B^i), A and B the two halves of a scrambled, seeded Sobol'
+    sequence in 2 * grid * grid dimensions (scipy.stats.qmc.Sobol)."""
+    import warnings
+
+    from scipy.stats import qmc
+    d = grid * grid
+    with warnings.catch_warnings():  # n not a power of 2 only loosens the balance of the points
+        warnings.simplefilter("ignore", UserWarning)
+        points = qmc.Sobol(d=2 * d, scramble=True, seed=seed).random(designs)
+    a, b = points[:, :d], points[:, d:]
+    out = np.repeat(a[:, None], d + 2, axis=1)
+    out[:, 1] = b
+    cells = np.arange(d)
+    out[:, 2 + cells, cells] = b[:, cells]
+    return out
+
+
+def cell_masks(cells: np.ndarray, grid: int, size) -> np.ndarray:
+    """(k, g * g) cell values -> (k, H, W): each pixel takes the value of the cell it lies in (nearest
+    upsampling; pixel row y lies in cell row floor(y * g / H), so the cells tile the image exactly)."""
+    H, W = size
+    r = (np.arange(H) * grid) // H
+    c = (np.arange(W) * grid) // W
+    return cells.reshape(-1, grid, grid)[:, r][:, :, c].astype(np.float32)
+
+
+def jansen_total(fa: np.ndarray, fb: np.ndarray, fc: np.ndarray) -> np.ndarray:
+    """Jansen's estimator of each cell's total Sobol' index: mean_j (f(A_j) - f(A_B^i_j))^2 / (2 Var f), Var
+    the variance (ddof 0) of f over the A and B designs together; zero where f does not vary."""
+    var = np.var(np.concatenate([fa, fb]))
+    if not var > 0:
+        return np.zeros(fc.shape[1])
+    return np.mean((fa[:, None] - fc) ** 2, axis=0) / (2 * var)
+
+
+def sobol(model, x, target=None, grid=8, designs=32, seed=0, score="logit", batch_size=None, memory=None,
+          quiet=None, progress=None):
+    """Sobol attribution maps (N, H, W): each cell's total index, upsampled bilinearly (half-pixel centres,
+    as the CAMs) from the g x g grid; extras: the indices (N, g, g), the settings, the batch size used."""
+    from .cam import resize_maps
+    from .memory import available_memory, bytes_per_sample
+    from .sampling import MAX_ROWS, copy_scores, fixed_target
+    if score not in ("prob", "logit"):
+        raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
+    first = model.graph.input_names()[0]
+    x = model.feeds(x)[first]
+    if x.ndim != 4:
+        raise InputError(f"sobol needs an image batch (N, C, H, W), got shape {x.shape}")
+    N, C, H, W = x.shape
+    grid, designs = int(grid), int(designs)
+    d = grid * grid
+    target = fixed_target(model, x, target)  # every masked copy explains the class predicted on x
+    masks = sobol_designs(grid, designs, int(seed)).reshape(designs * (d + 2), d)  # design by design
+    total = len(masks)
+    if batch_size is None:
+        per = bytes_per_sample(model, x[:1], model.graph.output_names()[0])
+        cap = memory if memory is not None else available_memory() // 4
+        batch_size = int(max(1, min(total, MAX_ROWS, cap // max(per, 1))))
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    indices = np.zeros((N, grid, grid), np.float64)
+    bar = Progress(N * total, "sobol", quiet, progress)
+
+    def estimate(f, count):
+        """The indices from the designs whose every row has been scored (the first count // (d + 2))."""
+        j = count // (d + 2)
+        if j < 1:
+            return np.zeros((grid, grid))
+        fj = f[:j * (d + 2)].reshape(j, d + 2)
+        return jansen_total(fj[:, 0], fj[:, 1], fj[:, 2:]).reshape(grid, grid)
+
+    def partial(n, f, count):
+        now = indices.copy()
+        now[n] = estimate(f, count)
+        return resize_maps(now.astype(np.float32), (H, W))
+
+    for n in range(N):
+        t = target[n:n + 1] if isinstance(target, np.ndarray) else target
+        f = np.zeros(total, np.float64)
+        for s in range(0, total, batch_size):
+            e = min(total, s + batch_size)
+            m = cell_masks(masks[s:e], grid, (H, W))
+            f[s:e] = copy_scores(model, x[n:n + 1] * m[:, None], t, probabilities=score == "prob")
+            bar.update(n * total + e, partial=lambda n=n, f=f, e=e: partial(n, f, e))
+        indices[n] = estimate(f, total)
+    rel = resize_maps(indices.astype(np.float32), (H, W))
+    reported = target if isinstance(target, (Unit, OutputTarget)) else np.asarray(target)
+    return Explanation(np.asarray(rel, np.float32), reported, model.run(x), "sobol",
+                       extras={"indices": indices.astype(np.float32), "grid": grid, "designs": designs,
+                               "seed": int(seed), "score": score, "batch_size": batch_size})

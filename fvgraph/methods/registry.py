@@ -715,3 +715,52 @@ register(Method("reciprocam", "heat", "cam",
                  Option("batch_size", "int", None, "positions per tail batch (default: all that fit the memory "
                         "cap)", low=1)),
                 layer=True, passes=lambda o, shape: 1, all_classes=_reciprocam_all_classes))
+
+
+def _compute_ablationcam(model, method, x, target, options, call):
+    from ..errors import InputError
+    from .blackbox import ablationcam
+    if call.return_layers:
+        raise InputError(f"return_layers is for the reverse-pass methods; {method.name} draws one layer's map")
+    return ablationcam(model, x, target, layer=options["layer"], upsample_maps=options["upsample"],
+                       batch_size=options["batch_size"], through_softmax=call.through_softmax,
+                       quiet=True if call.progress is None else None, progress=call.progress, flag=not call.copy)
+
+
+ABLATION_PASSES = 512  # one tail forward per channel of the layer, unknown here: a ResNet's last block's width
+
+
+register(Method("ablationcam", "heat", "cam",
+                "AblationCAM (Desai and Ramaswamy 2020): each channel weighted by the drop of the class score "
+                "when it alone is set to zero (the layers after it rerun, no gradient)",
+                _compute_ablationcam,
+                (Option("layer", "layer", None, "the layer the map is drawn at (default: Grad-CAM's, the last "
+                        "map-shaped layer every path to the class passes through)"),
+                 Option("upsample", "bool", True, "resize the map to the input's size"),
+                 Option("batch_size", "int", None, "ablated copies per tail batch (default: what fits the memory "
+                        "cap)", low=1)),
+                layer=True, passes=lambda o, shape: ABLATION_PASSES))
+
+
+def _compute_sobol(model, method, x, target, options, call):
+    from ..errors import InputError
+    from .blackbox import sobol
+    if call.return_layers:
+        raise InputError("return_layers is for the reverse-pass methods, not sobol")
+    return sobol(model, x, target, grid=options["grid"], designs=options["designs"], seed=options["seed"],
+                 score=options["score"], batch_size=options["batch_size"],
+                 quiet=True if call.progress is None else None, progress=call.progress)
+
+
+register(Method("sobol", "heat", "perturbation",
+                "Sobol attribution (Fel et al. 2021): each cell's total Sobol index (Jansen) of the score under "
+                "quasi-Monte Carlo masks of the input",
+                _compute_sobol,
+                (Option("score", "str", "logit", "the score whose variance is explained", choices=("logit", "prob")),
+                 Option("grid", "int", 8, "the masks' grid: grid x grid cells", low=1, high=64, slider=(2, 12, 1)),
+                 Option("designs", "int", 30, "Sobol designs N (N * (grid^2 + 2) forwards; 30 keeps the default "
+                        "under serve's 2048 passes)", low=2, slider=(8, 64, 2)),
+                 Option("seed", "int", 0, "the scrambled Sobol sequence's seed"),
+                 Option("batch_size", "int", None, "masked copies per batch (default: what fits the memory cap)",
+                        low=1)),
+                passes=lambda o, shape: int(o["designs"]) * (int(o["grid"]) ** 2 + 2)))
