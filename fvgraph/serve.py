@@ -136,6 +136,7 @@ class Service:
                 "layers": layers, "classes": self.model.class_names(), "methods": self.methods,
                 "params": {k: panel_specs(m) for k, m in self.table.items()},
                 "draws_at_layer": [k for k, m in self.table.items() if m.layer],
+                "streams": [k for k, m in self.table.items() if m.streams],
                 "images": self.list_images(), "examples": self.images_dir is not None}
 
     def list_images(self) -> list[str]:
@@ -239,8 +240,9 @@ class Service:
         info = {}
         if rel is None:
             def partial_picture(done, total, partial):
-                if progress is not None:
-                    progress(done, total, lambda: self._render(m, partial()[0], kind, shown, alpha))
+                if progress is not None:  # a method without a partial map (ReciproCAM's) reports its progress only
+                    progress(done, total, None if partial is None else
+                             lambda: self._render(m, partial()[0], kind, shown, alpha))
             with self.lock:
                 rel, info = self._compute(m, x, params, target, layer, channel, partial_picture)
             self.results.put(key, (rel, info))
@@ -433,7 +435,8 @@ class Job:
         now = time.perf_counter()
         if self.stream and (now - self.last > 0.25 or done == total):  # a picture four times a second at most
             self.last = now
-            self.queue.put({"progress": done / max(total, 1), "png": png64(partial_png())})
+            self.queue.put({"progress": done / max(total, 1),
+                            **({} if partial_png is None else {"png": png64(partial_png())})})
 
     def work(self):
         try:

@@ -370,3 +370,13 @@ def test_the_dataset_view_clusters_the_folder_as_spray_does(server):
     assert png_of(got["embedding"]).ndim == 3
     r = client.post("/api/clusters", json={"method": "gradient", "target": "cat"})
     assert r.status_code == 400 and "target" in r.json()["error"]
+
+
+def test_a_method_without_partial_maps_streams_its_progress(server):
+    """ReciproCAM reports progress without a partial map: the stream carries the progress alone, then the map."""
+    client, *_ = server
+    body = {"name": "chelsea.png", "method": "reciprocam", "stream": True}
+    with client.stream("POST", "/api/explain", json=body) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert r.status_code == 200 and lines[-1]["done"] and "error" not in lines[-1]
+    assert png_of(lines[-1]["png"]).shape == (224, 224, 3)

@@ -192,6 +192,7 @@ class Method:
     passes: Callable | None = None
     rules: Any = None  # the preset, for rule methods
     all_classes: Callable | None = None  # (model, method, x, options, call) -> every class's map in one call
+    streams: bool = False  # reports progress (and partial maps) through call.progress: serve streams it
 
     @property
     def exports(self) -> bool:
@@ -513,7 +514,7 @@ register(Method("occlusion", "heat", "perturbation",
                  Option("batch_size", "int", None, "boxes per batch (default: what fits the memory cap)", low=1),
                  Option("incremental", "str", "auto", "recompute only what a box changes (fvgraph's executor)",
                         choices=("auto", "yes", "no"))),
-                passes=_occlusion_passes))
+                passes=_occlusion_passes, streams=True))
 
 
 # --------------------------------------------------------------------------- baselines and attention
@@ -570,7 +571,7 @@ register(Method("reconstruction", "image", "reconstruction",
                  Option("crops", "int", 4, "random crops per step (not for pixel)", low=1, high=16,
                         slider=(1, 8, 1)),
                  Option("seed", "int", 0, "the seed of the start and the transforms")),
-                passes=lambda o, shape: o["steps"] * (o["crops"] if o["param"] != "pixel" else 1)))
+                passes=lambda o, shape: o["steps"] * (o["crops"] if o["param"] != "pixel" else 1), streams=True))
 
 
 # --------------------------------------------------------------------------- methods written as text
@@ -675,7 +676,7 @@ register(Method("rise", "heat", "perturbation",
                         choices=("prob", "logit")),
                  Option("batch_size", "int", None, "masked copies per batch (default: what fits the memory cap)",
                         low=1)),
-                passes=lambda o, shape: int(o["masks"])))
+                passes=lambda o, shape: int(o["masks"]), streams=True))
 
 
 def _compute_reciprocam(model, method, x, target, options, call):
@@ -714,7 +715,7 @@ register(Method("reciprocam", "heat", "cam",
                  Option("upsample", "bool", True, "resize the map to the input's size"),
                  Option("batch_size", "int", None, "positions per tail batch (default: all that fit the memory "
                         "cap)", low=1)),
-                layer=True, passes=lambda o, shape: 1, all_classes=_reciprocam_all_classes))
+                layer=True, passes=lambda o, shape: 1, all_classes=_reciprocam_all_classes, streams=True))
 
 
 def _compute_ablationcam(model, method, x, target, options, call):
@@ -739,7 +740,7 @@ register(Method("ablationcam", "heat", "cam",
                  Option("upsample", "bool", True, "resize the map to the input's size"),
                  Option("batch_size", "int", None, "ablated copies per tail batch (default: what fits the memory "
                         "cap)", low=1)),
-                layer=True, passes=lambda o, shape: ABLATION_PASSES))
+                layer=True, passes=lambda o, shape: ABLATION_PASSES, streams=True))
 
 
 def _compute_sobol(model, method, x, target, options, call):
@@ -763,4 +764,4 @@ register(Method("sobol", "heat", "perturbation",
                  Option("seed", "int", 0, "the scrambled Sobol sequence's seed"),
                  Option("batch_size", "int", None, "masked copies per batch (default: what fits the memory cap)",
                         low=1)),
-                passes=lambda o, shape: int(o["designs"]) * (int(o["grid"]) ** 2 + 2)))
+                passes=lambda o, shape: int(o["designs"]) * (int(o["grid"]) ** 2 + 2), streams=True))

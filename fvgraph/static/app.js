@@ -158,7 +158,7 @@ async function refresh(panel) {
   const bar = $(".progress div", node);
   bar.style.width = "0";
   const requested = performance.now();
-  const streaming = panel.method === "occlusion" || panel.method === "reconstruction";
+  const streaming = (state.model.streams || []).includes(panel.method);  // progress bars: from the table
   try {
     let result;
     if (streaming) {
@@ -202,7 +202,7 @@ async function streamed(panel, body, signal, bar, seq) {
       if (item.error) throw new Error(item.error);
       if (item.progress !== undefined && seq === panel.seq) {   // fill in as it grows
         bar.style.width = `${(100 * item.progress).toFixed(0)}%`;
-        $(".map", panel.node).src = "data:image/png;base64," + item.png;
+        if (item.png) $(".map", panel.node).src = "data:image/png;base64," + item.png;
       }
       if (item.done) last = item;
     }
