@@ -317,22 +317,8 @@ def cmd_check(args) -> int:
         rows = compare.diff(_load(args.model, args), _load(args.other, args), args.images, _methods(args.methods),
                             args.rtol, args.atol)
         return _report(rows, args, {"model_a": args.model, "model_b": args.other})
-    import onnx
-
-    from .image import load_image
-    from .summary import source
-    model = _load(args.model, args)
-    proto = onnx.load(args.model) if not str(args.model).endswith(".mat") else source(args.model)
-    if args.image:
-        x = load_image(args.image, model.preprocessing())
-    else:
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in model.inputs[0].shape]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    rows, first = compare.parity(model, proto, x, args.rtol)
-    print(f"{'layer':<40} {'op':<20} {'rel L2 vs onnxruntime':>22}")
-    for name, op, err, ok in rows:
-        print(f"{name[:40]:<40} {op:<20} {err:>22.3g}{'' if ok else '  <- differs'}")
-    print(f"first divergence: {first}" if first else f"all {len(rows)} layers agree within {args.rtol:g}")
+    text, first = compare.parity_report(_load(args.model, args), args.model, args.image, args.rtol)
+    print(text)
     return 1 if first else 0
 
 

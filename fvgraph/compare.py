@@ -152,6 +152,26 @@ def diff(model_a, model_b, images, methods, rtol=1e-4, atol=1e-6):
     return rows
 
 
+def parity_report(model, model_path, image=None, rtol=1e-4) -> tuple[str, str | None]:
+    """`check parity`: (the table of every layer's error against onnxruntime, the first divergence or None),
+    on the image or, without one, seeded noise of the model's input shape."""
+    import onnx
+
+    from .image import load_image
+    from .summary import source
+    proto = onnx.load(model_path) if not str(model_path).endswith(".mat") else source(model_path)
+    if image:
+        x = load_image(image, model.preprocessing())
+    else:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in model.inputs[0].shape]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    rows, first = parity(model, proto, x, rtol)
+    lines = [f"{'layer':<40} {'op':<20} {'rel L2 vs onnxruntime':>22}"]
+    lines += [f"{name[:40]:<40} {op:<20} {err:>22.3g}{'' if ok else '  <- differs'}" for name, op, err, ok in rows]
+    lines.append(f"first divergence: {first}" if first else f"all {len(rows)} layers agree within {rtol:g}")
+    return "\n".join(lines), first
+
+
 def parity(model, proto, x, rtol=1e-4):
     """Every intermediate value, fvgraph's own executor against onnxruntime: [(layer, op, rel_l2, ok)], and the
     first divergence."""
