@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {"load": "model", "Model": "model", "export_explainer": "explainer", "Reconstruction": "methods.reconstruction",
          "Graph": "graph", "Layer": "graph", "Node": "graph", "Rules": "rules", "supported_op_types": "ops",
-         "Objective": "methods.objectives", "Transforms": "methods.transforms"}
+         "Objective": "methods.objectives", "Transforms": "methods.transforms", "Preprocessing": "contract",
+         "OptionError": "errors"}
 _MODULES = ("convert", "image", "methods", "render", "display", "contract", "tokens")
 
 
@@ -32,6 +33,6 @@ def __getattr__(name):
 
 
 __all__ = ["load", "export_explainer", "Model", "Graph", "Node", "Layer", "Explanation", "Unit", "Concept",
-           "OutputTarget", "Reconstruction", "Rules", "Objective", "Transforms", "supported_op_types", "FvGraphError",
+           "OutputTarget", "Preprocessing", "OptionError", "Reconstruction", "Rules", "Objective", "Transforms", "supported_op_types", "FvGraphError",
            "ModelLoadError", "UnsupportedModelError", "InputError", "ExecutionError", "DeviceError", "RuleError",
            "FvGraphWarning", "__version__"]

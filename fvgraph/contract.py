@@ -71,6 +71,47 @@ def _number(text):
     return int(v) if v.is_integer() and "." not in text and "e" not in text.lower() else v
 
 
+class Preprocessing(dict):
+    """The preprocessing contract as one value: how a picture becomes the model's input and back. It is the
+    checked, complete spec (a dict, so every function that reads a spec reads it as it is) with the contract's
+    operations: parse (--preprocess text, a preset or a dict), from and to a model's metadata, to the model's
+    input, and back to a picture to display. Model.preprocessing() returns one."""
+
+    @classmethod
+    def parse(cls, text, input_shape=None) -> "Preprocessing":
+        """--preprocess's text (a preset and/or key=value items), a preset name or a dict, over ImageNet's
+        defaults sized to the input."""
+        return cls.from_metadata({}, input_shape, **parse_preprocess(text))
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, input_shape=None, **overrides) -> "Preprocessing":
+        """The model's own (fvgraph's metadata key, else ultralytics' imgsz), else ImageNet's, then overrides."""
+        from .image import spec_from_metadata
+        return cls(spec_from_metadata(metadata, input_shape, **overrides))
+
+    def to_metadata(self, metadata: dict | None = None) -> dict:
+        """The model metadata that holds this contract (merged over `metadata`'s own)."""
+        import json
+
+        from .image import META_KEY
+        meta = dict(metadata or {})
+        saved = json.loads(meta.get(META_KEY, "{}") or "{}")
+        meta[META_KEY] = json.dumps({**saved, **{k: v for k, v in self.items()}})
+        return meta
+
+    def to_input(self, picture) -> np.ndarray:
+        """An image file, bytes or (H, W, 3) picture -> the model's input (1, C, H, W) float32."""
+        from .image import load_image, to_input
+        if isinstance(picture, np.ndarray):
+            return to_input(picture, self)
+        return load_image(picture, self)
+
+    def to_display(self, x) -> np.ndarray:
+        """One (C, H, W) input -> the (H, W, 3) uint8 picture it stands for."""
+        from .image import to_display
+        return to_display(np.asarray(x), self)
+
+
 def parse_preprocess(spec) -> dict:
     """A preprocessing spec from a dict, a preset name or a text spec (see the module doc), checked: a bad
     item is one InputError naming it and its valid form."""

@@ -426,12 +426,12 @@ class Model:
         from .methods.reconstruction import invert
         return invert(self, x, layer, **options)
 
-    def preprocessing(self, **overrides) -> dict:
-        """How a picture becomes this model's input: its metadata's spec (or ImageNet's), then what
-        `fv.load(preprocess=)` said, then `overrides` (see fvgraph.contract)."""
-        from .image import spec_from_metadata
-        return spec_from_metadata(self.metadata, self.inputs[0].shape if self.inputs else None,
-                                  **{**getattr(self, "_preprocess", {}), **overrides})
+    def preprocessing(self, **overrides):
+        """How a picture becomes this model's input (a fvgraph.contract.Preprocessing): its metadata's spec (or
+        ImageNet's), then what `fv.load(preprocess=)` said, then `overrides`."""
+        from .contract import Preprocessing
+        return Preprocessing.from_metadata(self.metadata, self.inputs[0].shape if self.inputs else None,
+                                           **{**getattr(self, "_preprocess", {}), **overrides})
 
     def input_bounds(self):
         """Per-channel (low, high) of valid inputs under the model's preprocessing (for the z^B rule)."""

@@ -236,3 +236,22 @@ def test_the_command_line_refuses_a_bad_preprocess_item_in_one_line(tmp_path, ca
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and text in err and "Traceback" not in err
     assert not (tmp_path / "e").exists() or not any((tmp_path / "e").iterdir())
+
+
+def test_the_preprocessing_contract_is_one_value(tmp_path):
+    """fv.Preprocessing: parse, from and to metadata, to the model's input and back to the picture, one value
+    (a checked spec: everything that reads a spec reads it)."""
+    import fvgraph as fv
+    from fvgraph.image import load_image, to_display
+    p = fv.Preprocessing.parse("caffe,size=40x48")
+    assert p["size"] == [40, 48] and p["channels"] == "BGR" and isinstance(p, dict)
+    again = fv.Preprocessing.from_metadata(p.to_metadata({"other": "kept"}))
+    assert again == p
+    assert p.to_metadata({"other": "kept"})["other"] == "kept"
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    from PIL import Image
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    x = p.to_input(tmp_path / "a.png")
+    assert np.array_equal(x, load_image(tmp_path / "a.png", p))
+    assert np.array_equal(p.to_display(x[0]), to_display(x[0], p))
+    assert np.abs(p.to_display(x[0]).astype(int) - rgb).max() <= 1  # the picture back, to rounding
