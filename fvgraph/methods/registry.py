@@ -24,8 +24,6 @@ import numpy as np
 
 from ..errors import OptionError
 
-_UNSET = object()
-
 
 @dataclass(frozen=True)
 class Option:
@@ -267,10 +265,8 @@ def table() -> dict[str, Method]:
     global _PRESETS_READ
     if not _PRESETS_READ:
         from ..rules import Rules, preset_names
-        presets = {n: rules_method(Rules.load(n)) for n in preset_names()}
-        _TABLE.update({**presets, **{k: v for k, v in _TABLE.items() if k not in presets}})
-        ordered = dict(presets)
-        ordered.update((k, v) for k, v in _TABLE.items() if k not in presets)
+        ordered = {n: rules_method(Rules.load(n)) for n in preset_names()}
+        ordered.update((k, v) for k, v in _TABLE.items() if k not in ordered)
         _TABLE.clear()
         _TABLE.update(ordered)
         _PRESETS_READ = True
