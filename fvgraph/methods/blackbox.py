@@ -70,7 +70,7 @@ def rise_masks(grids, dy, dx, cell, size) -> np.ndarray:
 def rise(model, x, target=None, masks=2000, cells=7, p=0.5, seed=0, batch_size=None, score="prob", memory=None,
          quiet=None, progress=None):
     """RISE saliency (N, H, W); extras: the settings and the batch size used."""
-    from .memory import available_memory, bytes_per_sample
+    from .memory import copies_per_batch
     from .sampling import MAX_ROWS, copy_scores, fixed_target
     if not 0 < p <= 1:
         raise OptionError(f"p of rise must be in (0, 1], got {p!r}")
@@ -84,12 +84,7 @@ def rise(model, x, target=None, masks=2000, cells=7, p=0.5, seed=0, batch_size=N
     probabilities = score == "prob"
     target = fixed_target(model, x, target)  # every masked copy explains the class predicted on x
     grids, dy, dx, cell = rise_grids(int(masks), cells, float(p), (H, W), int(seed))
-    if batch_size is None:
-        per = bytes_per_sample(model, x[:1], model.graph.output_names()[0])
-        cap = memory if memory is not None else available_memory() // 4
-        batch_size = int(max(1, min(masks, MAX_ROWS, cap // max(per, 1))))
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = copies_per_batch(model, x[:1], model.graph.output_names()[0], masks, batch_size, memory, MAX_ROWS)
     sal = np.zeros((N, H, W), np.float64)
     bar = Progress(N * masks, "rise", quiet, progress)
     done = 0
@@ -225,7 +220,7 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     before upsampling (classes), how many times the tail ran."""
     from .attribution import class_indices, logits_value, value_dims
     from .cam import default_gradcam_layer, layer_view, resize_maps
-    from .memory import available_memory, bytes_per_sample
+    from .memory import copies_per_batch
     from .occlusion import ends_in_softmax, probabilities
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
@@ -250,10 +245,7 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
     h, w = view.grid
     masks = position_masks(h, w, bool(gaussian))
-    if batch_size is None:
-        per = bytes_per_sample(model, x[:1], logits)  # a whole forward per copy: a bound on the tail's
-        cap = memory if memory is not None else available_memory() // 4
-        batch_size = int(max(1, min(N * h * w, cap // max(per, 1))))
+    batch_size = copies_per_batch(model, x[:1], logits, N * h * w, batch_size, memory)  # a forward: the tail's bound
 
     bar = Progress(N * h * w, "reciprocam", quiet, progress)
     scores = []
@@ -298,7 +290,7 @@ def ablationcam(model, x, target=None, layer=None, upsample_maps=True, batch_siz
     (N, K), the clean class scores, how many times the tail ran."""
     from .attribution import class_indices, logits_value, value_dims
     from .cam import default_gradcam_layer, flag_degenerate, layer_view, resize_maps
-    from .memory import available_memory, bytes_per_sample
+    from .memory import copies_per_batch
     from ..tokens import as_map_array
     if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
         raise InputError("ablationcam explains class scores (the drop of the class's score): give a class target")
@@ -319,12 +311,7 @@ def ablationcam(model, x, target=None, layer=None, upsample_maps=True, batch_siz
     flat = clean.reshape(N, -1).astype(np.float64)
     reported = np.where(classes < 0, flat.argmax(axis=1), classes)
     K = A.shape[1] if view.kind == "nchw" else A.shape[-1]
-    if batch_size is None:
-        per = bytes_per_sample(model, x[:1], logits)  # a whole forward per copy: a bound on the tail's
-        cap = memory if memory is not None else available_memory() // 4
-        batch_size = int(max(1, min(K, cap // max(per, 1))))
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = copies_per_batch(model, x[:1], logits, K, batch_size, memory)  # a forward: the tail's bound
     maps_in = as_map_array(A, view).astype(np.float64)  # (N, K, h, w)
     weights = np.zeros((N, K), np.float64)
     y = flat[np.arange(N), reported]
@@ -391,7 +378,7 @@ def sobol(model, x, target=None, grid=8, designs=32, seed=0, score="logit", batc
     """Sobol attribution maps (N, H, W): each cell's total index, upsampled bilinearly (half-pixel centres,
     as the CAMs) from the g x g grid; extras: the indices (N, g, g), the settings, the batch size used."""
     from .cam import resize_maps
-    from .memory import available_memory, bytes_per_sample
+    from .memory import copies_per_batch
     from .sampling import MAX_ROWS, copy_scores, fixed_target
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
@@ -405,12 +392,7 @@ def sobol(model, x, target=None, grid=8, designs=32, seed=0, score="logit", batc
     target = fixed_target(model, x, target)  # every masked copy explains the class predicted on x
     masks = sobol_designs(grid, designs, int(seed)).reshape(designs * (d + 2), d)  # design by design
     total = len(masks)
-    if batch_size is None:
-        per = bytes_per_sample(model, x[:1], model.graph.output_names()[0])
-        cap = memory if memory is not None else available_memory() // 4
-        batch_size = int(max(1, min(total, MAX_ROWS, cap // max(per, 1))))
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = copies_per_batch(model, x[:1], model.graph.output_names()[0], total, batch_size, memory, MAX_ROWS)
     indices = np.zeros((N, grid, grid), np.float64)
     bar = Progress(N * total, "sobol", quiet, progress)
 

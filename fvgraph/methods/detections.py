@@ -546,7 +546,7 @@ def drise(model, x, detection: Detection, masks=2000, cells=16, p=0.5, seed=0, b
     """D-RISE saliency (1, H, W) of one detection on its image of x (see the module's doc); the masks are
     RISE's (fvgraph.methods.blackbox.rise_grids / rise_masks) for the same masks, cells, p and seed."""
     from .blackbox import rise_grids, rise_masks
-    from .memory import available_memory, bytes_per_sample
+    from .memory import copies_per_batch
     from .reconstruction import Progress
     if not 0 < p <= 1:
         raise OptionError(f"p of drise must be in (0, 1], got {p!r}")
@@ -559,10 +559,7 @@ def drise(model, x, detection: Detection, masks=2000, cells=16, p=0.5, seed=0, b
     H, W = x1.shape[2:]
     lay = detection.layout
     grids, dy, dx, cell = rise_grids(int(masks), cells, float(p), (H, W), int(seed))
-    if batch_size is None:
-        per = bytes_per_sample(model, x1, lay.scores)
-        cap = memory if memory is not None else available_memory() // 4
-        batch_size = int(max(1, min(masks, 256, cap // max(per, 1))))
+    batch_size = copies_per_batch(model, x1, lay.scores, int(masks), batch_size, memory, 256)
     limit = model.batch_limit
     t_box = np.asarray(detection.box, np.float64)
     t_probs = np.asarray(detection.probs, np.float64)

@@ -29,3 +29,16 @@ def bytes_per_sample(model, x1, value) -> int:
         count = int(np.prod([d if isinstance(d, int) else 1 for d in dims[1:]]))
         total += count * table.dtypes.get(name, np.dtype(np.float32)).itemsize
     return total
+
+
+def copies_per_batch(model, x1, value, total, batch_size=None, memory=None, most=None) -> int:
+    """How many copies of one sample go through the model at once: the caller's batch_size, else as many of the
+    `total` as fit a quarter of the free memory (or `memory` bytes) at bytes_per_sample each, and at most `most`."""
+    if batch_size is None:
+        per = bytes_per_sample(model, x1, value)
+        cap = memory if memory is not None else available_memory() // 4
+        batch_size = int(max(1, min(total, most or total, cap // max(per, 1))))
+    if batch_size < 1:
+        from ..errors import InputError
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    return int(batch_size)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..explanation import Explanation, OutputTarget, Unit
-from .memory import available_memory, bytes_per_sample
+from .memory import copies_per_batch
 from .reconstruction import Progress
 
 
@@ -126,12 +126,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
             values = probabilities(values)
         return np.sum((values * mask[n]).reshape(len(values), -1), axis=1)
 
-    if batch_size is None:
-        per = bytes_per_sample(model, x[:1], value)
-        cap = memory if memory is not None else available_memory() // 4
-        batch_size = int(max(1, min(len(boxes), cap // max(per, 1), model.batch_limit or len(boxes))))
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = copies_per_batch(model, x[:1], value, len(boxes), batch_size, memory, model.batch_limit)
     rng = np.random.default_rng(seed)
     drops = np.zeros((N, H, W), np.float64)
     counts = np.zeros((H, W), np.int64)

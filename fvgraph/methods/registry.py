@@ -675,6 +675,10 @@ register(Method("rise", "heat", "perturbation",
                 passes=lambda o, shape: int(o["masks"]), streams=True))
 
 
+DRAWN_AT = Option("layer", "layer", None, "the layer the map is drawn at (default: Grad-CAM's, the last map-shaped "
+                  "layer every path to the class passes through)")
+
+
 def _compute_reciprocam(model, method, x, target, options, call):
     from ..errors import InputError
     from .blackbox import reciprocam
@@ -702,8 +706,7 @@ register(Method("reciprocam", "heat", "cam",
                 "ReciproCAM (Byun and Lee 2022): the class scores of a layer's maps kept at one position at a time, "
                 "all positions as one batch through the layers after it (no gradient)",
                 _compute_reciprocam,
-                (Option("layer", "layer", None, "the layer the map is drawn at (default: Grad-CAM's, the last "
-                        "map-shaped layer every path to the class passes through)"),
+                (DRAWN_AT,
                  Option("gaussian", "bool", False, "keep each position's 3x3 Gaussian neighbourhood, not the "
                         "position alone"),
                  Option("score", "str", "prob", "the class score read on each copy (the paper's: prob)",
@@ -731,8 +734,7 @@ register(Method("ablationcam", "heat", "cam",
                 "AblationCAM (Desai and Ramaswamy 2020): each channel weighted by the drop of the class score "
                 "when it alone is set to zero (the layers after it rerun, no gradient)",
                 _compute_ablationcam,
-                (Option("layer", "layer", None, "the layer the map is drawn at (default: Grad-CAM's, the last "
-                        "map-shaped layer every path to the class passes through)"),
+                (DRAWN_AT,
                  Option("upsample", "bool", True, "resize the map to the input's size"),
                  Option("batch_size", "int", None, "ablated copies per tail batch (default: what fits the memory "
                         "cap)", low=1)),
