@@ -594,21 +594,15 @@ def app(service: Service, allowed_hosts=()):
         path = service.image_path(request.path_params["name"])
         return FileResponse(path)
 
-    async def predict(request):
-        body = await body_of(request)
-        return JSONResponse(await anyio.to_thread.run_sync(service.predict, body))
+    def answer(work):
+        """A POST whose JSON body goes to one of the service's calls, run on a worker thread."""
+        async def handler(request):
+            body = await body_of(request)
+            return JSONResponse(await anyio.to_thread.run_sync(work, body))
+        return handler
 
-    async def examples(request):
-        body = await body_of(request)
-        return JSONResponse(await anyio.to_thread.run_sync(service.examples, body))
-
-    async def clusters(request):
-        body = await body_of(request)
-        return JSONResponse(await anyio.to_thread.run_sync(service.clusters, body))
-
-    async def concepts(request):
-        body = await body_of(request)
-        return JSONResponse(await anyio.to_thread.run_sync(service.concepts, body))
+    predict, examples, clusters, concepts = (answer(service.predict), answer(service.examples),
+                                             answer(service.clusters), answer(service.concepts))
 
     async def explain(request):
         body = await body_of(request)
