@@ -214,6 +214,17 @@ def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def _class_scores_of(model, x, target, name, why):
+    """(feeds, the image batch) for a method of a layer's maps that reads class scores: one line otherwise."""
+    if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
+        raise InputError(f"{name} explains class scores ({why}): give a class target")
+    feeds = model.feeds(x)
+    x = feeds[model.graph.input_names()[0]]
+    if x.ndim != 4:
+        raise InputError(f"{name} needs an image batch (N, C, H, W), got shape {x.shape}")
+    return feeds, x
+
+
 def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", upsample_maps=True,
                batch_size=None, memory=None, quiet=None, progress=None):
     """ReciproCAM maps (N, H, W) (or (N, h, w) without upsampling); extras: the layer, every class's map
@@ -224,13 +235,7 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     from .occlusion import ends_in_softmax, probabilities
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
-    if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
-        raise InputError("reciprocam explains class scores (each class's map from one batch): give a class target")
-    feeds = model.feeds(x)
-    first = model.graph.input_names()[0]
-    x = feeds[first]
-    if x.ndim != 4:
-        raise InputError(f"reciprocam needs an image batch (N, C, H, W), got shape {x.shape}")
+    feeds, x = _class_scores_of(model, x, target, "reciprocam", "each class's map from one batch")
     N = len(x)
     logits = logits_value(model, through_softmax=(score == "prob"))
     softmax = score == "prob" and not ends_in_softmax(model, logits)
@@ -292,13 +297,7 @@ def ablationcam(model, x, target=None, layer=None, upsample_maps=True, batch_siz
     from .cam import default_gradcam_layer, flag_degenerate, layer_view, resize_maps
     from .memory import copies_per_batch
     from ..tokens import as_map_array
-    if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
-        raise InputError("ablationcam explains class scores (the drop of the class's score): give a class target")
-    feeds = model.feeds(x)
-    first = model.graph.input_names()[0]
-    x = feeds[first]
-    if x.ndim != 4:
-        raise InputError(f"ablationcam needs an image batch (N, C, H, W), got shape {x.shape}")
+    feeds, x = _class_scores_of(model, x, target, "ablationcam", "the drop of the class's score")
     N = len(x)
     logits = logits_value(model, through_softmax)
     value = model.resolve(layer) if layer is not None else default_gradcam_layer(model, feeds, logits_value(model))
