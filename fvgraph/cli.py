@@ -30,22 +30,6 @@ def _pair(text, name):
     return tuple(_numbers(text, f"--{name}", "EXPONENT,WEIGHT (e.g. 2,0.01)", count=2))
 
 
-def _box(text, name):
-    parts = _numbers(text, f"--{name}", "HxW or N, e.g. 32x32", int, "x")
-    return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts[:2])
-
-
-def _fill(text):
-    if text in ("mean", "random"):
-        return text
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"--fill takes a number, numbers per channel (a,b,c), 'mean' or 'random'; got {text!r}") \
-            from None
-    return vals[0] if len(vals) == 1 else vals
-
-
 def _shape(text):
     dims = tuple(_numbers(text, "--shape", "dims like 1x3x224x224", int, "x"))
     if not dims or any(d <= 0 for d in dims):
@@ -270,16 +254,21 @@ def cmd_replace(args) -> int:
 
 
 def cmd_occlude(args) -> int:
-    from .image import load_image, read_rgb, resize_crop
+    """Occlusion maps, the options read and checked by the method table's occlusion entry."""
+    from .image import load_with_picture
+    from .methods.registry import lookup
     model = _load(args.model, args)
     spec, target, stems = model.preprocessing(), _any_target(args, model), _stems(args.images)
+    method = lookup("occlusion")
+    o = method.check(method.parse({"box": args.box, "stride": args.stride, "fill": args.fill, "score": args.score,
+                                   "seed": str(args.seed), "incremental": args.incremental}))
     refuse_any([Path(args.out) / f"{s}{tail}" for s in stems for tail in OCCLUSION_FILES], args.overwrite)
     for path, stem in zip(args.images, stems):
-        e = model.occlusion(load_image(path, spec), box=_box(args.box, "box"), stride=_box(args.stride, "stride"),
-                            fill=_fill(args.fill), target=target, seed=args.seed, batch_size=args.batch_size,
-                            score=args.score, incremental={"auto": "auto", "yes": True, "no": False}[args.incremental],
-                            quiet=args.quiet)
-        write_occlusion(args.out, stem, e, resize_crop(read_rgb(path), spec), args.overwrite)
+        x, shown = load_with_picture(path, spec)
+        e = model.occlusion(x, box=o["box"], stride=o["stride"], fill=o["fill"], target=target, seed=o["seed"],
+                            batch_size=args.batch_size, score=o["score"],
+                            incremental={"auto": "auto", "yes": True, "no": False}[o["incremental"]], quiet=args.quiet)
+        write_occlusion(args.out, stem, e, shown, args.overwrite)
         _done(args, f"{Path(path).name}: {len(e.extras['boxes'])} boxes, wrote {args.out}/{stem}_occlusion*.png")
     return 0
 
