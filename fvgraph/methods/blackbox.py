@@ -76,10 +76,7 @@ def rise(model, x, target=None, masks=2000, cells=7, p=0.5, seed=0, batch_size=N
         raise OptionError(f"p of rise must be in (0, 1], got {p!r}")
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
-    first = model.graph.input_names()[0]
-    x = model.feeds(x)[first]
-    if x.ndim != 4:
-        raise InputError(f"rise needs an image batch (N, C, H, W), got shape {x.shape}")
+    x = image_batch(model, x, "rise")[1]
     N, C, H, W = x.shape
     probabilities = score == "prob"
     target = fixed_target(model, x, target)  # every masked copy explains the class predicted on x
@@ -214,15 +211,20 @@ def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _class_scores_of(model, x, target, name, why):
-    """(feeds, the image batch) for a method of a layer's maps that reads class scores: one line otherwise."""
-    if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
-        raise InputError(f"{name} explains class scores ({why}): give a class target")
+def image_batch(model, x, name):
+    """(feeds, the image batch (N, C, H, W)) of x; one line when it is not one."""
     feeds = model.feeds(x)
     x = feeds[model.graph.input_names()[0]]
     if x.ndim != 4:
         raise InputError(f"{name} needs an image batch (N, C, H, W), got shape {x.shape}")
     return feeds, x
+
+
+def _class_scores_of(model, x, target, name, why):
+    """(feeds, the image batch) for a method of a layer's maps that reads class scores: one line otherwise."""
+    if isinstance(target, (Unit, OutputTarget)) or (isinstance(target, np.ndarray) and target.dtype.kind == "f"):
+        raise InputError(f"{name} explains class scores ({why}): give a class target")
+    return image_batch(model, x, name)
 
 
 def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", upsample_maps=True,
@@ -381,10 +383,7 @@ def sobol(model, x, target=None, grid=8, designs=32, seed=0, score="logit", batc
     from .sampling import MAX_ROWS, copy_scores, fixed_target
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
-    first = model.graph.input_names()[0]
-    x = model.feeds(x)[first]
-    if x.ndim != 4:
-        raise InputError(f"sobol needs an image batch (N, C, H, W), got shape {x.shape}")
+    x = image_batch(model, x, "sobol")[1]
     N, C, H, W = x.shape
     grid, designs = int(grid), int(designs)
     d = grid * grid

@@ -199,14 +199,22 @@ def unit_range(a) -> np.ndarray:
 SSIM_SIGMA, SSIM_TRUNCATE, K1, K2 = 1.5, 3.5, 0.01, 0.03
 
 
-def ssim(a, b) -> float:
-    """Mean structural similarity of two 2-D maps, each scaled to [0, 1] (data range 1)."""
-    from scipy.ndimage import gaussian_filter
-    x, y = unit_range(a), unit_range(b)
+def _trivial(x, y, a, b):
+    """1 for identical maps, 0 when one is constant (no structure to compare), else None."""
     if np.array_equal(x, y):
         return 1.0
     if _constant(a) or _constant(b):
         return 0.0
+    return None
+
+
+def ssim(a, b) -> float:
+    """Mean structural similarity of two 2-D maps, each scaled to [0, 1] (data range 1)."""
+    from scipy.ndimage import gaussian_filter
+    x, y = unit_range(a), unit_range(b)
+    known = _trivial(x, y, a, b)
+    if known is not None:
+        return known
 
     def g(v):
         return gaussian_filter(v, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
@@ -250,11 +258,8 @@ def hog(image, orientations: int = 9, cell: int = 8, block: int = 2) -> np.ndarr
 
 def hog_similarity(a, b) -> float:
     x, y = unit_range(a), unit_range(b)
-    if np.array_equal(x, y):
-        return 1.0
-    if _constant(a) or _constant(b):
-        return 0.0
-    return _pearson(hog(x), hog(y))
+    known = _trivial(x, y, a, b)
+    return known if known is not None else _pearson(hog(x), hog(y))
 
 
 def similarities(original, other) -> dict:
