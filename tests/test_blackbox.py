@@ -10,7 +10,7 @@ from scipy.ndimage import zoom
 import fvgraph as fv
 from fvgraph.methods.registry import table
 from tests.conftest import ort_session
-from tests.zoo import resnet_like
+from tests.zoo import resnet_like, vit_like
 
 
 def linear_model(size=12, classes=3, seed=0):
@@ -157,6 +157,27 @@ def test_reciprocam_equals_the_model_with_the_layer_replaced(inner, gaussian, sc
     assert up.relevance.shape == (1, 16, 16) and int(np.ravel(up.target)[0]) == 2
 
 
+def test_reciprocam_on_tokens_keeps_the_class_token_and_equals_the_model_with_the_layer_replaced():
+    proto = vit_like(size=16, patch=4, prefix=1)
+    model = fv.load(proto.SerializeToString())
+    x = np.random.default_rng(6).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    e = model.explain(x, "reciprocam", score="logit", upsample=False)
+    value = e.extras["layer"]
+    A = ort_session(_with_output(proto, value)).run([value], {"input": x})[0][0]  # (T, C): 1 + 4 x 4 tokens
+    assert A.shape[0] == 17
+    sess = ort_session(_replaced(proto, value))
+    Y = []
+    for p in range(16):
+        copy = A.copy()
+        keep = np.zeros(16, np.float32)
+        keep[p] = 1
+        copy[1:] *= keep[:, None]  # the class token stays
+        Y.append(sess.run(None, {"input": x, "replaced": copy[None]})[0][0].astype(np.float64))
+    Y = np.array(Y)
+    want = ((Y - Y.min(axis=0)) / (Y.max(axis=0) - Y.min(axis=0))).T.reshape(-1, 4, 4)
+    assert np.allclose(e.extras["classes"][0], want, atol=1e-5)
+
+
 def _with_output(proto, value):
     m = onnx.ModelProto()
     m.CopyFrom(proto)
@@ -164,22 +185,49 @@ def _with_output(proto, value):
     return m
 
 
-def test_reciprocam_runs_the_tail_once_for_all_positions():
-    proto = resnet_like(size=16)
-    model = fv.load(proto.SerializeToString())
-    x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    model.explain(x, "reciprocam")  # warm: the default layer is chosen once per model
+def _engine_calls(model, call):
     calls = []
     run = model.engine.run
     model.engine.run = lambda g, feeds, outs: calls.append((g, {k: np.shape(v) for k, v in feeds.items()})) \
         or run(g, feeds, outs)
-    e = model.explain(x, "reciprocam")
-    model.engine.run = run
+    try:
+        return call(), calls
+    finally:
+        model.engine.run = run
+
+
+def test_reciprocam_runs_forward_and_tail_in_one_engine_run():
+    proto = resnet_like(size=16)
+    model = fv.load(proto.SerializeToString())
+    x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    model.explain(x, "reciprocam")  # warm: the default layer is chosen once per model
+    e, calls = _engine_calls(model, lambda: model.explain(x, "reciprocam"))
+    h, w = e.extras["classes"].shape[2:]
+    assert len(calls) == 1 and calls[0][1]["reciprocam_masks"][0] == h * w  # every position's copy in the run
+    assert e.extras["tail_runs"] == 1
+    # copies in batches through the tail graph (a batch cap below one image's positions): the same maps
+    split, calls = _engine_calls(model, lambda: model.explain(x, "reciprocam", batch_size=h * w - 1))
     value = e.extras["layer"]
     tails = [c for c in calls if value in c[1]]
-    h, w = e.extras["classes"].shape[2:]
-    assert len(tails) == 1 and tails[0][1][value][0] == h * w
-    assert len(calls) == 2  # the clean forward (layer and scores) and the tail
+    assert [c[1][value][0] for c in tails] == [h * w - 1, 1] and len(calls) == 3
+    assert np.allclose(split.extras["classes"], e.extras["classes"], atol=1e-5)
+    assert np.allclose(split.relevance, e.relevance, atol=1e-5)
     assert table()["reciprocam"].passes_for(table()["reciprocam"].check({}), x.shape) == 1
     with pytest.raises(fv.FvGraphError, match="class target"):
         model.explain(x, "reciprocam", target=fv.Unit(value, 0))
+
+
+@pytest.mark.parametrize("n_in,n_out", [(3, 10), (7, 256), (5, 17), (4, 3), (6, 6)])
+def test_linear_weights_are_onnxruntime_resize_linear(n_in, n_out):
+    from fvgraph.methods.blackbox import linear_weights
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                            coordinate_transformation_mode="half_pixel")
+    g = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, n_in, n_in])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.array([2, 1, n_out, n_out], np.int64), "sizes")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    x = np.random.default_rng(n_in).random((2, 1, n_in, n_in)).astype(np.float32)
+    want = ort_session(m).run(None, {"x": x})[0][:, 0]
+    r = linear_weights(n_in, n_out)
+    assert np.allclose(np.einsum("hk,nkl,wl->nhw", r, x[:, 0], r), want, atol=1e-6)

@@ -58,13 +58,26 @@ def _cells(cells):
     return (int(cells), int(cells)) if np.ndim(cells) == 0 else (int(cells[0]), int(cells[1]))
 
 
+def linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in): ONNX Resize "linear" along one axis as a matrix (half-pixel centres, edges clamped);
+    bilinear resizing is this matrix on each axis (R_y @ grid @ R_x^T)."""
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    r = np.zeros((n_out, n_in))
+    np.add.at(r, (np.arange(n_out), i0), 1 - (src - i0))
+    np.add.at(r, (np.arange(n_out), i1), src - i0)
+    return r
+
+
 def rise_masks(grids, dy, dx, cell, size) -> np.ndarray:
-    """The masks (k, H, W) of these grids: upsampled bilinearly to (cells + 1) * cell, cropped at the shifts."""
-    from .cam import resize_maps
+    """The masks (k, H, W) of these grids: upsampled bilinearly to (cells + 1) * cell, cropped at the shifts;
+    each mask is its rows' and columns' interpolation weights around its grid (only the cropped part is made)."""
     k, ch, cw = grids.shape
-    up = resize_maps(grids.astype(np.float32), ((ch + 1) * cell[0], (cw + 1) * cell[1]))
     H, W = size
-    return np.stack([up[i, dy[i]:dy[i] + H, dx[i]:dx[i] + W] for i in range(k)]).astype(np.float32)
+    ry = linear_weights(ch, (ch + 1) * cell[0])[np.asarray(dy)[:, None] + np.arange(H)]  # (k, H, ch)
+    rx = linear_weights(cw, (cw + 1) * cell[1])[np.asarray(dx)[:, None] + np.arange(W)]  # (k, W, cw)
+    return np.matmul(np.matmul(ry, grids.astype(np.float64)), rx.transpose(0, 2, 1)).astype(np.float32)
 
 
 def rise(model, x, target=None, masks=2000, cells=7, p=0.5, seed=0, batch_size=None, score="prob", memory=None,
@@ -199,6 +212,51 @@ def tail_runner(model, x, value: str, logits: str):
     return got, run
 
 
+def layer_masks(view, masks: np.ndarray, tokens: int | None = None) -> np.ndarray:
+    """The position masks (P, h, w) shaped to weigh a (1, ...) layer value in its own layout by broadcasting:
+    (P, 1, h, w) channels first, (P, h, w, 1) channels last, (P, T, 1) tokens (the leading tokens kept)."""
+    P, h, w = masks.shape
+    if view.kind == "nchw":
+        return masks[:, None]
+    if view.kind == "nhwc":
+        return masks[..., None]
+    out = np.ones((P, tokens if tokens is not None else view.prefix + h * w, 1), masks.dtype)
+    out[:, view.prefix:, 0] = masks.reshape(P, h * w)
+    return out
+
+
+def lower_reciprocam(model, table, value: str, logits: str, rows: int):
+    """One graph for ReciproCAM on one image: the model's forward, its layer value times `rows` masks (an input,
+    (rows, ...) as layer_masks shapes them), and a copy of the tail (tail_graph) on those rows, the values
+    around the layer broadcast to every row (and the input, where the tail's shape computations read it).
+    Outputs: the tail's logits per row and the model's own. One run replaces a forward, the copies' transfer
+    and the tail's run (the masked copies never leave the engine)."""
+    from ..builder import GraphBuilder
+    from ..graph import Node
+    from ..reverse import Lowered
+    from .cam import layer_view
+    g = model.graph
+    tail, frontier = tail_graph(model, value, [logits])
+    b = GraphBuilder(g, table)
+    dims = (rows,) + tuple(b.dims(value)[1:])
+    channel = 1 if layer_view(model, table, value).kind == "nchw" else len(dims) - 1
+    masks = b.input("reciprocam_masks", tuple(1 if i == channel else d for i, d in enumerate(dims)), b.dtype(value))
+    renamed = {value: b.op("Mul", [value, masks], dims=dims, dtype=b.dtype(value))}
+    for v in frontier + [i.name for i in tail.inputs if i.name == g.input_names()[0]]:
+        renamed[v] = b.op("Expand", [v, b.ints([rows] + [1] * (b.rank(v) - 1))], dtype=b.dtype(v))
+    for n in tail.nodes:
+        outs = []
+        for o in n.outputs:
+            if o:
+                renamed[o] = b.fresh("reciprocam/" + o)
+            outs.append(renamed.get(o, ""))
+        b.nodes.append(Node(b.fresh("reciprocam/" + n.name), n.op_type,
+                            [renamed.get(v, v) if v else v for v in n.inputs], outs, dict(n.attrs)))
+    rows_out = b.named(renamed[logits], "reciprocam_logits")
+    b.table.set(rows_out, None, b.dtype(logits))
+    return Lowered(b.finish([rows_out, logits]), logits, table=b.table)
+
+
 def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
     """Copies of one sample's layer value a1 (its own layout) with the positions weighted by each mask."""
     P, h, w = masks.shape
@@ -247,24 +305,41 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     dims = value_dims(model, feeds, logits)
     classes = class_indices(target, dims, N, logits)
     view = layer_view(model, model.shape_table(feeds), value)
-    got, run_tail = tail_runner(model, x, value, logits)
-    A, clean = got[value], np.asarray(got[logits])
-    reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
     h, w = view.grid
     masks = position_masks(h, w, bool(gaussian))
-    batch_size = copies_per_batch(model, x[:1], logits, N * h * w, batch_size, memory)  # a forward: the tail's bound
-
-    bar = Progress(N * h * w, "reciprocam", quiet, progress)
-    scores = []
-    for n in range(N):
-        copies = mosaic(A[n], view, masks).astype(A.dtype)
-        out = []
-        for s in range(0, len(copies), batch_size):
-            rows = copies[s:s + batch_size]
-            out.append(run_tail(rows, n))
-            bar.update(n * h * w + s + len(rows))
-        y = np.concatenate(out).reshape(h * w, -1).astype(np.float64)
-        scores.append(probabilities(y) if softmax else y)
+    P = h * w
+    batch_size = copies_per_batch(model, x[:1], logits, N * P, batch_size, memory)  # a forward: the tail's bound
+    bar = Progress(N * P, "reciprocam", quiet, progress)
+    scores, clean = [], []
+    if model.batch_limit is None and P <= batch_size:  # every copy in one batch: one graph, one run per image
+        table = model.shape_table(feeds)
+        first = model.graph.input_names()[0]
+        lowered = model.lowered(("reciprocam", value, logits, P), {first: x[:1]},
+                                lambda t: lower_reciprocam(model, t, value, logits, P))
+        weigh = layer_masks(view, masks, table.dims[value][1] if view.kind == "tokens" else None)
+        weigh = weigh.astype(table.dtypes.get(value) or np.float32)
+        for n in range(N):
+            out = model.engine.run(lowered.graph, {**model.feeds(x[n:n + 1]), "reciprocam_masks": weigh},
+                                   ["reciprocam_logits", logits])
+            scores.append(np.asarray(out["reciprocam_logits"]).reshape(P, -1).astype(np.float64))
+            clean.append(np.asarray(out[logits]))
+            bar.update((n + 1) * P)
+        clean, runs = np.concatenate(clean), N
+    else:  # the layer's value comes back, its copies go through the tail graph in batches
+        got, run_tail = tail_runner(model, x, value, logits)
+        A, clean = got[value], np.asarray(got[logits])
+        for n in range(N):
+            copies = mosaic(A[n], view, masks).astype(A.dtype)
+            out = []
+            for s in range(0, len(copies), batch_size):
+                rows = copies[s:s + batch_size]
+                out.append(run_tail(rows, n))
+                bar.update(n * P + s + len(rows))
+            scores.append(np.concatenate(out).reshape(P, -1).astype(np.float64))
+        runs = run_tail.count
+    reported = np.where(classes < 0, clean.reshape(N, -1).argmax(axis=1), classes)
+    if softmax:
+        scores = [probabilities(y) for y in scores]
     Y = np.stack(scores)  # (N, h*w, classes)
     lo, hi = Y.min(axis=1, keepdims=True), Y.max(axis=1, keepdims=True)
     norm = np.where(hi > lo, (Y - lo) / np.where(hi > lo, hi - lo, 1), 0.0)
@@ -273,7 +348,7 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     if upsample_maps:
         maps = resize_maps(maps, x.shape[2:])
     return Explanation(np.asarray(maps, np.float32), reported, clean, "reciprocam",
-                       extras={"layer": value, "classes": all_maps, "tail_runs": run_tail.count, "batch_size": batch_size,
+                       extras={"layer": value, "classes": all_maps, "tail_runs": runs, "batch_size": batch_size,
                                "gaussian": bool(gaussian), "score": score})
 
 
