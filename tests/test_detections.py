@@ -344,3 +344,83 @@ def test_yolov5_and_ssd_with_background_and_normalized_boxes():
     assert (lay.normalized, lay.background, lay.sigmoid) == (False, None, True)
     got = select(model, lay, raw, (48, 64), 0.3, 0.5, 50)[0]
     same(got, reference(list(zip(boxes[0] * 100, 1 / (1 + np.exp(-logits[0])))), 0.3, 0.5, 50)[0])
+
+
+# --------------------------------------------------------------------------- end2end exports: (N, K, 6) rows
+def end2end_detector(names=True, keep=5):
+    """cell_detector's boxes and scores selected inside the graph as ultralytics' end2end exports do (YOLOv10's
+    top-k): each anchor's best score and its class, the `keep` best anchors' rows x0, y0, x1, y1, score, class
+    gathered into output0 (N, keep, 6)."""
+    m = cell_detector("ssd", names=names)
+    g = m.graph
+    g.initializer.extend([numpy_helper.from_array(np.array([0, -1], np.int64), "s2"),
+                          numpy_helper.from_array(np.array([keep], np.int64), "keep"),
+                          numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+                          numpy_helper.from_array(np.array([1, 1, 6], np.int64), "six")])
+    g.node.extend([helper.make_node("ReduceMax", ["scores"], ["best"], axes=[2], keepdims=1),
+                   helper.make_node("ArgMax", ["scores"], ["cls_i"], axis=2, keepdims=1),
+                   helper.make_node("Cast", ["cls_i"], ["cls_f"], to=TensorProto.FLOAT),
+                   helper.make_node("Concat", ["boxes", "best", "cls_f"], ["rows"], axis=2),
+                   helper.make_node("Reshape", ["best", "s2"], ["best2"]),
+                   helper.make_node("TopK", ["best2", "keep"], ["top_v", "top_i"], axis=1),
+                   helper.make_node("Unsqueeze", ["top_i", "ax2"], ["top_i3"]),
+                   helper.make_node("Tile", ["top_i3", "six"], ["top_i6"]),
+                   helper.make_node("GatherElements", ["rows", "top_i6"], ["output0"], axis=1)])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", keep, 6]))
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_end2end_rows_are_read_as_boxes_score_class_not_as_two_class_scores():
+    # an ultralytics nms=True export (output0 (1, 300, 6)) was read as a 2-class "yolov8-t": its class index
+    # column taken as a score (a "bicycle" of score 41.0)
+    proto = end2end_detector()
+    model = fv.load(proto)
+    x = np.concatenate([painted(), R.random((1, 3, 32, 32)).astype(np.float32)])
+    out = ort_outputs(proto, x)["output0"]
+    got = detections(model, x, conf=0.25, iou=0.5, max_det=10)
+    for n in range(2):
+        rows = [r for r in out[n] if r[4] > 0.25]  # the export's own order: best first
+        assert len(got[n]) == len(rows)
+        for d, r in zip(got[n], rows):
+            assert d.cls == int(r[5]) and d.score == pytest.approx(float(r[4]), abs=1e-6)
+            assert np.allclose(d.box, r[:4], atol=1e-5)
+            assert d.layout.kind == "end2end" and (d.target.index, d.target.output) == ((d.anchor, 4), "output0")
+            assert np.allclose(out[n, d.anchor, :4], d.box, atol=1e-5)
+    assert sorted(d.label for d in got[0]) == ["blue", "green", "red"]
+    assert [d.score for d in got[0]] == sorted((d.score for d in got[0]), reverse=True)
+    assert got[0][0].box_target("y1").index == (got[0][0].anchor, 3)
+    assert len(detections(model, x, conf=0.25, max_det=2)[0]) == 2
+    assert [d.label for d in detections(model, x, conf=0.25, classes=[1])[0]] == ["green"]
+    # without names: the whole class indices (2 > 1) tell an end2end output from a 2-class (N, A, 6) one
+    bare = detections(fv.load(end2end_detector(names=False)), x[:1], conf=0.25)[0]
+    assert [(d.anchor, d.cls, d.label) for d in bare] == [(d.anchor, d.cls, None) for d in got[0]]
+    # the maps: the row's score depends on its cell only, through TopK and GatherElements
+    res = explain_detections(model, x[:1], ["gradient"], dets=[got[0]])[0]
+    for r in res:
+        x0, y0, x1, y1 = r.detection.box
+        inside = np.zeros((32, 32), bool)
+        inside[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))] = True
+        mass = np.abs(r.maps["gradient"])
+        assert mass.sum() > 0 and mass[inside].sum() / mass.sum() > 0.99
+    with pytest.raises(fv.InputError, match="end2end"):
+        detections(fv.load(cell_detector("yolov8")), x, layout="end2end")
+
+
+def test_a_two_class_transposed_output_without_names_stays_yolov8_t():
+    from fvgraph.methods.detections import _settle, find_layout
+
+    class Bare:
+        def class_names(self):
+            return None
+
+    rows = R.random((1, 60, 6))
+    rows[..., :4] *= 64
+    lay = _settle(find_layout(Bare(), {"out": rows.shape}), {"out": rows}, Bare())
+    assert (lay.kind, lay.classes) == ("yolov8-t", 2)  # scores in 0..1: two classes
+    rows[..., 5] = R.integers(0, 7, 60)
+    lay = _settle(find_layout(Bare(), {"out": rows.shape}), {"out": rows}, Bare())
+    assert (lay.kind, lay.classes, lay.box_format) == ("end2end", 7, "xyxy")
+    assert find_layout(Bare(), {"out": rows.shape}, layout="yolov8-t").kind == "yolov8-t"  # as asked
+    assert find_layout(Named(), {"out": (1, 300, 6)}).kind == "end2end"  # 3 names: 6 is no 4 + 3 nor 5 + 3

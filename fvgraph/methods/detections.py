@@ -12,6 +12,12 @@ Layouts (`layout=`; "auto" picks one from the outputs' shapes, the class names a
 - "yolov5": (N, A, 5 + C): cx, cy, w, h, objectness, C class probabilities (YOLOv5/v7 exports); the score is
   objectness x class probability. "auto": axis 2 is 5 + the number of names (never chosen without names:
   give layout="yolov5").
+- "end2end": one output (N, K, 6): rows x0, y0, x1, y1 (input pixels), score, class index, already selected by
+  the export (ultralytics' `nms=True` exports, YOLOv10 / YOLO26's NMS-free heads; rows past the kept ones are
+  zeros); kept when score > conf, best first, no NMS redone (as ultralytics reads these). "auto": axis 2 is 6
+  and the model has more than 2 class names, or (no names) axis 2 is 6 and every class-index value of the
+  first image is a whole number >= 0, and some score or class above 1 or every class 0 (a 2-class (N, A, 6)
+  "yolov8-t" has scores in 0..1 there).
 - "ssd": boxes and scores as two outputs, (N, A, 4) (or (N, A, 1, 4), YOLOv4's) boxes and (N, A, C) scores,
   as decoded SSD / RetinaNet / FCOS exports write them. "auto": two outputs with the same A, one ending in 4;
   where both could be the boxes, output names decide (box/bbox/loc/reg for the boxes, score/conf/cls/class/
@@ -45,7 +51,7 @@ import numpy as np
 from ..errors import InputError, OptionError, refuse_overwrite
 from ..explanation import Explanation, OutputTarget
 
-LAYOUTS = ("auto", "yolov8", "yolov8-t", "yolov5", "ssd")
+LAYOUTS = ("auto", "yolov8", "yolov8-t", "yolov5", "end2end", "ssd")
 BOX_FORMATS = ("xyxy", "cxcywh", "yxyx")
 BOX_WORDS = ("box", "bbox", "loc", "reg")
 SCORE_WORDS = ("score", "conf", "cls", "class", "logit", "prob")
@@ -55,7 +61,7 @@ SCORE_WORDS = ("score", "conf", "cls", "class", "logit", "prob")
 @dataclass(frozen=True)
 class Layout:
     """How raw outputs become boxes and class scores (see the module's doc)."""
-    kind: str                    # yolov8, yolov8-t, yolov5, ssd
+    kind: str                    # yolov8, yolov8-t, yolov5, end2end, ssd
     scores: str                  # the output class scores are read from
     boxes: str                   # the output boxes are read from (the same for the YOLO layouts)
     classes: int                 # score columns C (the background's included)
@@ -64,6 +70,7 @@ class Layout:
     sigmoid: bool = False        # scores are logits
     background: int | None = None  # a column that is no class (SSD's 0)
     box_extra: tuple = ()        # singleton axes between anchor and coordinate ((0,) for (N, A, 1, 4))
+    guessed: bool = False        # "auto" chose it from shapes alone (no class names): _settle may revise it
 
     def score_index(self, anchor: int, column: int) -> tuple:
         """The element (no batch axis) holding class column `column`'s score at `anchor`."""
@@ -73,13 +80,15 @@ class Layout:
             return (anchor, 4 + column)
         if self.kind == "yolov5":
             return (anchor, 5 + column)
+        if self.kind == "end2end":
+            return (anchor, 4)  # the row's one score, whatever its class
         return (anchor, column)
 
     def box_index(self, anchor: int, coord: int) -> tuple:
         """The element holding raw box coordinate `coord` (0..3, in the layout's box format) at `anchor`."""
         if self.kind == "yolov8":
             return (coord, anchor)
-        if self.kind in ("yolov8-t", "yolov5"):
+        if self.kind in ("yolov8-t", "yolov5", "end2end"):
             return (anchor, coord)
         return (anchor,) + tuple(self.box_extra) + (coord,)
 
@@ -118,6 +127,7 @@ def find_layout(model, shapes: dict, layout="auto", box_format=None) -> Layout:
                          "(N, A, 5 + C); ssd: boxes (N, A, 4) + scores (N, A, C))")
     _, d1, d2 = s
     kind = layout
+    guessed = False
     if kind == "auto":
         if k is not None and d1 == 4 + k:
             kind = "yolov8"
@@ -125,14 +135,22 @@ def find_layout(model, shapes: dict, layout="auto", box_format=None) -> Layout:
             kind = "yolov8-t"
         elif k is not None and d2 == 5 + k:
             kind = "yolov5"
+        elif k is not None and d2 == 6:
+            kind = "end2end"
         else:
             kind = "yolov8" if d1 < d2 else "yolov8-t"
+            guessed = k is None and d2 == 6  # or end2end: told by the values
+    if kind == "end2end":
+        if d2 != 6:
+            raise InputError(f"layout 'end2end' needs an output (N, K, 6) (x0, y0, x1, y1, score, class); output "
+                             f"{first!r} is {_shown(shapes)[first]}")
+        return Layout("end2end", first, first, int(k or 1), "xyxy")
     c = (d1 - 4) if kind == "yolov8" else (d2 - 4) if kind == "yolov8-t" else d2 - 5
     if k is not None and c > k and layout == "auto":
         c = k  # rows after the classes: a segmenter's mask coefficients (YOLOv8-seg's 4 + 80 + 32)
     if c < 1:
         raise InputError(f"output {first!r} of shape {_shown(shapes)[first]} has no class rows for layout {kind!r}")
-    return Layout(kind, first, first, int(c), box_format or "cxcywh")
+    return Layout(kind, first, first, int(c), box_format or "cxcywh", guessed=guessed)
 
 
 def _split_pair(shapes):
@@ -154,10 +172,23 @@ def _shown(shapes):
 
 
 def _settle(layout: Layout, raw: dict, model) -> Layout:
-    """The settings an "ssd" layout reads from its values: normalized boxes, logits, a background column."""
+    """The settings a layout reads from its values: an "ssd" layout's normalized boxes, logits and background
+    column; an "end2end" layout's class count (the names', or past the largest class index); a (N, A, 6)
+    guessed "yolov8-t" without names that is an end2end export's (see the module's doc)."""
+    from dataclasses import replace
+    if layout.guessed:
+        rows = np.asarray(raw[layout.scores], np.float64)
+        first = rows[:1].reshape(-1, 6)
+        cls, score = first[:, 5], first[:, 4]
+        whole = first.size and np.all(np.isfinite(cls)) and np.all(cls >= 0) and np.all(cls == np.round(cls))
+        if whole and (cls.max() > 1 or score.max() > 1 or not cls.any()):
+            layout = replace(layout, kind="end2end", classes=1, box_format="xyxy", guessed=False)
+    if layout.kind == "end2end":
+        cls = np.asarray(raw[layout.scores], np.float64)[..., 5]
+        top = int(np.nanmax(np.clip(cls, 0, None))) + 1 if cls.size else 1
+        return replace(layout, classes=max(layout.classes, _names_count(model) or 1, top))
     if layout.kind != "ssd":
         return layout
-    from dataclasses import replace
     boxes = np.asarray(raw[layout.boxes], np.float64)
     scores = np.asarray(raw[layout.scores], np.float64)
     normalized = bool(boxes.size) and boxes[0].min() >= -0.5 and boxes[0].max() <= 1.5
@@ -177,6 +208,12 @@ def decode(layout: Layout, raw: dict, input_hw) -> tuple:
     else:
         a = np.asarray(raw[layout.scores], np.float64)
     obj = None
+    if layout.kind == "end2end":
+        boxes = a[..., :4].copy()
+        cls = np.clip(np.nan_to_num(a[..., 5]), 0, layout.classes - 1).astype(np.int64)
+        scores = np.zeros(a.shape[:2] + (layout.classes,), np.float64)
+        np.put_along_axis(scores, cls[..., None], a[..., 4:5], axis=-1)  # the row's score at its class
+        return boxes, scores, None
     if layout.kind == "ssd":
         b = np.asarray(raw[layout.boxes], np.float64)
         b = b.reshape(b.shape[0], b.shape[1], 4)
@@ -325,7 +362,10 @@ def select(model, lay: Layout, raw: dict, input_hw, conf, iou, max_det, classes=
         if keep_cls is not None:
             cand &= np.isin(column - offset, list(keep_cls))
         idx = np.nonzero(cand)[0]
-        kept = idx[nms(boxes[n, idx], best[idx], column[idx], iou, max_det)]
+        if lay.kind == "end2end":  # selected by the export already: best first, no NMS redone
+            kept = idx[np.argsort(-best[idx], kind="stable")][:max_det]
+        else:
+            kept = idx[nms(boxes[n, idx], best[idx], column[idx], iou, max_det)]
         dets = []
         for a in kept:
             c = int(column[a]) - offset
