@@ -1,8 +1,10 @@
-"""Occlusion speed: fvgraph's default (whichever of incremental inference and full passes on the engine its
-cost estimate picks), both ways forced, and the same number of plain onnxruntime forward passes at the same
-batch size, side by side in one run.
+"""Occlusion speed: fvgraph's default (whichever way its cost estimate picks), each way forced (the windows as
+one graph on onnxruntime, fvgraph.methods.windows; the windows on fvgraph's executor,
+fvgraph.methods.incremental; full passes), and the same number of plain onnxruntime forward passes at the
+same batch size, side by side in one run.
 
-    python benchmarks/occlusion.py [--threads 2] [--batch 16] [--sample 96] [--json ...]
+    python benchmarks/occlusion.py [--threads 2] [--batch 16] [--sample 96] [--repeats 3] [--skip_executor 1]
+                                   [--json ...]
 
 Models: VGG-16- and ResNet-18-shaped, 224x224; settings: box 16 stride 8 (729 boxes) and box 32 stride 16
 (169 boxes). `--sample K` times K boxes spread evenly over all positions (interior and edge boxes alike) and
@@ -16,12 +18,14 @@ from common import arguments, ort_session, write_json
 
 
 def main():
-    args = arguments(__doc__, "occlusion", batch=16, sample=96, models="vgg16,resnet18")
+    args = arguments(__doc__, "occlusion", batch=16, sample=96, models="vgg16,resnet18", repeats=3,
+                     skip_executor=0)
     import numpy as np
 
     import fvgraph as fv
     from fvgraph.methods.incremental import IncrementalRunner
-    from fvgraph.methods.occlusion import incremental_pays, positions
+    from fvgraph.methods.occlusion import positions, windows_pay
+    from fvgraph.methods.windows import window_plan
     from tests.zoo import resnet18, vgg16
 
     rows = []
@@ -46,20 +50,29 @@ def main():
                 return b
 
             runner = IncrementalRunner(model, out)
-            default = "fvgraph incremental" if incremental_pays(model, runner, x, out, (box, box)) else "fvgraph full"
             runner.set_image(x)
+            plan = window_plan(model, out, (box, box), boxes, x)
+            default = "fvgraph windows" if windows_pay(plan) else "fvgraph full"
+            clean = plan.clean_feeds(x)
             inputs = [occluded(c, i * args.batch) for i, c in enumerate(batches)]
-            t = {}
-            for what in ("ort", "fvgraph incremental", "fvgraph full"):
-                start = time.perf_counter()
-                for i, c in enumerate(batches):
-                    if what == "ort":
-                        sess.run(None, {"input": inputs[i]})
-                    elif what == "fvgraph full":
-                        model.run(inputs[i])
-                    else:
-                        runner.run(c, (box, box), patches[i * args.batch:i * args.batch + len(c)])
-                t[what] = (time.perf_counter() - start) / len(chosen)
+            ways = {"ort": lambda i, c: sess.run(None, {"input": inputs[i]}),
+                    "fvgraph full": lambda i, c: model.run(inputs[i]),
+                    "fvgraph windows": lambda i, c: model.engine.run(plan.graph, {**clean, **plan.feeds(
+                        c, patches[i * args.batch:i * args.batch + len(c)])}, ["windows/out"]),
+                    "fvgraph incremental (executor)": lambda i, c: runner.run(
+                        c, (box, box), patches[i * args.batch:i * args.batch + len(c)])}
+            if args.skip_executor:
+                ways.pop("fvgraph incremental (executor)")
+            for fn in ways.values():
+                fn(0, batches[0])  # warm
+            runs = {what: [] for what in ways}
+            for _ in range(args.repeats):  # rounds alternate the ways; each way's median round
+                for what, fn in ways.items():
+                    start = time.perf_counter()
+                    for i, c in enumerate(batches):
+                        fn(i, c)
+                    runs[what].append((time.perf_counter() - start) / len(chosen))
+            t = {what: float(np.median(v)) for what, v in runs.items()}
             t["fvgraph default (" + default.split()[-1] + ")"] = t[default]
             for what, per in t.items():
                 rows.append(dict(model=name, box=box, stride=stride, boxes=len(boxes), timed=len(chosen),

@@ -45,7 +45,8 @@ class IncrementalRunner:
         g = model.graph
         self.dynamic = set(g.input_names()) | {o for i in self.steps if i not in self.ex.static
                                                 for o in g.nodes[i].outputs}
-        self.valid = {}  # node index -> the same op without padding (runs on windows)
+        self.valid = {}  # node index -> the same op without padding (runs on windows): its kernel, its node
+        self.valid_nodes = {}
         for i in self.steps:
             n = model.graph.nodes[i]
             if n.op_type in SPATIAL and not (n.op_type == "AveragePool" and not n.attr("count_include_pad", 0)
@@ -54,13 +55,15 @@ class IncrementalRunner:
                 attrs = {k: v for k, v in n.attrs.items() if k not in ("pads", "auto_pad", "ceil_mode")}
                 if n.op_type == "AveragePool":
                     attrs["count_include_pad"] = 1
-                self.valid[i] = build_kernel(Node(n.name, n.op_type, n.inputs, n.outputs[:1], attrs))
+                self.valid_nodes[i] = Node(n.name, n.op_type, n.inputs, n.outputs[:1], attrs)
+                self.valid[i] = build_kernel(self.valid_nodes[i])
 
-    def shapes_of(self, x1):
+    def shapes_of(self, x1, measured=False):
         """What `work` needs, from shapes alone (zero-strided stand-ins for the values, no forward pass): the
-        cost model's first look. Returns False where the shapes are not all known (then set_image)."""
+        cost model's first look. Returns False where the shapes are not all known (then set_image, or
+        measured: the dims measured on a forward)."""
         feeds = self.model.feeds(x1)
-        table = self.model.shape_table(feeds)
+        table = self.model.shape_table(feeds, measured=measured)
         stand_in = {}
         for k, d in table.dims.items():
             if d is None or not all(isinstance(v, (int, np.integer)) or v == BATCH for v in d):

@@ -8,14 +8,18 @@ the steps fit exactly, the positions are exactly 0, s, 2s, ...; with stride > bo
 score="prob" scores a class target by its softmax probability: the model's own trailing Softmax, or a softmax
 over the class axis of its output where it ends in logits (units and output targets are scored on their values).
 
-Occluded copies run in batches under a memory cap, in one of two ways:
-- incremental inference on fvgraph's executor: each batch recomputes only the window of every layer that the
-  boxes change (see fvgraph.methods.incremental);
-- full passes of every occluded copy on the model's engine (onnxruntime by default).
-`incremental="auto"` (the default) chooses from a cost estimate: the multiply-adds of the windows one box
-changes, against a full forward's, at the speed each engine showed on the clean image. The executor's
-kernels are about half as fast as onnxruntime's, so windows pay where a box changes little of the net (VGG
-with small boxes) and full passes win where early strided layers spread it (ResNet's stem and max pool).
+Occluded copies run in batches under a memory cap, in one of three ways:
+- windows as one graph on the model's engine (onnxruntime): each batch recomputes only the window of every
+  layer that the boxes change, gathered from the clean values at per-box offsets given as data
+  (fvgraph.methods.windows);
+- the same windows on fvgraph's executor (engine="numpy"; fvgraph.methods.incremental);
+- full passes of every occluded copy on the model's engine.
+`incremental="auto"` (the default) takes the windows where their multiply-adds for one box are below
+WINDOWS_ON_ENGINE_BELOW (0.7) of a full pass's (both run on the same engine, so the ratio of work is the ratio
+of time, less the gathers' share): small boxes on VGG (0.2 of the work at box 16, 4.5x faster than plain
+passes), ResNet-18 (0.5; 1.5x); large boxes, or nets whose early strided layers spread a box over most of
+every map, get full passes. incremental=True forces the windows, False full passes. Models whose batch is
+fixed in the file, or whose scored value is time-major, keep the executor's windows or full passes.
 """
 from __future__ import annotations
 
@@ -132,7 +136,19 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     counts = np.zeros((H, W), np.int64)
     for (y, xx) in boxes:
         counts[y:y + box[0], xx:xx + box[1]] += 1
-    runner, key = None, None
+    runner, key, windows = None, None, None
+    from ..engines import ExecutorEngine
+    if incremental and ax == 0 and model.batch_limit is None and not isinstance(model.engine, ExecutorEngine):
+        # the windows as one graph on the model's engine (fvgraph.methods.windows)
+        from .windows import window_plan
+        key = ("occlusion-windows", value, box, stride, x.shape[1:])
+        if incremental is True or model.choices.get(key, True):
+            windows = window_plan(model, value, box, boxes, x[:1])
+        if windows is not None and incremental == "auto":
+            if key not in model.choices:
+                model.choices[key] = windows_pay(windows)
+            windows = windows if model.choices[key] else None
+        incremental = False if windows is not None or incremental == "auto" else incremental
     if incremental is True and model.executor.unsupported:
         raise InputError("incremental occlusion runs on fvgraph's executor, which cannot run this model: use "
                          f"incremental='no' (full passes on onnxruntime)\n{model.executor.unsupported}")
@@ -159,9 +175,13 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         patches = make_fill(x[n], fill, box, len(boxes), rng)
         if runner is not None:
             runner.set_image(x[n:n + 1])
+        clean_values = windows.clean_feeds(x[n:n + 1]) if windows is not None else None
         for b0 in range(0, len(boxes), batch_size):
             chunk = boxes[b0:b0 + batch_size]
-            if runner is not None:
+            if windows is not None:
+                feeds = {**clean_values, **windows.feeds(chunk, patches[b0:b0 + len(chunk)])}
+                out = model.engine.run(windows.graph, feeds, ["windows/out"])["windows/out"]
+            elif runner is not None:
                 out = runner.run(chunk, box, patches[b0:b0 + len(chunk)])
             else:
                 out = full_passes(n, chunk, patches, b0)
@@ -171,7 +191,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
                 seen[n, y:y + box[0], xx:xx + box[1]] += 1
             done += len(chunk)
             bar.update(done, partial=lambda: (drops / np.maximum(seen, 1)).astype(np.float32))
-    choice = "incremental" if runner is not None else "full passes"
+    choice = "windows" if windows is not None else "incremental" if runner is not None else "full passes"
     rel = (drops / np.maximum(counts, 1)).astype(np.float32)  # pixels no box covers (stride > box) get 0
     return Explanation(rel, reported, np.asarray(native), "occlusion",
                        extras={"boxes": boxes, "counts": counts, "box": box, "stride": stride,
@@ -195,9 +215,18 @@ def probabilities(values, axis: int = 1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+WINDOWS_ON_ENGINE_BELOW = 0.7  # windows in one graph on the model's engine: taken where their multiply-adds are
+                               # below this share of a full pass (calibrated in benchmarks/occlusion.py)
 WINDOWS_BELOW = 0.6  # the estimated cost ratio (windows / passes) under which windows are taken
 EXECUTOR_SLOWER = 1.5  # fvgraph's executor per forward against onnxruntime's, at least (measured 1.7-2x): the
                        # bound that lets the estimate skip timing where windows cannot win
+
+
+def windows_pay(plan) -> bool:
+    """The cost model of the windows on the model's engine: the same kernels either way, so their share of a
+    full pass's multiply-adds decides (WINDOWS_ON_ENGINE_BELOW leaves room for the gathers)."""
+    inc, total = plan.work()
+    return total > 0 and inc / total < WINDOWS_ON_ENGINE_BELOW
 
 
 def incremental_pays(model, runner, x1, value, box) -> bool:
