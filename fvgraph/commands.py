@@ -249,7 +249,8 @@ def build_parser(h) -> argparse.ArgumentParser:
          help="methods, comma-separated (parameters as method:key=value); random is the baseline to beat")
     _arg(s, "--metric", default="deletion,insertion", help="comma-separated: deletion, insertion, road-morf, "
          "road-lerf, faithfulness-correlation (mufidelity), pointing-game, energy-pointing (with --boxes), "
-         "max-sensitivity, sparseness, complexity, randomization (the parameter randomization test)")
+         "max-sensitivity, sparseness, complexity, adcc (average drop, coherency, complexity), randomization (the "
+         "parameter randomization test)")
     _arg(s, "--steps", type=int, default=16, help="points on each curve after the first (default 16)")
     _arg(s, "--boxes", metavar="FILE", help="the object's boxes or masks for the pointing metrics: a .json of "
          "boxes (x0, y0, x1, y1) keyed by image file name, a mask image or .npy")

@@ -176,6 +176,34 @@ def test_max_sensitivity_from_the_documented_draws():
     assert np.allclose(one, [np.linalg.norm(W * d[i]) / np.linalg.norm(W * x[i]) for i in range(2)], rtol=1e-4)
 
 
+def _scaled(m):
+    m = m.astype(np.float64)
+    return (m - m.min()) / (m.max() - m.min())
+
+
+def test_adcc_by_hand_on_a_linear_model():
+    """p_1 = sigmoid(sum W x): average drop, coherency and complexity computed here from the formulas."""
+    model, W = linear_model()
+    x = positive_image()
+    lo = np.asarray(model.input_bounds()[0], np.float64).reshape(1, -1, 1, 1)
+    p1 = lambda xx: 1 / (1 + np.exp(-(W * xx).sum()))  # noqa: E731
+    for method, of in (("gradient", lambda xx: W.sum(axis=0)), ("input-x-gradient", lambda xx: (W * xx[0]).sum(0))):
+        S = _scaled(of(x))
+        masked = (lo + (x - lo) * S).astype(np.float32)
+        y, o = p1(x.astype(np.float64)), p1(masked.astype(np.float64))
+        ad = max(0.0, y - o) / y
+        coh = (1 + np.corrcoef(S.ravel(), _scaled(of(masked)).ravel())[0, 1]) / 2
+        com = S.mean()
+        want = 3 / (1 / coh + 1 / (1 - com) + 1 / (1 - ad))
+        rel = model.explain(x, method, target=1).relevance
+        got = M.adcc(model, x, rel, method, target=1)
+        assert got["average_drop"][0] == pytest.approx(ad, rel=1e-4, abs=1e-6), method
+        assert got["coherency"][0] == pytest.approx(coh, rel=1e-5), method
+        assert got["complexity"][0] == pytest.approx(com, rel=1e-6)
+        assert got["adcc"][0] == pytest.approx(want, rel=1e-4), method
+    assert M.adcc(model, x, np.ones((1, 8, 8)), "gradient", target=1)["adcc"][0] == 0  # complexity 1: ADCC 0
+
+
 # --------------------------------------------------------------------------- ROAD
 def test_imputation_reproduces_a_plane_and_the_hand_mean():
     h, w = 12, 10
@@ -235,10 +263,11 @@ def test_evaluate_metrics_rows_and_refusals():
     x = positive_image(c=1, size=16, seed=8, n=2)
     found = M.evaluate_metrics(model, x, ["gradient", "input-x-gradient"],
                                ["road-morf", "mufidelity", "pointing-game", "energy-pointing", "max-sensitivity",
-                                "sparseness", "complexity"], target=1, boxes=[(0, 0, 8, 8), [(8, 8, 16, 16)]],
+                                "sparseness", "complexity", "adcc"], target=1, boxes=[(0, 0, 8, 8), [(8, 8, 16, 16)]],
                                fractions=(0.2, 0.6), draws=10, sensitivity_draws=2)
     rows = found["results"]
-    assert len(rows) == 2 * 2 * 7 and {r["metric"] for r in rows} == set(M.METRICS) - {"road-lerf"}
+    assert all(0 <= r["coherency"] <= 1 for r in rows if r["metric"] == "adcc")
+    assert len(rows) == 2 * 2 * 8 and {r["metric"] for r in rows} == set(M.METRICS) - {"road-lerf"}
     road = [r for r in rows if r["metric"] == "road-morf"]
     assert all(len(r["curve"]) == 2 and r["fractions"] == [0.2, 0.6] for r in road)
     sens = {r["method"]: r["value"] for r in rows if r["metric"] == "max-sensitivity" and r["image"] == "0"}

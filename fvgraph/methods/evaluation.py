@@ -1,5 +1,5 @@
 """What `fvgraph evaluate` runs: any mix of the faithfulness curves (deletion, insertion: faithfulness.py),
-the field's metrics (ROAD, faithfulness correlation, pointing, max-sensitivity, sparseness, complexity:
+the field's metrics (ROAD, faithfulness correlation, pointing, max-sensitivity, sparseness, complexity, ADCC:
 metrics.py) and the parameter randomization test (randomization.py), over images and methods, written as
 one JSON with a plot per family."""
 from __future__ import annotations

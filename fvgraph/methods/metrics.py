@@ -1,6 +1,6 @@
 """The field's metrics for a map, per image (#24): is it faithful (ROAD, faithfulness correlation), does it
 point at the object (pointing game, energy-based pointing), is it stable (max-sensitivity), is it concise
-(sparseness, complexity)?
+(sparseness, complexity), and the CAM papers' ADCC (average drop, coherency, complexity)?
 
 Every metric works on a batch x (N, C, H, W) and maps (N, C, H, W) or (N, h, w). Unless said otherwise a
 pixel's relevance is the sum of the map over channels, at the input's size (faithfulness.pixel_relevance:
@@ -20,12 +20,12 @@ from ..errors import InputError
 from .faithfulness import Evaluation, canvas, pixel_relevance
 
 METRICS = ("road-morf", "road-lerf", "faithfulness-correlation", "pointing-game", "energy-pointing",
-           "max-sensitivity", "sparseness", "complexity")
+           "max-sensitivity", "sparseness", "complexity", "adcc")
 # MuFidelity (Xplique) is Bhatt et al.'s faithfulness correlation under another name: the same function
 ALIASES = {"mufidelity": "faithfulness-correlation"}
 BETTER = {"road-morf": "lower", "road-lerf": "higher", "faithfulness-correlation": "higher",
           "pointing-game": "higher", "energy-pointing": "higher", "max-sensitivity": "lower",
-          "sparseness": "higher", "complexity": "lower"}
+          "sparseness": "higher", "complexity": "lower", "adcc": "higher"}
 NEEDS_REGIONS = ("pointing-game", "energy-pointing")
 FRACTIONS = tuple(np.round(np.arange(1, 10) / 10, 1))
 
@@ -450,6 +450,55 @@ def complexity(relevance, size=None) -> np.ndarray:
     return np.where(total[:, 0] > 0, h, np.nan)
 
 
+# --------------------------------------------------------------------------- ADCC
+def unit_scaled(relevance, size) -> np.ndarray:
+    """Pixel relevance (N, H, W) min-max scaled to [0, 1] per map (left as it is when already within [0, 1];
+    0 for a constant map), as the CAM metrics read a map."""
+    r = pixel_relevance(np.asarray(relevance), tuple(size)).astype(np.float64)
+    out = np.empty_like(r)
+    for i, m in enumerate(r):
+        lo, hi = m.min(), m.max()
+        out[i] = m if lo >= 0 and hi <= 1 else (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    return out
+
+
+def adcc(model, x, relevance, explain, target=None, through_softmax=False, softmax=True) -> dict:
+    """ADCC (Poppi et al. 2021, "Revisiting the Evaluation of Class Activation Mapping for Explainability",
+    CVPR workshops), the harmonic mean of three scores of the map S (unit_scaled):
+    average drop AD = max(0, y - o) / y, y the target's score on x and o on the explanation map x * S (the
+    picture times S, then preprocessed: lo + (x - lo) S, lo the input of a black pixel, so that masked pixels
+    go black as in the paper); coherency (1 + r) / 2, r Pearson's correlation of S with the map of the same
+    method and target on x * S; complexity mean(S). ADCC = 3 / (1 / coherency + 1 / (1 - complexity) +
+    1 / (1 - AD)), 0 where a term is 0. Higher is better. explain: as max_sensitivity's. Scores are
+    probabilities for class targets (softmax=False: logits). Returns {adcc, coherency, complexity,
+    average_drop}: arrays (N,)."""
+    x = _batch(model, x)
+    t, is_class = _target(model, x, target, through_softmax)
+    if isinstance(explain, str):
+        from .registry import run_spec
+        spec = explain
+        explain = lambda m, xx: run_spec(m, xx, spec, t).relevance  # noqa: E731
+    S = unit_scaled(relevance, x.shape[2:])
+    if len(S) != len(x):
+        raise InputError(f"got {len(S)} maps for a batch of {len(x)} images")
+    lo = np.asarray(model.input_bounds()[0], np.float64).reshape(1, -1, 1, 1)
+    masked = (lo + (x - lo) * S[:, None]).astype(x.dtype)
+    probabilities = softmax and is_class
+    out = {k: np.zeros(len(x)) for k in ("adcc", "coherency", "complexity", "average_drop")}
+    again = unit_scaled(explain(model, masked), x.shape[2:])
+    for i in range(len(x)):
+        y = _scores(model, x[i:i + 1], _row(t, i), through_softmax, probabilities)[0]
+        o = _scores(model, masked[i:i + 1], _row(t, i), through_softmax, probabilities)[0]
+        ad = max(0.0, y - o) / y if y != 0 else 0.0
+        r = pearson(S[i].ravel(), again[i].ravel())
+        coh = (1 + r) / 2 if np.isfinite(r) else 0.0
+        com = float(S[i].mean())
+        terms = (coh, 1 - com, 1 - ad)
+        out["adcc"][i] = 3 / sum(1 / v for v in terms) if min(terms) > 0 else 0.0
+        out["coherency"][i], out["complexity"][i], out["average_drop"][i] = coh, com, ad
+    return out
+
+
 # --------------------------------------------------------------------------- all of them
 def metric_name(name: str) -> str:
     """A metric's canonical name (aliases such as 'mufidelity' resolved); refuses unknown names."""
@@ -506,6 +555,10 @@ def evaluate_metrics(model, images, methods, metrics=METRICS, target=None, boxes
                                                          through_softmax=through_softmax)[0])
                 elif metric == "sparseness":
                     row["value"] = float(sparseness(rel, x.shape[2:])[0])
+                elif metric == "adcc":
+                    got = adcc(model, x, rel, meth, t, through_softmax, softmax)
+                    row.update(value=float(got["adcc"][0]),
+                               **{k: float(got[k][0]) for k in ("coherency", "complexity", "average_drop")})
                 else:
                     row["value"] = float(complexity(rel, x.shape[2:])[0])
                 found.append(row)
