@@ -254,3 +254,28 @@ def test_every_differentiable_op_has_a_case():
 def _is_float_op(op):
     # comparison and logic ops return booleans: nothing to differentiate
     return op not in ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor")
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                                   dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+                                   dict(kernel_shape=[2, 2], strides=[1, 1], dilations=[2, 2])])
+def test_maxpool_ties_route_to_the_first_winner_as_onnxruntime_indices_say(attrs):
+    """Windows full of ties (a ReLU's zeros, small integers): each output's gradient goes to the input that
+    onnxruntime's own MaxPool Indices name (the first maximum in the window), summed where windows overlap."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+    x = np.maximum(R.integers(-2, 3, (2, 3, 9, 10)), 0).astype(np.float32)
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)
+    g = helper.make_graph([node], "mp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    y, idx = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    seed = R.standard_normal(y.shape).astype(np.float32)
+    want = np.zeros(x.size)
+    np.add.at(want, idx.ravel(), seed.ravel())
+    plain = helper.make_graph([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], "mp", list(g.input), [g.output[0]])
+    model = fv.load(helper.make_model(plain, opset_imports=[helper.make_opsetid("", 13)]))
+    for m in (model, fv.load(helper.make_model(plain, opset_imports=[helper.make_opsetid("", 13)]), engine="numpy")):
+        got = m.explain(x, "gradient", target=seed).relevance
+        assert np.allclose(got.ravel(), want, atol=1e-6)

@@ -84,7 +84,7 @@ def rise(model, x, target=None, masks=2000, cells=7, p=0.5, seed=0, batch_size=N
          quiet=None, progress=None):
     """RISE saliency (N, H, W); extras: the settings and the batch size used."""
     from .memory import copies_per_batch
-    from .sampling import MAX_ROWS, copy_scores, fixed_target
+    from .sampling import copy_scores, fixed_target, most_rows
     if not 0 < p <= 1:
         raise OptionError(f"p of rise must be in (0, 1], got {p!r}")
     if score not in ("prob", "logit"):
@@ -94,7 +94,7 @@ def rise(model, x, target=None, masks=2000, cells=7, p=0.5, seed=0, batch_size=N
     probabilities = score == "prob"
     target = fixed_target(model, x, target)  # every masked copy explains the class predicted on x
     grids, dy, dx, cell = rise_grids(int(masks), cells, float(p), (H, W), int(seed))
-    batch_size = copies_per_batch(model, x[:1], model.graph.output_names()[0], masks, batch_size, memory, MAX_ROWS)
+    batch_size = copies_per_batch(model, x[:1], model.graph.output_names()[0], masks, batch_size, memory, most_rows(model))
     sal = np.zeros((N, H, W), np.float64)
     bar = Progress(N * masks, "rise", quiet, progress)
     done = 0
@@ -455,7 +455,7 @@ def sobol(model, x, target=None, grid=8, designs=32, seed=0, score="logit", batc
     as the CAMs) from the g x g grid; extras: the indices (N, g, g), the settings, the batch size used."""
     from .cam import resize_maps
     from .memory import copies_per_batch
-    from .sampling import MAX_ROWS, copy_scores, fixed_target
+    from .sampling import copy_scores, fixed_target, most_rows
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
     x = image_batch(model, x, "sobol")[1]
@@ -465,7 +465,7 @@ def sobol(model, x, target=None, grid=8, designs=32, seed=0, score="logit", batc
     target = fixed_target(model, x, target)  # every masked copy explains the class predicted on x
     masks = sobol_designs(grid, designs, int(seed)).reshape(designs * (d + 2), d)  # design by design
     total = len(masks)
-    batch_size = copies_per_batch(model, x[:1], model.graph.output_names()[0], total, batch_size, memory, MAX_ROWS)
+    batch_size = copies_per_batch(model, x[:1], model.graph.output_names()[0], total, batch_size, memory, most_rows(model))
     indices = np.zeros((N, grid, grid), np.float64)
     bar = Progress(N * total, "sobol", quiet, progress)
 
