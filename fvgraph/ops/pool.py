@@ -75,45 +75,18 @@ class MaxPool(_PoolBase):
         return (y, self.flat_indices(x.shape, geo, best)), best
 
     def vjp(self, b, inputs, outputs, grads, wrt):
-        """Route each output's gradient to the input that won the max (the forward switches), the first in
-        the window's row-major order on ties (as onnxruntime's Indices), without asking the forward pool for
-        its Indices (onnxruntime's MaxPool with Indices runs 10-20x slower than the plain one it replaces, and
-        ScatterElements adds as much again): on (N*C, 1, H, W), padded with the dtype's lowest value, a Conv
-        with one-hot kernels lays each window's K taps along the channels, ArgMax picks the winner, the
-        gradient goes to the winning tap's channel and a ConvTranspose with the same one-hot kernels adds
-        every tap back where it came from (overlapping windows add up). Exact: each output is one input
-        times 1 plus zeros."""
+        """Route each output's gradient to the input that won the max (the forward switches): the pool's own
+        Indices output (flat positions in x) and ScatterElements with reduction="add" (windows may overlap)."""
         x, g = inputs[0], grads[0]
-        xd = b.tail(x, 1)
-        geo = self.geometry_of((1,) + tuple(xd))
-        nsp, dt = len(geo.k), b.dtype(x)
-        if nsp == 0 or dt.kind != "f":
-            return [None]
-        K = int(np.prod(geo.k))
-        onehot = b.const(np.eye(K, dtype=dt).reshape((K, 1) + tuple(geo.k)), "maxpool_taps")
-        flat = b.op("Reshape", [x, b.ints([-1, 1] + list(xd[1:]))], dims=(None, 1, *xd[1:]), dtype=dt)
-        ends = [e + x_ for e, x_ in zip(geo.pe, geo.extra)]
-        padded_sp = [h + pb + pe for h, pb, pe in zip(xd[1:], geo.pb, ends)]
-        lowest = np.asarray(np.finfo(dt).min, dt)
-        if any(geo.pb) or any(ends):
-            flat = b.op("Pad", [flat, b.ints([0, 0] + list(geo.pb) + [0, 0] + ends), b.const(lowest)],
-                        dims=(None, 1, *padded_sp), dtype=dt, mode="constant")
-        taps = b.op("Conv", [flat, onehot], dims=(None, K, *geo.out), dtype=dt, kernel_shape=list(geo.k),
-                    strides=list(geo.s), dilations=list(geo.d))
-        winner = b.op("ArgMax", [taps], dims=(None, 1, *geo.out), dtype=np.int64, axis=1, keepdims=1,
-                      select_last_index=0)
-        hit = b.op("Equal", [winner, b.const(np.arange(K, dtype=np.int64).reshape((1, K) + (1,) * nsp))],
-                   dims=(None, K, *geo.out), dtype=np.bool_)
-        gflat = b.op("Reshape", [g, b.ints([-1, 1] + list(geo.out))], dims=(None, 1, *geo.out), dtype=dt)
-        routed = b.op("Mul", [b.cast(hit, dt), gflat], dims=(None, K, *geo.out), dtype=dt)  # (a broadcast
-        # Where runs 5x slower in onnxruntime)
-        tail = [p - (o - 1) * st - ke for p, o, st, ke in zip(padded_sp, geo.out, geo.s, geo.keff)]
-        back = b.op("ConvTranspose", [routed, onehot], dims=(None, 1, *padded_sp), dtype=dt,
-                    kernel_shape=list(geo.k), strides=list(geo.s), dilations=list(geo.d), output_padding=tail)
-        if any(geo.pb) or any(ends):
-            back = b.op("Slice", [back, b.ints(list(geo.pb)), b.ints([pb + h for pb, h in zip(geo.pb, xd[1:])]),
-                                  b.ints(list(range(2, 2 + nsp)))], dims=(None, 1, *xd[1:]), dtype=dt)
-        return [b.reshape_like(back, x)]
+        indices = b.extra_output(self.node, 1, dims=b.dims(outputs[0]), dtype=np.int64)
+        flat = b.ints([-1])
+        size = b.op("Reshape", [b.op("Size", [x], dims=(), dtype=np.int64), flat], dims=(None,), dtype=np.int64)
+        zeros = b.op("ConstantOfShape", [size], dims=(None,), dtype=b.dtype(g),
+                     value=np.zeros(1, dtype=b.dtype(g)))
+        spread = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat], dims=(None,), dtype=np.int64),
+                                          b.op("Reshape", [g, flat], dims=(None,), dtype=b.dtype(g))],
+                      dims=(None,), dtype=b.dtype(g), axis=0, reduction="add")
+        return [b.reshape_like(spread, x)]
 
     def flat_indices(self, shape, geo, best):
         """ONNX Indices: flat position of each maximum in the unpadded input (row- or column-major)."""
