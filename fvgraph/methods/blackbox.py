@@ -28,6 +28,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 
@@ -58,15 +59,17 @@ def _cells(cells):
     return (int(cells), int(cells)) if np.ndim(cells) == 0 else (int(cells[0]), int(cells[1]))
 
 
+@functools.lru_cache(maxsize=16)
 def linear_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in): ONNX Resize "linear" along one axis as a matrix (half-pixel centres, edges clamped);
-    bilinear resizing is this matrix on each axis (R_y @ grid @ R_x^T)."""
+    bilinear resizing is this matrix on each axis (R_y @ grid @ R_x^T). Made once per size (read-only)."""
     src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
     i0 = np.floor(src).astype(np.int64)
     i1 = np.minimum(i0 + 1, n_in - 1)
     r = np.zeros((n_out, n_in))
     np.add.at(r, (np.arange(n_out), i0), 1 - (src - i0))
     np.add.at(r, (np.arange(n_out), i1), src - i0)
+    r.flags.writeable = False
     return r
 
 
