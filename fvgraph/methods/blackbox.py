@@ -233,7 +233,8 @@ def lower_reciprocam(model, table, value: str, logits: str, rows: int):
     (rows, ...) as layer_masks shapes them), and a copy of the tail (tail_graph) on those rows, the values
     around the layer broadcast to every row (and the input, where the tail's shape computations read it).
     Outputs: the tail's logits per row and the model's own. One run replaces a forward, the copies' transfer
-    and the tail's run (the masked copies never leave the engine)."""
+    and the tail's run (the masked copies never leave the engine). A tail that starts with a global average
+    pool gets the pooled copies directly, as one MatMul of the layer by the masks (the same sums)."""
     from ..builder import GraphBuilder
     from ..graph import Node
     from ..reverse import Lowered
@@ -244,10 +245,35 @@ def lower_reciprocam(model, table, value: str, logits: str, rows: int):
     dims = (rows,) + tuple(b.dims(value)[1:])
     channel = 1 if layer_view(model, table, value).kind == "nchw" else len(dims) - 1
     masks = b.input("reciprocam_masks", tuple(1 if i == channel else d for i, d in enumerate(dims)), b.dtype(value))
-    renamed = {value: b.op("Mul", [value, masks], dims=dims, dtype=b.dtype(value))}
-    for v in frontier + [i.name for i in tail.inputs if i.name == g.input_names()[0]]:
+    readers = [n for n in tail.nodes if value in n.inputs]
+    pooled = len(readers) == 1 and readers[0].op_type == "GlobalAveragePool" and channel == 1 and len(dims) == 4
+    if pooled:  # a classifier head: the pooled copies are A's positions weighed by each mask, one MatMul
+        C, h, w = dims[1:]  # (C, hw) x (hw, rows) / hw, not rows copies of A pooled
+        flat = b.op("Reshape", [value, b.ints([C, h * w])], dims=(C, h * w), dtype=b.dtype(value))
+        weigh = b.op("Transpose", [b.op("Reshape", [masks, b.ints([rows, h * w])], dims=(rows, h * w),
+                                        dtype=b.dtype(value))], perm=[1, 0], dims=(h * w, rows), dtype=b.dtype(value))
+        mean = b.op("Div", [b.op("MatMul", [flat, weigh], dims=(C, rows), dtype=b.dtype(value)),
+                            b.const(np.asarray(h * w, b.dtype(value)))], dims=(C, rows), dtype=b.dtype(value))
+        rows_pooled = b.op("Reshape", [b.op("Transpose", [mean], perm=[1, 0], dims=(rows, C), dtype=b.dtype(value)),
+                                       b.ints([rows, C, 1, 1])], dims=(rows, C, 1, 1), dtype=b.dtype(value))
+        renamed = {readers[0].outputs[0]: rows_pooled}
+    else:
+        renamed = {value: b.op("Mul", [value, masks], dims=dims, dtype=b.dtype(value))}
+    first = g.input_names()[0]
+    reads_input = [n for n in tail.nodes if first in n.inputs]
+    for v in frontier + ([first] if any(n.op_type != "Shape" for n in reads_input) else []):
         renamed[v] = b.op("Expand", [v, b.ints([rows] + [1] * (b.rank(v) - 1))], dtype=b.dtype(v))
     for n in tail.nodes:
+        if pooled and n is readers[0]:
+            continue
+        if n.op_type == "Shape" and n.inputs[0] == first:  # the rows' input shape, without copying the image
+            full = b.op("Mul", [b.op("Shape", [first], dims=(b.rank(first),), dtype=np.int64),
+                                b.ints([rows] + [1] * (b.rank(first) - 1))], dims=(b.rank(first),), dtype=np.int64)
+            start, end = n.attr("start", 0), n.attr("end", None)
+            renamed[n.outputs[0]] = full if start == 0 and end is None else b.op(
+                "Slice", [full, b.ints([start]), b.ints([end if end is not None else b.rank(first)])],
+                dims=(None,), dtype=np.int64)
+            continue
         outs = []
         for o in n.outputs:
             if o:
