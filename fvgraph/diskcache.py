@@ -4,8 +4,8 @@ An entry is onnxruntime's *optimized* explainer graph (its weights in a data fil
 description (outputs, seeds, parameters), in a folder of the cache (fvgraph.cache.cache_dir) named by a hash of
 - the model file's bytes,
 - what was lowered (the method's rules and options, the target kind, the input signature),
-- fvgraph's, onnxruntime's and onnx's versions, the platform and the CPU's feature flags (onnxruntime's layout
-  optimizations are specific to the processor).
+- fvgraph's, onnxruntime's and onnx's versions, a hash of fvgraph's source files, the platform and the CPU's
+  feature flags (onnxruntime's layout optimizations are specific to the processor).
 A hit loads in milliseconds what costs a lowering and a graph optimization (0.5-1.5 s) to build. Entries are
 written to a private temporary folder and renamed into place, so concurrent processes never see a half-written
 entry (the first to finish wins; the others drop theirs). Models given as bytes or protos are not cached (no
@@ -90,9 +90,22 @@ def environment() -> dict:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         flags = platform.processor()
-    return {"format": FORMAT, "fvgraph": __version__, "onnxruntime": onnxruntime.__version__,
-            "onnx": onnx.__version__, "numpy": numpy.__version__, "machine": platform.machine(),
-            "cpu": hashlib.sha256(flags.encode()).hexdigest()[:16]}
+    return {"format": FORMAT, "fvgraph": __version__, "code": code_fingerprint(),
+            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": numpy.__version__,
+            "machine": platform.machine(), "cpu": hashlib.sha256(flags.encode()).hexdigest()[:16]}
+
+
+def code_fingerprint() -> str:
+    """A hash of fvgraph's own source files and rule presets: a checkout whose code changed under the same version
+    number (an editable install, a patched copy) must not load graphs its old code lowered (a few ms, once)."""
+    from .rules import presets_dir
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    presets = sorted((p for p in presets_dir().iterdir() if p.name.endswith(".toml")), key=lambda p: p.name)
+    for f in sorted(root.rglob("*.py")) + presets:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _warn_once(path, message: str):

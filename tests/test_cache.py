@@ -140,3 +140,18 @@ def test_the_cache_stays_under_its_size_by_dropping_the_least_recently_used(cach
     size = sum(f.stat().st_size for f in second.iterdir())
     diskcache.evict(cache / "graphs", sum(f.stat().st_size for f in first.iterdir()) + size // 2)
     assert _entries(cache) == [first]
+
+
+def test_the_key_holds_a_hash_of_the_code_and_presets(tmp_path, monkeypatch):
+    """An editable checkout whose code or presets changed under the same version must not load old graphs."""
+    import shutil
+
+    from fvgraph import diskcache, rules
+    before = diskcache.code_fingerprint()
+    assert diskcache.environment()["code"] == before
+    copy = tmp_path / "rules"
+    shutil.copytree(rules.presets_dir(), copy)
+    monkeypatch.setattr(rules, "presets_dir", lambda: copy)
+    assert diskcache.code_fingerprint() == before
+    (copy / "guided.toml").write_text((copy / "guided.toml").read_text() + "\n# changed\n")
+    assert diskcache.code_fingerprint() != before
