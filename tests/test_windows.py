@@ -68,3 +68,28 @@ def test_indices_lay_each_patch_over_the_clean_values():
     want1 = clean[0:2, 1:4].copy()
     want1[0:2, 1:3] = patches[1]
     assert np.array_equal(source[idx[0]], want0) and np.array_equal(source[idx[1]], want1)
+
+
+def test_auto_falls_back_to_full_passes_where_the_engine_refuses_the_windows():
+    from fvgraph.errors import ExecutionError
+    model = fv.load(ZOO["vgg_like"]().SerializeToString())
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    want = model.occlusion(x, box=4, stride=4, incremental=False).relevance
+    run = model.engine.run
+    refused = []
+
+    def refuse(graph, feeds, outputs):
+        if "windows/out" in outputs:
+            refused.append(1)
+            raise ExecutionError("onnxruntime failed: refused for the test")
+        return run(graph, feeds, outputs)
+    model.engine.run = refuse
+    try:
+        got = model.occlusion(x, box=4, stride=4)
+        assert refused and got.extras["way"] == "full passes" and np.allclose(got.relevance, want, atol=1e-6)
+        model.occlusion(x, box=4, stride=4)
+        assert len(refused) == 1  # decided once: the next call goes straight to full passes
+        with pytest.raises(ExecutionError, match="refused for the test"):
+            model.occlusion(x, box=4, stride=4, incremental=True)  # forced: the error is the user's to see
+    finally:
+        model.engine.run = run

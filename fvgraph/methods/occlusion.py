@@ -23,12 +23,16 @@ fixed in the file, or whose scored value is time-major, keep the executor's wind
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-from ..errors import InputError
+from ..errors import FvGraphError, InputError
 from ..explanation import Explanation, OutputTarget, Unit
 from .memory import copies_per_batch
 from .reconstruction import Progress
+
+log = logging.getLogger(__name__)
 
 
 def positions(size: int, box: int, stride: int) -> list[int]:
@@ -136,7 +140,7 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
     counts = np.zeros((H, W), np.int64)
     for (y, xx) in boxes:
         counts[y:y + box[0], xx:xx + box[1]] += 1
-    runner, key, windows = None, None, None
+    runner, key, windows, chosen = None, None, None, incremental == "auto"
     from ..engines import ExecutorEngine
     if incremental and ax == 0 and model.batch_limit is None and not isinstance(model.engine, ExecutorEngine):
         # the windows as one graph on the model's engine (fvgraph.methods.windows)
@@ -178,12 +182,19 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
         clean_values = windows.clean_feeds(x[n:n + 1]) if windows is not None else None
         for b0 in range(0, len(boxes), batch_size):
             chunk = boxes[b0:b0 + batch_size]
+            out = None
             if windows is not None:
                 feeds = {**clean_values, **windows.feeds(chunk, patches[b0:b0 + len(chunk)])}
-                out = model.engine.run(windows.graph, feeds, ["windows/out"])["windows/out"]
-            elif runner is not None:
+                try:
+                    out = model.engine.run(windows.graph, feeds, ["windows/out"])["windows/out"]
+                except FvGraphError as e:
+                    if not chosen:
+                        raise
+                    log.debug("occlusion windows refused by the engine (%s): full passes", e)
+                    windows, model.choices[key] = None, False  # auto: full passes give the same map
+            if out is None and runner is not None:
                 out = runner.run(chunk, box, patches[b0:b0 + len(chunk)])
-            else:
+            elif out is None:
                 out = full_passes(n, chunk, patches, b0)
             s = score_of(np.asarray(out, np.float64), n)
             for k, (y, xx) in enumerate(chunk):

@@ -186,8 +186,7 @@ class WindowPlan:
         self.gathers, self.padded, self.clean_reads = [], {}, set()
         self._flat, self._full, self._consts = {}, {}, {}
         names = {self.first: "windows/patches"}
-        state, _ = self._walk(np.zeros((1, 2), np.int64))  # the modes' shapes of states (offsets unused)
-        self._state = state
+        state, _ = self._walk(np.zeros((1, 2), np.int64))  # which values are windows, full or clean
         for i in r.steps:
             mode = self.modes.get(i)
             if mode is None:
@@ -202,7 +201,8 @@ class WindowPlan:
                 geo = r.padded[i][1]
                 h, w = self.sizes[i]
                 ih, iw = (h - 1) * geo.s[0] + geo.keff[0], (w - 1) * geo.s[1] + geo.keff[1]
-                args = [self._gather(src, ("op", i, 0), self.shape(v)[1], ih, iw)] + list(n.inputs[1:])
+                weights = [w if not w or w in g.initializers else self._input(w) for w in n.inputs[1:]]
+                args = [self._gather(src, ("op", i, 0), self.shape(v)[1], ih, iw)] + weights
                 node = r.valid_nodes[i]  # the op unpadded
             else:
                 node = n
