@@ -312,8 +312,8 @@ def build_parser(h) -> argparse.ArgumentParser:
          f"{', '.join(method_names(exports=True))}, or a rules .toml file")
     _method_options(s, "the method's options, e.g. epsilon=0.01")
     _arg(s, "--layer", help="the layer a CAM is drawn at")
-    _arg(s, "--all-classes", action="store_true", help="with -m cam: one more output, saliency (batch, classes, H, "
-                                                       "W), every class's map beside the model's outputs")
+    _arg(s, "--all-classes", action="store_true", help="with -m cam or reciprocam: one more output, saliency "
+         "(batch, classes, H, W), every class's map beside the model's outputs")
     _arg(s, "--shape", help="input shape NxCxHxW where the model's is not fixed (the batch stays dynamic)")
     _writes_file(s)
 

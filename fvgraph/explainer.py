@@ -13,13 +13,16 @@ from .errors import InputError
 from .reverse import RELEVANCE, Target, rules_key
 from .shapes import BATCH
 
+ALL_CLASSES = ("cam", "reciprocam")  # the methods whose one graph gives every class's map
+
 
 def export_explainer(model, method="gradient", *, shape=None, through_softmax: bool = False, all_classes=False,
                      **options) -> onnx.ModelProto:
     """The explainer of `method` (a method of the table that lowers into one graph: a rule preset, a rules
     .toml path, fv.Rules, "cam" or "gradcam") with its options, for `model`. shape: the input shape (any
-    batch) where the model's own is not fixed. all_classes (CAM): a last output `saliency`, every class's map
-    (batch, classes, H, W), beside the model's own outputs: the model and its saliency maps in one graph."""
+    batch) where the model's own is not fixed. all_classes (CAM, ReciproCAM): a last output `saliency`, every
+    class's map (batch, classes, H, W), beside the model's own outputs: the model and its saliency maps in one
+    graph (ReciproCAM's: the portable counterpart of OpenVINO XAI's insert_xai)."""
     from .methods.attribution import logits_value
     from .methods.registry import lookup, table
     from .onnx_export import to_onnx
@@ -43,8 +46,9 @@ def export_explainer(model, method="gradient", *, shape=None, through_softmax: b
         from .methods.cam import default_gradcam_layer
         opts["layer"] = default_gradcam_layer(model, probe, logits)
     spec = Target("class", logits)
-    if all_classes and m.name != "cam":
-        raise InputError(f"all_classes (every class's map as one more output) is for cam; {m.name} explains one "
+    if all_classes and m.name not in ALL_CLASSES:
+        raise InputError(f"all_classes (every class's map as one more output) is for {' and '.join(ALL_CLASSES)}; "
+                         f"{m.name} explains one "
                          "class per pass")
     extra = {"all_classes": True} if all_classes else {}
     key = ("export", m.name, rules_key(m.rules) if m.rules is not None else None, repr(sorted(opts.items())), spec,

@@ -231,3 +231,24 @@ def test_linear_weights_are_onnxruntime_resize_linear(n_in, n_out):
     want = ort_session(m).run(None, {"x": x})[0][:, 0]
     r = linear_weights(n_in, n_out)
     assert np.allclose(np.einsum("hk,nkl,wl->nhw", r, x[:, 0], r), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("net", ["resnet", "vit"])
+def test_the_reciprocam_explainer_equals_the_api_for_a_batch_and_every_class(net):
+    """export-explainer's ReciproCAM (insert_xai's portable counterpart): one graph that plain onnxruntime
+    runs, its relevance for per-sample targets (-1: predicted) and its saliency for every class equal to
+    model.explain's on a batch of three (a pooled head, and tokens keeping their class token)."""
+    proto = resnet_like(size=16) if net == "resnet" else vit_like(size=16, patch=4)
+    model = fv.load(proto.SerializeToString())
+    x = np.random.default_rng(9).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    for score in ("prob", "logit"):
+        sess = ort_session(model.export_explainer("reciprocam", score=score, all_classes=True))
+        names = [o.name for o in sess.get_outputs()]
+        out = dict(zip(names, sess.run(None, {"input": x, "target": np.array([-1, 2, -1], np.int64)})))
+        predicted = model.explain(x, "reciprocam", score=score).target
+        want = model.explain(x, "reciprocam", score=score, target=[int(predicted[0]), 2, int(predicted[2])])
+        assert names[0] == "relevance" and names[-1] == "saliency"
+        assert np.allclose(out["relevance"], want.relevance, atol=1e-5)
+        assert np.allclose(out["saliency"], model.explain(x, "reciprocam", score=score, target="all").relevance,
+                           atol=1e-5)
+        assert out["saliency"].shape == (3, 5 if net == "vit" else 10, 16, 16)

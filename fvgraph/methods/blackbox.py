@@ -228,45 +228,50 @@ def layer_masks(view, masks: np.ndarray, tokens: int | None = None) -> np.ndarra
     return out
 
 
-def lower_reciprocam(model, table, value: str, logits: str, rows: int):
-    """One graph for ReciproCAM on one image: the model's forward, its layer value times `rows` masks (an input,
-    (rows, ...) as layer_masks shapes them), and a copy of the tail (tail_graph) on those rows, the values
-    around the layer broadcast to every row (and the input, where the tail's shape computations read it).
-    Outputs: the tail's logits per row and the model's own. One run replaces a forward, the copies' transfer
-    and the tail's run (the masked copies never leave the engine). A tail that starts with a global average
-    pool gets the pooled copies directly, as one MatMul of the layer by the masks (the same sums)."""
-    from ..builder import GraphBuilder
+def reciprocam_rows(b, model, value: str, logits: str, masks: str, rows: int) -> str:
+    """Emit into `b` ReciproCAM's copies and the tail on them, for any batch N: the layer's value (N, ...)
+    times `rows` masks ((rows, ...) as layer_masks shapes them), row (n, p) = sample n's value weighed by mask p,
+    through a copy of the tail (tail_graph); the values around the layer and the input (where the tail reads
+    it) repeated for every row of their sample; a Shape of the input computed, not read off a copy of the
+    image. A tail that starts with a global average pool gets the pooled rows directly, one MatMul of the
+    layer by the masks (the same sums). Returns the rows' scores (N, rows, classes)."""
     from ..graph import Node
-    from ..reverse import Lowered
     from .cam import layer_view
     g = model.graph
     tail, frontier = tail_graph(model, value, [logits])
-    b = GraphBuilder(g, table)
-    dims = (rows,) + tuple(b.dims(value)[1:])
-    channel = 1 if layer_view(model, table, value).kind == "nchw" else len(dims) - 1
-    masks = b.input("reciprocam_masks", tuple(1 if i == channel else d for i, d in enumerate(dims)), b.dtype(value))
+    dims = tuple(b.static(value, range(1, b.rank(value))))
+    dt = b.dtype(value)
+
+    def per_row(v):  # (N, ...) -> (N * rows, ...): each sample's value once per row
+        rest = b.static(v, range(1, b.rank(v)))
+        wide = b.op("Unsqueeze", [v, b.ints([1])], dims=None, dtype=b.dtype(v))
+        wide = b.op("Expand", [wide, b.ints([1, rows] + [1] * len(rest))], dims=None, dtype=b.dtype(v))
+        return b.op("Reshape", [wide, b.ints([-1] + rest)], dims=(None, *rest), dtype=b.dtype(v))
     readers = [n for n in tail.nodes if value in n.inputs]
-    pooled = len(readers) == 1 and readers[0].op_type == "GlobalAveragePool" and channel == 1 and len(dims) == 4
-    if pooled:  # a classifier head: the pooled copies are A's positions weighed by each mask, one MatMul
-        C, h, w = dims[1:]  # (C, hw) x (hw, rows) / hw, not rows copies of A pooled
-        flat = b.op("Reshape", [value, b.ints([C, h * w])], dims=(C, h * w), dtype=b.dtype(value))
-        weigh = b.op("Transpose", [b.op("Reshape", [masks, b.ints([rows, h * w])], dims=(rows, h * w),
-                                        dtype=b.dtype(value))], perm=[1, 0], dims=(h * w, rows), dtype=b.dtype(value))
-        mean = b.op("Div", [b.op("MatMul", [flat, weigh], dims=(C, rows), dtype=b.dtype(value)),
-                            b.const(np.asarray(h * w, b.dtype(value)))], dims=(C, rows), dtype=b.dtype(value))
-        rows_pooled = b.op("Reshape", [b.op("Transpose", [mean], perm=[1, 0], dims=(rows, C), dtype=b.dtype(value)),
-                                       b.ints([rows, C, 1, 1])], dims=(rows, C, 1, 1), dtype=b.dtype(value))
-        renamed = {readers[0].outputs[0]: rows_pooled}
+    nchw = layer_view(model, b.table, value).kind == "nchw"
+    pooled = len(readers) == 1 and readers[0].op_type == "GlobalAveragePool" and nchw and len(dims) == 3
+    if pooled:  # (N, C, hw) x (hw, rows) / hw: the pooled rows, not rows copies of the value pooled
+        C, h, w = dims
+        flat = b.op("Reshape", [value, b.ints([0, C, h * w])], dims=(None, C, h * w), dtype=dt)
+        weigh = b.op("Transpose", [b.op("Reshape", [masks, b.ints([rows, h * w])], dims=(rows, h * w), dtype=dt)],
+                     perm=[1, 0], dims=(h * w, rows), dtype=dt)
+        mean = b.op("Div", [b.op("MatMul", [flat, weigh], dims=(None, C, rows), dtype=dt),
+                            b.const(np.asarray(h * w, dt))], dims=(None, C, rows), dtype=dt)
+        t = b.op("Transpose", [mean], perm=[0, 2, 1], dims=(None, rows, C), dtype=dt)
+        renamed = {readers[0].outputs[0]: b.op("Reshape", [t, b.ints([-1, C, 1, 1])], dims=(None, C, 1, 1), dtype=dt)}
     else:
-        renamed = {value: b.op("Mul", [value, masks], dims=dims, dtype=b.dtype(value))}
+        wide = b.op("Unsqueeze", [value, b.ints([1])], dims=(None, 1) + dims, dtype=dt)
+        copies = b.op("Mul", [wide, b.op("Unsqueeze", [masks, b.ints([0])], dims=None, dtype=dt)],
+                      dims=(None, rows) + dims, dtype=dt)
+        renamed = {value: b.op("Reshape", [copies, b.ints([-1, *dims])], dims=(None, *dims), dtype=dt)}
     first = g.input_names()[0]
     reads_input = [n for n in tail.nodes if first in n.inputs]
     for v in frontier + ([first] if any(n.op_type != "Shape" for n in reads_input) else []):
-        renamed[v] = b.op("Expand", [v, b.ints([rows] + [1] * (b.rank(v) - 1))], dtype=b.dtype(v))
+        renamed[v] = per_row(v)
     for n in tail.nodes:
         if pooled and n is readers[0]:
             continue
-        if n.op_type == "Shape" and n.inputs[0] == first:  # the rows' input shape, without copying the image
+        if n.op_type == "Shape" and n.inputs[0] == first:  # the rows' input shape: (N * rows, ...)
             full = b.op("Mul", [b.op("Shape", [first], dims=(b.rank(first),), dtype=np.int64),
                                 b.ints([rows] + [1] * (b.rank(first) - 1))], dims=(b.rank(first),), dtype=np.int64)
             start, end = n.attr("start", 0), n.attr("end", None)
@@ -281,9 +286,75 @@ def lower_reciprocam(model, table, value: str, logits: str, rows: int):
             outs.append(renamed.get(o, ""))
         b.nodes.append(Node(b.fresh("reciprocam/" + n.name), n.op_type,
                             [renamed.get(v, v) if v else v for v in n.inputs], outs, dict(n.attrs)))
-    rows_out = b.named(renamed[logits], "reciprocam_logits")
-    b.table.set(rows_out, None, b.dtype(logits))
+    return b.op("Reshape", [renamed[logits], b.ints([-1, rows, b.static(logits, [1])[0]])], dims=(None, rows, None),
+                dtype=b.dtype(logits))
+
+
+def _mask_dims(model, table, value, rows):
+    from .cam import layer_view
+    d = tuple(table.dims[value][1:])
+    if layer_view(model, table, value).kind == "nchw":
+        return (rows, 1) + d[1:]
+    return (rows,) + d[:-1] + (1,)
+
+
+def lower_reciprocam(model, table, value: str, logits: str, rows: int):
+    """ReciproCAM as one graph: the model's forward and reciprocam_rows, the masks an input
+    `reciprocam_masks`. Outputs: the rows' scores (N, rows, classes) and the model's own. One run replaces a
+    forward, the copies' transfer and the tail's run (the copies never leave the engine)."""
+    from ..builder import GraphBuilder
+    from ..reverse import Lowered
+    b = GraphBuilder(model.graph, table)
+    masks = b.input("reciprocam_masks", _mask_dims(model, table, value, rows), b.dtype(value))
+    rows_out = b.named(reciprocam_rows(b, model, value, logits, masks, rows), "reciprocam_logits")
     return Lowered(b.finish([rows_out, logits]), logits, table=b.table)
+
+
+def lower_reciprocam_maps(model, table, spec, layer, gaussian=False, score="prob", upsample_maps=True,
+                          all_classes=False):
+    """The standalone ReciproCAM explainer (fvgraph.explainer): the map of the target class (`relevance`,
+    (N, H, W)) and, with all_classes, every class's (`saliency`, (N, K, H, W)), normalized per class over the
+    positions as `reciprocam` does, beside the model's outputs: the portable counterpart of OpenVINO XAI's
+    insert_xai (whose default for CNNs is ReciproCAM)."""
+    from ..builder import GraphBuilder
+    from ..reverse import RELEVANCE, Lowered, seed_value
+    from .cam import _resized, layer_view
+    from .occlusion import ends_in_softmax
+    logits = spec.value
+    value = model.resolve(layer)
+    b = GraphBuilder(model.graph, table)
+    view = layer_view(model, table, value)
+    h, w = view.grid
+    P = h * w
+    weigh = layer_masks(view, position_masks(h, w, bool(gaussian)), table.dims[value][1] if view.kind == "tokens"
+                        else None).astype(b.dtype(value))
+    Y = reciprocam_rows(b, model, value, logits, b.const(weigh, "reciprocam_masks"), P)  # (N, P, K)
+    if score == "prob" and not ends_in_softmax(model, logits):
+        Y = b.op("Softmax", [Y], axis=-1, like=Y)
+    lo = b.op("ReduceMin", [Y, b.ints([1])], keepdims=1, dims=None, dtype=b.dtype(Y))
+    hi = b.op("ReduceMax", [Y, b.ints([1])], keepdims=1, dims=None, dtype=b.dtype(Y))
+    span = b.op("Sub", [hi, lo], dims=None, dtype=b.dtype(Y))
+    flat = b.op("Greater", [span, b.scalar(0, Y)], dims=None, dtype=np.bool_)
+    norm = b.op("Where", [flat, b.op("Div", [b.op("Sub", [Y, lo], like=Y),
+                                             b.op("Where", [flat, span, b.scalar(1, Y)], dims=None, dtype=b.dtype(Y))],
+                                     like=Y), b.scalar(0, Y)], like=Y)
+    K = b.static(logits, [1])[0]
+    maps = b.op("Reshape", [b.op("Transpose", [norm], perm=[0, 2, 1], dims=(None, K, P), dtype=b.dtype(Y)),
+                            b.ints([0, K, h, w])], dims=(None, K, h, w), dtype=b.dtype(Y))
+    seed, used, inputs = seed_value(b, spec, False)
+    onehot = b.op("Reshape", [seed, b.ints([0, K, 1, 1])], dims=(None, K, 1, 1), dtype=b.dtype(Y))
+    one = b.op("ReduceSum", [b.mul(maps, onehot, like=maps), b.ints([1])], keepdims=0, dims=(None, h, w),
+               dtype=b.dtype(Y))
+    size = tuple(b.static(model.graph.input_names()[0], [2, 3]))
+    extras = {"layer": value}
+    if upsample_maps:
+        from .cam import upsample
+        one = upsample(b, one, size)
+    if all_classes:
+        extras["saliency"] = b.named(_resized(b, maps, size) if upsample_maps else maps, "saliency")
+    rel = b.named(one, RELEVANCE)
+    graph = b.finish([o for o in [rel, logits, used] + list(extras.values())[1:] if o])
+    return Lowered(graph, logits, used, {}, extras, {}, inputs, b.table)
 
 
 def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
@@ -346,7 +417,7 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
         lowered = model.lowered(("reciprocam", value, logits, P), {first: x[:1]},
                                 lambda t: lower_reciprocam(model, t, value, logits, P))
         weigh = layer_masks(view, masks, table.dims[value][1] if view.kind == "tokens" else None)
-        weigh = weigh.astype(table.dtypes.get(value) or np.float32)
+        weigh = weigh.astype(table.dtypes.get(value) or np.float32)  # fed: one graph for every mask kind
         for n in range(N):
             out = model.engine.run(lowered.graph, {**model.feeds(x[n:n + 1]), "reciprocam_masks": weigh},
                                    ["reciprocam_logits", logits])

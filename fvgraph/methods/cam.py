@@ -233,12 +233,18 @@ def _all_class_maps(b: GraphBuilder, fmap: str, w: np.ndarray, size) -> str:
     flat = b.op("Reshape", [fmap, b.ints([0, c, h * wd])], dims=(n, c, h * wd), dtype=dt)
     per = b.op("MatMul", [b.const(w.astype(dt), "class_weights"), flat], dims=(n, k, h * wd), dtype=dt)
     maps = b.op("Reshape", [per, b.ints([0, k, h, wd])], dims=(n, k, h, wd), dtype=dt)
-    if size is None or (h, wd) == tuple(size):
+    return maps if size is None else _resized(b, maps, size)
+
+
+def _resized(b: GraphBuilder, maps: str, size) -> str:
+    """(N, K, h, w) -> (N, K, H, W), bilinear with half-pixel centres (the Resize op itself)."""
+    n, k, h, wd = b.dims(maps)
+    if (h, wd) == tuple(size):
         return maps
     lead = b.op("Slice", [b.op("Shape", [maps], dims=(4,), dtype=np.int64), b.ints([0]), b.ints([2])], dims=(2,),
                 dtype=np.int64)
     sizes = b.op("Concat", [lead, b.ints(list(size))], axis=0, dims=(4,), dtype=np.int64)
-    return b.op("Resize", [maps, "", "", sizes], mode="linear", dims=(n, k) + tuple(size), dtype=dt)
+    return b.op("Resize", [maps, "", "", sizes], mode="linear", dims=(n, k) + tuple(size), dtype=b.dtype(maps))
 
 
 def _relu_sum(A, weights):

@@ -689,6 +689,15 @@ def _compute_reciprocam(model, method, x, target, options, call):
                       quiet=True if call.progress is None else None, progress=call.progress)
 
 
+def _lower_reciprocam(model, method, table_, spec, options, all_classes=False):
+    from ..errors import InputError
+    from .blackbox import lower_reciprocam_maps
+    if spec.kind != "class":
+        raise InputError("reciprocam explains class scores: the explainer takes a class target")
+    return lower_reciprocam_maps(model, table_, spec, options["layer"], options["gaussian"], options["score"],
+                                 options["upsample"], all_classes)
+
+
 def _reciprocam_all_classes(model, method, x, options, call):
     """ReciproCAM's one batch scores every class: all their maps, (N, K, H, W)."""
     from ..explanation import Explanation
@@ -714,7 +723,8 @@ register(Method("reciprocam", "heat", "cam",
                  Option("upsample", "bool", True, "resize the map to the input's size"),
                  Option("batch_size", "int", None, "positions per tail batch (default: all that fit the memory "
                         "cap)", low=1)),
-                layer=True, passes=lambda o, shape: 1, all_classes=_reciprocam_all_classes, streams=True))
+                layer=True, passes=lambda o, shape: 1, all_classes=_reciprocam_all_classes, streams=True,
+                lower=_lower_reciprocam))
 
 
 def _compute_ablationcam(model, method, x, target, options, call):
