@@ -304,19 +304,28 @@ def eigencam(A):
 
 
 def scorecam(model, x, A, target, through_softmax):
-    """Softmax over channels of the target's scores on the input masked by each upsampled, [0, 1]-scaled channel."""
+    """Softmax over channels of the target's scores on the input masked by each upsampled, [0, 1]-scaled channel.
+    A constant channel (its upsampled map too: bilinear weights are a convex combination) masks the image to
+    zero: the blank image is scored once for all of them. The masks are made per batch of channels (not all
+    at once: 1280 channels at 224 x 224 are 257 MB)."""
     from .sampling import copy_scores, fixed_target, rows_per_batch
     n, k = A.shape[:2]
-    up = resize_maps(A.reshape(n * k, *A.shape[2:]), x.shape[2:], align_corners=True).reshape(n, k, *x.shape[2:])
-    lo, hi = up.min(axis=(2, 3), keepdims=True), up.max(axis=(2, 3), keepdims=True)
-    norm = np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1), 0)
+    flat = A.reshape(n, k, -1)
+    varies = flat.max(axis=2) > flat.min(axis=2)
     target = fixed_target(model, x, target, through_softmax)
     scores = np.zeros((n, k))
     step = rows_per_batch(model, x[:1])
     for i in range(n):
         t = target[i:i + 1] if isinstance(target, np.ndarray) else target
-        for c0 in range(0, k, step):
-            scores[i, c0:c0 + step] = copy_scores(model, x[i:i + 1] * norm[i, c0:c0 + step, None], t, through_softmax)
+        live = np.flatnonzero(varies[i])
+        if len(live) < k:
+            scores[i] = copy_scores(model, np.zeros_like(x[i:i + 1]), t, through_softmax)[0]
+        for c0 in range(0, len(live), step):
+            c = live[c0:c0 + step]
+            up = resize_maps(A[i, c], x.shape[2:], align_corners=True)
+            lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
+            norm = np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1), 0)
+            scores[i, c] = copy_scores(model, x[i:i + 1] * norm[:, None], t, through_softmax)
     w = np.exp(scores - scores.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
     return _relu_sum(A, w[:, :, None, None].astype(A.dtype)), w
