@@ -212,6 +212,13 @@ def test_reciprocam_runs_forward_and_tail_in_one_engine_run():
     assert [c[1][value][0] for c in tails] == [h * w - 1, 1] and len(calls) == 3
     assert np.allclose(split.extras["classes"], e.extras["classes"], atol=1e-5)
     assert np.allclose(split.relevance, e.relevance, atol=1e-5)
+    # several images: as many per run as the cap holds, the same maps as one image per run
+    x3 = np.random.default_rng(6).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    two = model.explain(x3, "reciprocam", batch_size=2 * h * w)
+    one = model.explain(x3, "reciprocam", batch_size=h * w)
+    assert two.extras["tail_runs"] == 2 and one.extras["tail_runs"] == 3
+    assert np.allclose(two.extras["classes"], one.extras["classes"], atol=1e-5)
+    assert np.allclose(two.extras["classes"][1], model.explain(x3[1:2], "reciprocam").extras["classes"][0], atol=1e-5)
     assert table()["reciprocam"].passes_for(table()["reciprocam"].check({}), x.shape) == 1
     with pytest.raises(fv.FvGraphError, match="class target"):
         model.explain(x, "reciprocam", target=fv.Unit(value, 0))

@@ -411,20 +411,23 @@ def reciprocam(model, x, target=None, layer=None, gaussian=False, score="prob", 
     batch_size = copies_per_batch(model, x[:1], logits, N * P, batch_size, memory)  # a forward: the tail's bound
     bar = Progress(N * P, "reciprocam", quiet, progress)
     scores, clean = [], []
-    if model.batch_limit is None and P <= batch_size:  # every copy in one batch: one graph, one run per image
-        table = model.shape_table(feeds)
+    if model.batch_limit is None and P <= batch_size:  # every copy of an image in one batch: one graph, one
+        table = model.shape_table(feeds)               # run per as many images as the cap holds
         first = model.graph.input_names()[0]
         lowered = model.lowered(("reciprocam", value, logits, P), {first: x[:1]},
                                 lambda t: lower_reciprocam(model, t, value, logits, P))
         weigh = layer_masks(view, masks, table.dims[value][1] if view.kind == "tokens" else None)
         weigh = weigh.astype(table.dtypes.get(value) or np.float32)  # fed: one graph for every mask kind
-        for n in range(N):
-            out = model.engine.run(lowered.graph, {**model.feeds(x[n:n + 1]), "reciprocam_masks": weigh},
+        step, runs = max(1, batch_size // P), 0
+        for n in range(0, N, step):
+            out = model.engine.run(lowered.graph, {**model.feeds(x[n:n + step]), "reciprocam_masks": weigh},
                                    ["reciprocam_logits", logits])
-            scores.append(np.asarray(out["reciprocam_logits"]).reshape(P, -1).astype(np.float64))
+            rows = np.asarray(out["reciprocam_logits"], np.float64)
+            scores.extend(r.reshape(P, -1) for r in rows)
             clean.append(np.asarray(out[logits]))
-            bar.update((n + 1) * P)
-        clean, runs = np.concatenate(clean), N
+            runs += 1
+            bar.update(min(N, n + step) * P)
+        clean = np.concatenate(clean)
     else:  # the layer's value comes back, its copies go through the tail graph in batches
         got, run_tail = tail_runner(model, x, value, logits)
         A, clean = got[value], np.asarray(got[logits])
