@@ -16,9 +16,9 @@ Occluded copies run in batches under a memory cap, in one of three ways:
 - full passes of every occluded copy on the model's engine.
 `incremental="auto"` (the default) takes the windows where their multiply-adds for one box are below
 WINDOWS_ON_ENGINE_BELOW (0.7) of a full pass's (both run on the same engine, so the ratio of work is the ratio
-of time, less the gathers' share): small boxes on VGG (0.2 of the work at box 16, 4.5x faster than plain
-passes), ResNet-18 (0.5; 1.5x); large boxes, or nets whose early strided layers spread a box over most of
-every map, get full passes. incremental=True forces the windows, False full passes. Models whose batch is
+of time, less the gathers' share). Measured against plain batched passes (benchmarks/occlusion.py): VGG-16
+box 16/8 0.17 of the work, 4.3x faster; 32/16 0.21, 3.5x; ResNet-18 16/8 0.49, 1.6x; 32/16 0.52, 1.4x.
+Large boxes, or nets whose early strided layers spread a box over most of every map, get full passes. incremental=True forces the windows, False full passes. Models whose batch is
 fixed in the file, or whose scored value is time-major, keep the executor's windows or full passes.
 """
 from __future__ import annotations
