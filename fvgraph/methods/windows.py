@@ -316,6 +316,19 @@ class WindowPlan:
             self._flat[key] = self._emit("Expand", [v, shape])
         return self._flat[key]
 
+    def fold_static(self, x1):
+        """The shape arithmetic the graph reads (the same for every image of this size) as its constants, not
+        inputs: onnxruntime then folds it and fuses what it feeds (a Pad's pads into the Conv after it)."""
+        prod = {o: i for i, n in enumerate(self.nodes) for o in n.outputs if o}
+        static = sorted(v for v in self.clean_reads if prod.get(v) in self.runner.ex.static)
+        if not static:
+            return
+        got = self.model.run(x1, outputs=static)
+        for v in static:
+            self.graph.initializers[v] = np.asarray(got[v])
+            self.clean_reads.discard(v)
+        self.graph.inputs = [vi for vi in self.graph.inputs if vi.name not in static]
+
     # ------------------------------------------------------------------ feeding it
     def clean_feeds(self, x1) -> dict:
         """The clean values the graph reads, for one image (1, C, H, W): one forward on the model's engine."""
@@ -365,6 +378,7 @@ def window_plan(model, value, box, boxes, x1):
             return None
         plan = WindowPlan(runner, box, boxes)
         plan.lower()
+        plan.fold_static(x1)
         if len(kept) >= MAX_PLANS:
             kept.pop(next(iter(kept)))
         kept[key] = plan
