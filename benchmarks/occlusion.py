@@ -24,7 +24,7 @@ def main():
 
     import fvgraph as fv
     from fvgraph.methods.incremental import IncrementalRunner
-    from fvgraph.methods.occlusion import positions, windows_pay
+    from fvgraph.methods.occlusion import positions, windows_faster, windows_pay
     from fvgraph.methods.windows import window_plan
     from tests.zoo import resnet18, vgg16
 
@@ -52,7 +52,8 @@ def main():
             runner = IncrementalRunner(model, out)
             runner.set_image(x)
             plan = window_plan(model, out, (box, box), boxes, x)
-            default = "fvgraph windows" if windows_pay(plan) else "fvgraph full"
+            default = "fvgraph windows" if windows_pay(plan) and windows_faster(model, plan, x, boxes, (box, box), out) \
+                else "fvgraph full"
             clean = plan.clean_feeds(x)
             inputs = [occluded(c, i * args.batch) for i, c in enumerate(batches)]
             ways = {"ort": lambda i, c: sess.run(None, {"input": inputs[i]}),

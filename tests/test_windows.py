@@ -93,3 +93,22 @@ def test_auto_falls_back_to_full_passes_where_the_engine_refuses_the_windows():
             model.occlusion(x, box=4, stride=4, incremental=True)  # forced: the error is the user's to see
     finally:
         model.engine.run = run
+
+
+def test_auto_asks_the_clock_on_large_jobs(monkeypatch):
+    """Where the work says windows pay and the job is large, the timed probe decides (its answer is kept)."""
+    from fvgraph.methods import occlusion as occ
+    x = np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    asked = []
+    for verdict, way in ((False, "full passes"), (True, "windows")):
+        model = fv.load(ZOO["vgg_like"]().SerializeToString())
+        monkeypatch.setattr(occ, "PROBE_FROM", 1)
+        monkeypatch.setattr(occ, "windows_faster", lambda *a, v=verdict: asked.append(v) or v)
+        assert model.occlusion(x, box=4, stride=4).extras["way"] == way
+        assert model.occlusion(x, box=4, stride=4).extras["way"] == way
+    assert asked == [False, True]  # once per model and geometry
+    model = fv.load(ZOO["vgg_like"]().SerializeToString())
+    plan = window_plan(model, logits_value(model), (4, 4), [(y, xx) for y in range(0, 32, 4) for xx in range(0, 32, 4)],
+                       x)
+    monkeypatch.undo()
+    assert isinstance(occ.windows_faster(model, plan, x, [(0, 0), (4, 4)], (4, 4), logits_value(model)), bool)

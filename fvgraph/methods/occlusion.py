@@ -15,8 +15,9 @@ Occluded copies run in batches under a memory cap, in one of three ways:
 - the same windows on fvgraph's executor (engine="numpy"; fvgraph.methods.incremental);
 - full passes of every occluded copy on the model's engine.
 `incremental="auto"` (the default) takes the windows where their multiply-adds for one box are below
-WINDOWS_ON_ENGINE_BELOW (0.7) of a full pass's (both run on the same engine, so the ratio of work is the ratio
-of time, less the gathers' share). Measured against plain batched passes (benchmarks/occlusion.py): VGG-16
+WINDOWS_ON_ENGINE_BELOW (0.55) of a full pass's and, timed on PROBE_BOXES boxes both ways (jobs of PROBE_FROM
+boxes or more), they are faster (the multiply-adds do not see the gathers, which dominate small and
+depthwise nets). Measured against plain batched passes (benchmarks/occlusion.py): VGG-16
 box 16/8 0.17 of the work, 4.3x faster; 32/16 0.21, 3.5x; ResNet-18 16/8 0.49, 1.6x; 32/16 0.52, 1.4x.
 Large boxes, or nets whose early strided layers spread a box over most of every map, get full passes. incremental=True forces the windows, False full passes. Models whose batch is
 fixed in the file, or whose scored value is time-major, keep the executor's windows or full passes.
@@ -150,7 +151,8 @@ def occlusion(model, x, box=(32, 32), stride=(16, 16), fill=0.0, target=None, ba
             windows = window_plan(model, value, box, boxes, x[:1])
         if windows is not None and incremental == "auto":
             if key not in model.choices:
-                model.choices[key] = windows_pay(windows)
+                model.choices[key] = windows_pay(windows) and (len(boxes) < PROBE_FROM
+                                                               or windows_faster(model, windows, x[:1], boxes, box, value))
             windows = windows if model.choices[key] else None
         incremental = False if windows is not None or incremental == "auto" else incremental
     if incremental is True and model.executor.unsupported:
@@ -226,8 +228,9 @@ def probabilities(values, axis: int = 1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-WINDOWS_ON_ENGINE_BELOW = 0.7  # windows in one graph on the model's engine: taken where their multiply-adds are
-                               # below this share of a full pass (calibrated in benchmarks/occlusion.py)
+WINDOWS_ON_ENGINE_BELOW = 0.55  # windows in one graph on the model's engine: taken where their multiply-adds are
+                                # below this share of a full pass (ResNet-18: 0.52 at box 32/16 1.4x faster,
+                                # 0.63 at 64/32 slower than passes at the batch the memory cap allows)
 WINDOWS_BELOW = 0.6  # the estimated cost ratio (windows / passes) under which windows are taken
 EXECUTOR_SLOWER = 1.5  # fvgraph's executor per forward against onnxruntime's, at least (measured 1.7-2x): the
                        # bound that lets the estimate skip timing where windows cannot win
@@ -238,6 +241,41 @@ def windows_pay(plan) -> bool:
     full pass's multiply-adds decides (WINDOWS_ON_ENGINE_BELOW leaves room for the gathers)."""
     inc, total = plan.work()
     return total > 0 and inc / total < WINDOWS_ON_ENGINE_BELOW
+
+
+PROBE_BOXES = 16  # boxes each way is timed on, once per model and geometry
+PROBE_FROM = 160  # jobs of fewer boxes go by the work alone (timing would cost more than a wrong choice)
+
+
+def windows_faster(model, plan, x1, boxes, box, value) -> bool:
+    """Where the work says windows pay, the clock decides: the same boxes (blank patches: the time does not
+    depend on them) as windows and as plain passes, each run twice to warm up (onnxruntime settles a new
+    batch shape over 2-3 runs) and then timed, the best of three. Multiply-adds miss what the windows'
+    gathers cost, which dominates small or depthwise nets (a MobileNet-shaped net at 224 x 224, box 64/32:
+    0.17 of the work, 2.7x slower as windows)."""
+    import time
+    chunk = boxes[:PROBE_BOXES]
+    patches = np.zeros((len(chunk), x1.shape[1]) + tuple(box), x1.dtype)
+    clean = plan.clean_feeds(x1)
+    batch = np.repeat(x1, len(chunk), axis=0)
+    for k, (y, xx) in enumerate(chunk):
+        batch[k, :, y:y + box[0], xx:xx + box[1]] = 0
+
+    def clock(fn):
+        fn()
+        fn()
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+    try:
+        t_windows = clock(lambda: model.engine.run(plan.graph, {**clean, **plan.feeds(chunk, patches)}, ["windows/out"]))
+    except FvGraphError as e:
+        log.debug("occlusion windows refused by the engine (%s): full passes", e)
+        return False
+    return t_windows < clock(lambda: model.run(batch, outputs=[value]))
 
 
 def incremental_pays(model, runner, x1, value, box) -> bool:
