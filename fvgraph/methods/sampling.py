@@ -18,13 +18,13 @@ import numpy as np
 from ..errors import InputError
 from ..explanation import Explanation, OutputTarget, Unit
 
-MAX_ROWS = 64  # copies per batch at most on a GPU
-CPU_ROWS = 8   # on a CPU: onnxruntime's time per image is lowest at batch 4-8 and rises beyond (EfficientNet-Lite0,
-               # 2 threads: 3.3-3.5 ms per image at 4-8, 3.7 at 16, 4.1 at 64; ResNet-18 and VGG-16 flat from 4)
+MAX_ROWS = 64  # copies per batch at most (reverse passes: ResNet-18's integrated gradients 10% slower at 8)
+CPU_ROWS = 8   # forward-only copies on a CPU: onnxruntime's time per image is lowest at batch 4-8 and rises
+               # beyond (EfficientNet-Lite0, 2 threads: 3.3-3.5 ms at 4-8, 3.7 at 16, 4.1 at 64)
 
 
 def most_rows(model) -> int:
-    """Copies per batch at most on the model's device."""
+    """Forward-only copies per batch at most on the model's device (RISE, Sobol)."""
     return CPU_ROWS if model.device == "cpu" else MAX_ROWS
 
 
@@ -93,8 +93,7 @@ def rows_per_batch(model, x) -> int:
     from .memory import available_memory, bytes_per_sample
     first = model.graph.input_names()[0]
     per = 3 * bytes_per_sample(model, x[:1], model.graph.output_names()[0]) if first else 1
-    most = most_rows(model)
-    return int(max(1, min(most, model.batch_limit or most, available_memory() // 4 // max(per, 1))))
+    return int(max(1, min(MAX_ROWS, model.batch_limit or MAX_ROWS, available_memory() // 4 // max(per, 1))))
 
 
 def in_model_batches(model, fn, x, *per_row):
