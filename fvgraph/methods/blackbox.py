@@ -10,9 +10,10 @@
 - ReciproCAM (Byun & Lee 2022): at a layer (by default Grad-CAM's, which every path to the output passes
   through), one copy of the feature map per spatial position (i, j) that keeps only that position (or, with
   gaussian, its 3 x 3 neighbourhood weighted 1/4, 1/8, 1/16), all run as one batch through the model's tail
-  (the nodes after the layer, a graph of their own whose input is the layer's value; values a skip
-  connection carries around the layer keep their clean values, as in the model with the layer's output
-  replaced by the copy); the class's score on copy (i, j) is the map at
+  (the nodes after the layer; values a skip connection carries around the layer keep their clean values, as
+  in the model with the layer's output replaced by the copy), in the same graph and engine run as the
+  forward (lower_reciprocam; export-explainer writes it with the scoring as a standalone model); the class's
+  score on copy (i, j) is the map at
   (i, j), min-max normalized per class, then upsampled like the CAMs. Every class's map comes from the same
   batch (extras["classes"]). Token maps (N, T, C) keep their leading tokens (the class token) unmasked, as
   ViT-ReciproCAM does.
