@@ -360,14 +360,7 @@ def lower_reciprocam_maps(model, table, spec, layer, gaussian=False, score="prob
 
 def mosaic(a1: np.ndarray, view, masks: np.ndarray) -> np.ndarray:
     """Copies of one sample's layer value a1 (its own layout) with the positions weighted by each mask."""
-    P, h, w = masks.shape
-    if view.kind == "nchw":
-        return a1[None] * masks[:, None]
-    if view.kind == "nhwc":
-        return a1[None] * masks[..., None]
-    out = np.repeat(a1[None], P, axis=0)  # tokens: the leading tokens (class token) stay as they are
-    out[:, view.prefix:] *= masks.reshape(P, h * w, 1)
-    return out
+    return a1[None] * layer_masks(view, masks, a1.shape[0] if view.kind == "tokens" else None)
 
 
 def image_batch(model, x, name):

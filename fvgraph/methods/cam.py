@@ -154,11 +154,7 @@ def upsample(b: GraphBuilder, maps: str, size) -> str:
     if tuple(d[1:]) == tuple(size):
         return maps
     four = b.op("Unsqueeze", [maps, b.ints([1])], dims=(d[0], 1) + tuple(d[1:]), dtype=b.dtype(maps))
-    lead = b.op("Slice", [b.op("Shape", [four], dims=(4,), dtype=np.int64), b.ints([0]), b.ints([2])], dims=(2,),
-                dtype=np.int64)
-    sizes = b.op("Concat", [lead, b.ints(list(size))], axis=0, dims=(4,), dtype=np.int64)
-    up = b.op("Resize", [four, "", "", sizes], mode="linear", dims=(d[0], 1) + tuple(size), dtype=b.dtype(maps))
-    return b.op("Squeeze", [up, b.ints([1])], dims=(d[0],) + tuple(size), dtype=b.dtype(maps))
+    return b.op("Squeeze", [_resized(b, four, size), b.ints([1])], dims=(d[0],) + tuple(size), dtype=b.dtype(maps))
 
 
 def layer_view(model, table, value):

@@ -30,6 +30,34 @@ POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmo
 FULL_FRACTION = 0.5  # beyond this share of a layer's area, compute the rest in full
 
 
+def fit(o, size, limit):
+    """Windows of `size` starting at o, shifted inward so that each lies within [0, limit)."""
+    return np.clip(o, 0, limit - size)
+
+
+def touched(oy, ox, h, w, geo):
+    """(r0, r1, c0, c1): the output rows [r0, r1) and columns [c0, c1) of a spatial op that input windows
+    (h, w) at (oy, ox) change (per box)."""
+    Ho, Wo = geo.out
+    r0 = np.maximum(0, (oy + geo.pb[0] - geo.keff[0]) // geo.s[0] + 1)
+    r1 = np.minimum(Ho, (oy + h + geo.pb[0] - 1) // geo.s[0] + 1)
+    c0 = np.maximum(0, (ox + geo.pb[1] - geo.keff[1]) // geo.s[1] + 1)
+    c1 = np.minimum(Wo, (ox + w + geo.pb[1] - 1) // geo.s[1] + 1)
+    return r0, r1, c0, c1
+
+
+def input_span(h, w, geo):
+    """The input rows and columns (padded) that an (h, w) output window reads."""
+    return (h - 1) * geo.s[0] + geo.keff[0], (w - 1) * geo.s[1] + geo.keff[1]
+
+
+def padded_input(x, op_type, geo):
+    """A spatial op's clean input with its padding laid on (MaxPool's -inf, else 0; ceil_mode's extra rows)."""
+    pe = [e + x_ for e, x_ in zip(geo.pe, geo.extra)]
+    pad = [(0, 0), (0, 0)] + [(b, e) for b, e in zip(geo.pb, pe)]
+    return np.pad(np.asarray(x), pad, constant_values=-np.inf if op_type == "MaxPool" else 0.0)
+
+
 @dataclass
 class Patch:
     data: np.ndarray      # (B, C, ph, pw)
@@ -90,10 +118,7 @@ class IncrementalRunner:
             x = self.clean[n.inputs[0]]
             w = self.clean.get(n.inputs[1]) if n.op_type == "Conv" else None
             geo = self.ex.kernels[i].geometry(x, w) if n.op_type == "Conv" else self.ex.kernels[i].geometry(x)
-            fill = -np.inf if n.op_type == "MaxPool" else 0.0
-            pe = [e + x_ for e, x_ in zip(geo.pe, geo.extra)]
-            pad = [(0, 0), (0, 0)] + [(b, e) for b, e in zip(geo.pb, pe)]
-            self.padded[i] = (np.pad(np.asarray(x), pad, constant_values=fill), geo)
+            self.padded[i] = (padded_input(x, n.op_type, geo), geo)
 
     # ------------------------------------------------------------------ the cost model
     def work(self, box) -> tuple[float, float]:
@@ -207,23 +232,15 @@ class IncrementalRunner:
             raise ExecutionError(f"incremental occlusion failed at node {n.name!r} ({n.op_type}): "
                                  f"{type(e).__name__}: {e}; incremental=False recomputes in full") from None
 
-    def _fits(self, oy, ox, h, w, H, W):
-        """Shift windows inward so that each lies within the value."""
-        return np.clip(oy, 0, H - h), np.clip(ox, 0, W - w)
-
     def spatial(self, i, n, p: Patch, B):
         padded, geo = self.padded[i]
         Ho, Wo = geo.out
-        ph, pw = p.data.shape[2:]
-        r0 = np.maximum(0, (p.oy + geo.pb[0] - geo.keff[0]) // geo.s[0] + 1)
-        r1 = np.minimum(Ho, (p.oy + ph + geo.pb[0] - 1) // geo.s[0] + 1)
-        c0 = np.maximum(0, (p.ox + geo.pb[1] - geo.keff[1]) // geo.s[1] + 1)
-        c1 = np.minimum(Wo, (p.ox + pw + geo.pb[1] - 1) // geo.s[1] + 1)
+        r0, r1, c0, c1 = touched(p.oy, p.ox, *p.data.shape[2:], geo)
         h, w = int((r1 - r0).max()), int((c1 - c0).max())
         if h * w > FULL_FRACTION * Ho * Wo:
             return None
-        r0, c0 = self._fits(r0, c0, h, w, Ho, Wo)
-        ih, iw = (h - 1) * geo.s[0] + geo.keff[0], (w - 1) * geo.s[1] + geo.keff[1]
+        r0, c0 = fit(r0, h, Ho), fit(c0, w, Wo)
+        ih, iw = input_span(h, w, geo)
         win = self.window(n.inputs[0], p, B, r0 * geo.s[0], c0 * geo.s[1], ih, iw, source=padded,
                           shift=(geo.pb[0], geo.pb[1]))
         args = [win] + [self.clean[v] if v else None for v in n.inputs[1:]]
@@ -243,7 +260,7 @@ class IncrementalRunner:
         h, w = int((y1 - oy).max()), int((x1 - ox).max())
         if h * w > FULL_FRACTION * H * W:
             return None
-        oy, ox = self._fits(oy, ox, h, w, H, W)
+        oy, ox = fit(oy, h, H), fit(ox, w, W)
         args = []
         for v, s in zip(n.inputs, ins):
             if not v:

@@ -487,8 +487,8 @@ def adcc(model, x, relevance, explain, target=None, through_softmax=False, softm
     out = {k: np.zeros(len(x)) for k in ("adcc", "coherency", "complexity", "average_drop")}
     again = unit_scaled(explain(model, masked), x.shape[2:])
     for i in range(len(x)):
-        y = _scores(model, x[i:i + 1], _row(t, i), through_softmax, probabilities)[0]
-        o = _scores(model, masked[i:i + 1], _row(t, i), through_softmax, probabilities)[0]
+        y, o = _scores(model, np.concatenate([x[i:i + 1], masked[i:i + 1]]), _row(t, i), through_softmax,
+                       probabilities)  # the image and its explanation map in one run
         ad = max(0.0, y - o) / y if y != 0 else 0.0
         r = pearson(S[i].ravel(), again[i].ravel())
         coh = (1 + r) / 2 if np.isfinite(r) else 0.0

@@ -27,7 +27,7 @@ import numpy as np
 import weakref
 
 from ..graph import Graph, Node, ValueInfo
-from .incremental import FULL_FRACTION, POINTWISE
+from .incremental import FULL_FRACTION, POINTWISE, fit, input_span, padded_input, touched
 
 MAX_PLANS = 4  # window graphs kept per model (each holds an onnxruntime session)
 _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -44,11 +44,6 @@ class Window:
     w: int
 
 
-def fit(o, size, limit):
-    """Windows of `size` starting at o, shifted inward so that each lies within [0, limit)."""
-    return np.clip(o, 0, limit - size)
-
-
 class WindowPlan:
     """Which layers run on windows, of what size, for one box size and the boxes of one image size; `walk`
     gives every window's offsets for a batch of boxes, `graph` the lowered graph, `feeds` a batch's indices."""
@@ -57,7 +52,7 @@ class WindowPlan:
         self.runner, self.box, self.full_fraction = runner, tuple(box), full_fraction
         self.model, g = runner.model, runner.model.graph
         self.nodes, self.first = g.nodes, g.input_names()[0]
-        self.dims = {k: v for k, v in runner.clean.items()}  # stand-ins from runner.shapes_of: shapes and dtypes
+        self.dims = dict(runner.clean)  # stand-ins from runner.shapes_of: shapes and dtypes
         self.modes: dict = {}   # node index -> "spatial" | "point" | "direct" | "full" | "static"
         self.sizes: dict = {}   # node index -> (h, w) of its output window
         self._walk(boxes, decide=True)
@@ -131,14 +126,11 @@ class WindowPlan:
     def _spatial(self, i, p: Window, largest=False):
         geo = self.runner.padded[i][1]
         Ho, Wo = geo.out
-        r0 = np.maximum(0, (p.oy + geo.pb[0] - geo.keff[0]) // geo.s[0] + 1)
-        r1 = np.minimum(Ho, (p.oy + p.h + geo.pb[0] - 1) // geo.s[0] + 1)
-        c0 = np.maximum(0, (p.ox + geo.pb[1] - geo.keff[1]) // geo.s[1] + 1)
-        c1 = np.minimum(Wo, (p.ox + p.w + geo.pb[1] - 1) // geo.s[1] + 1)
+        r0, r1, c0, c1 = touched(p.oy, p.ox, p.h, p.w, geo)
         h, w = (int((r1 - r0).max()), int((c1 - c0).max())) if largest or i not in self.sizes else self.sizes[i]
         r0, c0 = fit(r0, h, Ho), fit(c0, w, Wo)
         out = Window(r0, c0, h, w)
-        ih, iw = (h - 1) * geo.s[0] + geo.keff[0], (w - 1) * geo.s[1] + geo.keff[1]
+        ih, iw = input_span(h, w, geo)
         # the input window in padded coordinates; the patch sits at its own offsets plus the leading pads
         src = Window(p.oy + geo.pb[0], p.ox + geo.pb[1], p.h, p.w)
         return out, [(src, Window(r0 * geo.s[0], c0 * geo.s[1], ih, iw))]
@@ -200,8 +192,8 @@ class WindowPlan:
                 src = [self._flat_patch(names[v], v), self._flat_clean(pv, v)]
                 geo = r.padded[i][1]
                 h, w = self.sizes[i]
-                ih, iw = (h - 1) * geo.s[0] + geo.keff[0], (w - 1) * geo.s[1] + geo.keff[1]
-                weights = [w if not w or w in g.initializers else self._input(w) for w in n.inputs[1:]]
+                ih, iw = input_span(h, w, geo)
+                weights = [u if not u or u in g.initializers else self._input(u) for u in n.inputs[1:]]
                 args = [self._gather(src, ("op", i, 0), self.shape(v)[1], ih, iw)] + weights
                 node = r.valid_nodes[i]  # the op unpadded
             else:
@@ -338,11 +330,7 @@ class WindowPlan:
         feeds = {v: np.asarray(got[v]) for v in self.clean_reads}
         for i, name in self.padded.items():
             n = self.nodes[i]
-            geo = r.padded[i][1]
-            pe = [e + x_ for e, x_ in zip(geo.pe, geo.extra)]
-            pad = [(0, 0), (0, 0)] + [(b, e) for b, e in zip(geo.pb, pe)]
-            fill = -np.inf if n.op_type == "MaxPool" else 0.0
-            feeds[name] = np.pad(np.asarray(got[n.inputs[0]]), pad, constant_values=fill)
+            feeds[name] = padded_input(got[n.inputs[0]], n.op_type, r.padded[i][1])
         return feeds
 
     def feeds(self, boxes, patches) -> dict:
