@@ -243,14 +243,15 @@ def windows_pay(plan) -> bool:
     return total > 0 and inc / total < WINDOWS_ON_ENGINE_BELOW
 
 
-PROBE_BOXES = 16  # boxes each way is timed on, once per model and geometry
+PROBE_BOXES = 4  # boxes each way is timed on, once per model and geometry (per process: kept small, as the
+                 # command line pays it at every start)
 PROBE_FROM = 160  # jobs of fewer boxes go by the work alone (timing would cost more than a wrong choice)
 
 
 def windows_faster(model, plan, x1, boxes, box, value) -> bool:
     """Where the work says windows pay, the clock decides: the same boxes (blank patches: the time does not
     depend on them) as windows and as plain passes, each run twice to warm up (onnxruntime settles a new
-    batch shape over 2-3 runs) and then timed, the best of three. Multiply-adds miss what the windows'
+    batch shape over 2-3 runs) and then timed, the best of two. Multiply-adds miss what the windows'
     gathers cost, which dominates small or depthwise nets (a MobileNet-shaped net at 224 x 224, box 64/32:
     0.17 of the work, 2.7x slower as windows)."""
     import time
@@ -265,7 +266,7 @@ def windows_faster(model, plan, x1, boxes, box, value) -> bool:
         fn()
         fn()
         best = float("inf")
-        for _ in range(3):
+        for _ in range(2):
             start = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - start)
